@@ -1,0 +1,79 @@
+"""Adapter from gymnax 1.x environments to the jaxrl :class:`~jaxrl.envs.base.Env` protocol.
+
+gymnax 1.0 reports termination and truncation separately, and its own ``step``
+auto-resets. We call its ``step_env``/``reset_env`` instead, so that the raw
+adapter never resets (``AutoReset`` does, once, for every backend) and the time
+limit comes from gymnax's ``is_truncated``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+
+import gymnax
+import jax.numpy as jnp
+from gymnax.environments import spaces as gymnax_spaces
+
+from jaxrl.envs import spaces
+from jaxrl.envs.base import Env, Step
+
+_GYMNAX_VERSION = importlib.metadata.version("gymnax")
+if not _GYMNAX_VERSION.startswith("1."):  # the step API we adapt changed in 1.0
+    raise ImportError(f"jaxrl needs gymnax 1.x, found {_GYMNAX_VERSION}")
+
+ENV_IDS: tuple[str, ...] = tuple(gymnax.registered_envs)
+
+
+@functools.lru_cache(maxsize=None)
+def _gymnax_env(env_id: str):
+    env, _ = gymnax.make(env_id)
+    return env
+
+
+def _convert_space(space) -> spaces.Space:
+    if isinstance(space, gymnax_spaces.Discrete):
+        return spaces.Discrete(int(space.n))
+    if isinstance(space, gymnax_spaces.Box):
+        return spaces.from_bounds(space.low, space.high, space.shape, space.dtype)
+    raise NotImplementedError(f"gymnax space {type(space).__name__} is not supported")
+
+
+@dataclasses.dataclass(frozen=True)
+class GymnaxEnv(Env):
+    """A gymnax environment by id; hashable by id, so equal envs share compiled code."""
+
+    env_id: str
+
+    @property
+    def gymnax_env(self):
+        return _gymnax_env(self.env_id)
+
+    @property
+    def name(self) -> str:
+        return self.env_id
+
+    def default_params(self):
+        return self.gymnax_env.default_params
+
+    def reset(self, key, params):
+        return self.gymnax_env.reset_env(key, params)
+
+    def step(self, key, state, action, params):
+        env = self.gymnax_env
+        obs, state, reward, terminated, _ = env.step_env(key, state, action, params)
+        truncated = jnp.logical_and(env.is_truncated(state, params), jnp.logical_not(terminated))
+        step = Step(
+            reward=jnp.asarray(reward, jnp.float32),
+            terminated=jnp.asarray(terminated, bool),
+            truncated=jnp.asarray(truncated, bool),
+            final_obs=obs,
+        )
+        return obs, state, step
+
+    def observation_space(self, params):
+        return _convert_space(self.gymnax_env.observation_space(params))
+
+    def action_space(self, params):
+        return _convert_space(self.gymnax_env.action_space(params))

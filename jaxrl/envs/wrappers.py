@@ -1,0 +1,212 @@
+"""Functional wrappers: auto-reset, vectorisation, episode statistics, normalisation.
+
+Every wrapper is a frozen dataclass (hashable, static) whose extra state is a pytree
+nested around the inner env's state, so the whole stack stays pure and vmappable.
+
+The usual stack, built by :func:`make_vec_env`::
+
+    raw env -> ClipAction -> AutoReset -> EpisodeStats -> VecEnv -> NormalizeObs -> ScaleReward
+
+``EpisodeStats`` sits outside ``AutoReset`` so a reset does not wipe the statistics of
+the episode that just ended, and inside the reward scaling so it reports true returns.
+``NormalizeObs`` and ``ScaleReward`` take batched ``[N, ...]`` data and keep running
+statistics (parallel Welford, Chan et al. 1979) over every env in the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxrl.envs import spaces
+from jaxrl.envs.base import Env, Step, Wrapper
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipAction(Wrapper):
+    """Clips continuous actions to the action space bounds before the env sees them."""
+
+    def step(self, key, state, action, params):
+        space = self.env.action_space(params)
+        if isinstance(space, spaces.Box):
+            low, high = space.bounds()
+            action = jnp.clip(action, low, high)
+        return self.env.step(key, state, action, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoReset(Wrapper):
+    """Resets the inner env when an episode ends; ``Step.final_obs`` keeps the last obs."""
+
+    def step(self, key, state, action, params):
+        key_step, key_reset = jax.random.split(key)
+        obs, state, step = self.env.step(key_step, state, action, params)
+        obs_reset, state_reset = self.env.reset(key_reset, params)
+        done = step.done
+        select = lambda a, b: jax.tree.map(lambda x, y: jnp.where(done, x, y), a, b)
+        return select(obs_reset, obs), select(state_reset, state), step.replace(final_obs=obs)
+
+
+class EpisodeStatsState(struct.PyTreeNode):
+    env_state: object
+    episode_return: jax.Array  # return of the running episode so far
+    episode_length: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeStats(Wrapper):
+    """Accumulates undiscounted return and length; reports them in ``Step.info`` at episode end.
+
+    ``info["episode_return"]`` and ``info["episode_length"]`` are the finished episode's
+    totals where ``step.done`` is true, and 0 elsewhere.
+    """
+
+    def reset(self, key, params):
+        obs, env_state = self.env.reset(key, params)
+        zero = jnp.zeros((), jnp.float32)
+        return obs, EpisodeStatsState(env_state, zero, jnp.zeros((), jnp.int32))
+
+    def step(self, key, state, action, params):
+        obs, env_state, step = self.env.step(key, state.env_state, action, params)
+        ret = state.episode_return + step.reward
+        length = state.episode_length + 1
+        done = step.done
+        info = dict(step.info)
+        info["episode_return"] = jnp.where(done, ret, 0.0)
+        info["episode_length"] = jnp.where(done, length, 0)
+        state = EpisodeStatsState(
+            env_state, jnp.where(done, 0.0, ret), jnp.where(done, 0, length)
+        )
+        return obs, state, step.replace(info=info)
+
+
+@dataclasses.dataclass(frozen=True)
+class VecEnv(Wrapper):
+    """``num_envs`` copies stepped in lock-step by ``vmap``; params are shared.
+
+    ``reset(key, params)`` takes one key and returns ``[num_envs, ...]`` obs;
+    ``step`` takes one key and ``[num_envs, ...]`` actions.
+    """
+
+    num_envs: int = 1
+
+    def reset(self, key, params):
+        keys = jax.random.split(key, self.num_envs)
+        return jax.vmap(self.env.reset, in_axes=(0, None))(keys, params)
+
+    def step(self, key, state, action, params):
+        keys = jax.random.split(key, self.num_envs)
+        return jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
+
+
+class RunningStats(struct.PyTreeNode):
+    """Running mean and (population) variance of a stream of batches."""
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def zeros(cls, shape) -> RunningStats:
+        return cls(jnp.zeros(shape), jnp.ones(shape), jnp.zeros(()))
+
+    def update(self, batch: jax.Array) -> RunningStats:
+        """Merges a batch ``[B, *shape]`` (Chan et al. parallel algorithm)."""
+        batch_mean = jnp.mean(batch, axis=0)
+        batch_var = jnp.var(batch, axis=0)
+        batch_count = batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count
+        m2 = m2 + jnp.square(delta) * self.count * batch_count / total
+        return RunningStats(mean, m2 / total, total)
+
+
+class NormalizeObsState(struct.PyTreeNode):
+    env_state: object
+    stats: RunningStats
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizeObs(Wrapper):
+    """Normalises batched observations by running mean and std, then clips to ``±clip``.
+
+    Statistics are updated with every observation the agent receives (after reset or
+    step); ``final_obs`` is normalised with the same statistics.
+    """
+
+    clip: float = 10.0
+    epsilon: float = 1e-8
+
+    def _normalize(self, obs, stats):
+        z = (obs - stats.mean) / jnp.sqrt(stats.var + self.epsilon)
+        return jnp.clip(z, -self.clip, self.clip)
+
+    def reset(self, key, params):
+        obs, env_state = self.env.reset(key, params)
+        stats = RunningStats.zeros(obs.shape[1:]).update(obs)
+        return self._normalize(obs, stats), NormalizeObsState(env_state, stats)
+
+    def step(self, key, state, action, params):
+        obs, env_state, step = self.env.step(key, state.env_state, action, params)
+        stats = state.stats.update(obs)
+        step = step.replace(final_obs=self._normalize(step.final_obs, stats))
+        return self._normalize(obs, stats), NormalizeObsState(env_state, stats), step
+
+
+class ScaleRewardState(struct.PyTreeNode):
+    env_state: object
+    discounted_return: jax.Array  # [N]
+    stats: RunningStats
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleReward(Wrapper):
+    """Divides rewards by the running std of the discounted return (Engstrom et al. 2020).
+
+    Keeps ``G_t = discount * G_{t-1} + r_t`` per env (reset at episode end) and
+    scales ``r_t / sqrt(Var[G] + eps)``; rewards are not centred.
+    """
+
+    discount: float = 0.99
+    epsilon: float = 1e-8
+
+    def reset(self, key, params):
+        obs, env_state = self.env.reset(key, params)
+        num_envs = jax.tree.leaves(obs)[0].shape[0]
+        state = ScaleRewardState(env_state, jnp.zeros(num_envs), RunningStats.zeros(()))
+        return obs, state
+
+    def step(self, key, state, action, params):
+        obs, env_state, step = self.env.step(key, state.env_state, action, params)
+        ret = state.discounted_return * self.discount + step.reward
+        stats = state.stats.update(ret)
+        reward = step.reward / jnp.sqrt(stats.var + self.epsilon)
+        ret = jnp.where(step.done, 0.0, ret)
+        return obs, ScaleRewardState(env_state, ret, stats), step.replace(reward=reward)
+
+
+def make_vec_env(
+    env: Env,
+    num_envs: int,
+    *,
+    normalize_obs: bool = False,
+    scale_reward: bool = False,
+    reward_discount: float = 0.99,
+) -> Env:
+    """Builds the standard training stack around a raw env (see the module docstring)."""
+    env = AutoReset(ClipAction(env))
+    env = VecEnv(EpisodeStats(env), num_envs=num_envs)
+    if normalize_obs:
+        env = NormalizeObs(env)
+    if scale_reward:
+        env = ScaleReward(env, discount=reward_discount)
+    return env
+
+
+def is_discrete(env: Env, params) -> bool:
+    return isinstance(env.action_space(params), spaces.Discrete)
