@@ -13,6 +13,7 @@ import functools
 import importlib.metadata
 
 import gymnax
+import jax
 import jax.numpy as jnp
 from gymnax.environments import spaces as gymnax_spaces
 
@@ -30,6 +31,18 @@ ENV_IDS: tuple[str, ...] = tuple(gymnax.registered_envs)
 def _gymnax_env(env_id: str):
     env, _ = gymnax.make(env_id)
     return env
+
+
+@functools.lru_cache(maxsize=None)
+def _spaces(env_id: str) -> tuple[spaces.Space, spaces.Space]:
+    """(observation, action) spaces at the default params, evaluated eagerly even under jit."""
+    env = _gymnax_env(env_id)
+    with jax.ensure_compile_time_eval():
+        params = env.default_params
+        return (
+            _convert_space(env.observation_space(params)),
+            _convert_space(env.action_space(params)),
+        )
 
 
 def _convert_space(space) -> spaces.Space:
@@ -73,7 +86,10 @@ class GymnaxEnv(Env):
         return obs, state, step
 
     def observation_space(self, params):
-        return _convert_space(self.gymnax_env.observation_space(params))
+        """Static space at the default params (spaces never depend on traced params)."""
+        del params
+        return _spaces(self.env_id)[0]
 
     def action_space(self, params):
-        return _convert_space(self.gymnax_env.action_space(params))
+        del params
+        return _spaces(self.env_id)[1]

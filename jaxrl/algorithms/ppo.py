@@ -1,0 +1,382 @@
+"""Proximal Policy Optimisation (Schulman et al. 2017, arXiv:1707.06347) as pure functions.
+
+One ``update`` rolls out ``cfg.rollout_len`` steps of ``cfg.num_envs`` auto-reset envs,
+computes truncation-aware GAE, then runs ``cfg.num_epochs`` epochs of minibatch Adam on
+the clipped surrogate (or, with ``objective="kl"``, the adaptive-KL-penalty surrogate).
+
+Static ``Config`` decides shapes and switches, including the code-level optimisations
+studied in "Implementation Matters in Deep RL" (Engstrom et al. 2020,
+arXiv:2005.12729): value clipping, reward scaling, observation normalisation,
+orthogonal initialisation, learning-rate annealing, gradient clipping and advantage
+normalisation. Traced ``HParams`` hold every number one might sweep or differentiate;
+the optimiser is rebuilt from them inside the traced update, so one compiled program
+serves a vmapped grid of seeds x hyperparameters and ``jax.grad`` reaches them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxrl.algorithms import base
+from jaxrl.envs.base import Env
+from jaxrl.envs.wrappers import make_vec_env
+from jaxrl.losses import policy as policy_losses
+from jaxrl.losses.returns import episode_gae
+from jaxrl.losses.value import value_loss
+from jaxrl.networks import ActorCritic
+from jaxrl.types import Metrics
+
+OBJECTIVES = ("clip", "kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static settings. Defaults are PureJaxRL's CartPole configuration."""
+
+    total_timesteps: int = 500_000  # per run; the horizon of learning-rate annealing
+    num_envs: int = 4
+    rollout_len: int = 128
+    num_epochs: int = 4
+    num_minibatches: int = 4
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    torso: str = "mlp"  # "mlp" or "cnn"
+    shared_torso: bool = False
+    objective: str = "clip"  # "clip" (PPO-clip) or "kl" (adaptive KL penalty)
+    # Code-level optimisations (Engstrom et al. 2020), each a switch:
+    clip_value: bool = True
+    normalize_obs: bool = False
+    scale_reward: bool = False
+    ortho_init: bool = True
+    anneal_lr: bool = True
+    clip_grad_norm: bool = True
+    normalize_advantages: bool = True
+    reward_scaling_discount: float = 0.99
+
+    def __post_init__(self):
+        base.check_positive_ints(
+            self,
+            ("total_timesteps", "num_envs", "rollout_len", "num_epochs", "num_minibatches"),
+        )
+        if self.steps_per_update % self.num_minibatches:
+            raise base.ConfigError(
+                f"num_envs * rollout_len = {self.steps_per_update} is not divisible by "
+                f"num_minibatches = {self.num_minibatches}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise base.ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.torso not in ("mlp", "cnn"):
+            raise base.ConfigError(f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
+        if self.total_timesteps < self.steps_per_update:
+            raise base.ConfigError(
+                f"total_timesteps = {self.total_timesteps} is less than one update "
+                f"(num_envs * rollout_len = {self.steps_per_update})"
+            )
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_len
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.steps_per_update
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.steps_per_update // self.num_minibatches
+
+
+HPARAM_DEFAULTS = dict(
+    learning_rate=2.5e-4,
+    discount=0.99,
+    gae_lambda=0.95,
+    clip_eps=0.2,
+    ent_coef=0.01,
+    vf_coef=0.5,
+    max_grad_norm=0.5,
+    kl_target=0.01,
+    kl_beta=1.0,
+)
+HPARAM_RANGES = dict(
+    learning_rate=(0.0, 1.0),
+    discount=(0.0, 1.0),
+    gae_lambda=(0.0, 1.0),
+    clip_eps=(0.0, 10.0),
+    ent_coef=(0.0, 1e3),
+    vf_coef=(0.0, 1e3),
+    max_grad_norm=(0.0, 1e9),
+    kl_target=(0.0, 1e3),
+    kl_beta=(0.0, 1e6),
+)
+
+
+class HParams(struct.PyTreeNode):
+    """Traced hyperparameters, each a float32 array (scalar, or ``[R]`` for a sweep)."""
+
+    learning_rate: jax.Array
+    discount: jax.Array
+    gae_lambda: jax.Array
+    clip_eps: jax.Array
+    ent_coef: jax.Array
+    vf_coef: jax.Array
+    max_grad_norm: jax.Array
+    kl_target: jax.Array  # objective="kl" only: the target KL per update
+    kl_beta: jax.Array  # objective="kl" only: the initial penalty coefficient
+
+    @classmethod
+    def make(cls, **overrides) -> HParams:
+        return base.make_hparams(cls, HPARAM_DEFAULTS, overrides)
+
+
+def check(cfg: Config, hp: HParams) -> None:
+    """Raises ``ConfigError`` for out-of-range concrete hyperparameters (before compiling)."""
+    del cfg
+    base.check_ranges(hp, HPARAM_RANGES)
+
+
+class State(struct.PyTreeNode):
+    """Everything one PPO run carries between updates (arrays only)."""
+
+    params: dict
+    opt_state: optax.OptState
+    env_state: object
+    obs: jax.Array  # [num_envs, *obs_shape]
+    env_params: object
+    key: jax.Array
+    update_count: jax.Array  # int32 scalar
+    kl_beta: jax.Array  # current adaptive-KL coefficient
+
+
+class Batch(struct.PyTreeNode):
+    """Flattened rollout data for the loss; every leaf ``[B, ...]``."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+
+
+def network(cfg: Config, env: Env) -> ActorCritic:
+    """The actor-critic for ``env``'s spaces (taken at the env's default params)."""
+    params = env.default_params()
+    obs_space = env.observation_space(params)
+    return ActorCritic(
+        action_space=env.action_space(params),
+        hidden=cfg.hidden,
+        activation=cfg.activation,
+        ortho_init=cfg.ortho_init,
+        shared_torso=cfg.shared_torso,
+        torso=cfg.torso,
+        obs_ndim=max(len(obs_space.shape), 1),
+    )
+
+
+def vec_env(cfg: Config, env: Env) -> Env:
+    return make_vec_env(
+        env,
+        cfg.num_envs,
+        normalize_obs=cfg.normalize_obs,
+        scale_reward=cfg.scale_reward,
+        reward_discount=cfg.reward_scaling_discount,
+    )
+
+
+def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Array:
+    """``hp.learning_rate``, linearly annealed to 0 over ``cfg.num_updates`` if enabled."""
+    if not cfg.anneal_lr:
+        return hp.learning_rate
+    frac = 1.0 - update_count.astype(jnp.float32) / cfg.num_updates
+    return hp.learning_rate * jnp.maximum(frac, 0.0)
+
+
+def optimizer(cfg: Config, hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
+    """Adam (eps 1e-5), after global-norm clipping when enabled; built from traced values."""
+    adam = optax.adam(lr, eps=1e-5)
+    if not cfg.clip_grad_norm:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), adam)
+
+
+def init(
+    cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None
+) -> State:
+    """Initial state: fresh network, optimiser state and reset envs."""
+    env_params = env.default_params() if env_params is None else env_params
+    key, key_net, key_env = jax.random.split(key, 3)
+    obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
+    params = network(cfg, env).init(key_net, obs)
+    opt_state = optimizer(cfg, hp, hp.learning_rate).init(params)
+    return State(
+        params=params,
+        opt_state=opt_state,
+        env_state=env_state,
+        obs=obs,
+        env_params=env_params,
+        key=key,
+        update_count=jnp.zeros((), jnp.int32),
+        kl_beta=jnp.asarray(hp.kl_beta, jnp.float32),
+    )
+
+
+def loss(
+    cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams
+) -> tuple[jax.Array, Metrics]:
+    """PPO loss on one minibatch: surrogate + ``vf_coef`` · value loss − ``ent_coef`` · entropy.
+
+    With ``objective="kl"`` the surrogate is ``−mean(ρA) + hp.kl_beta · KL`` (the update
+    passes the current adaptive β in ``hp.kl_beta``).
+    """
+    dist, value = network(cfg, env).apply(params, batch.obs)
+    log_prob = dist.log_prob(batch.action)
+    advantage = batch.advantage
+    if cfg.normalize_advantages:
+        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+    if cfg.objective == "clip":
+        pg_loss, clip_fraction = policy_losses.clipped_surrogate_loss(
+            log_prob, batch.log_prob, advantage, hp.clip_eps
+        )
+    else:
+        pg_loss, _ = policy_losses.kl_penalty_loss(log_prob, batch.log_prob, advantage, hp.kl_beta)
+        clip_fraction = jnp.mean((jnp.abs(jnp.exp(log_prob - batch.log_prob) - 1) > hp.clip_eps))
+    v_loss = value_loss(value, batch.value, batch.target, hp.clip_eps, cfg.clip_value)
+    entropy = jnp.mean(dist.entropy())
+    total = pg_loss + hp.vf_coef * v_loss - hp.ent_coef * entropy
+    metrics = {
+        "train/total_loss": total,
+        "train/policy_loss": pg_loss,
+        "train/value_loss": v_loss,
+        "train/entropy": entropy,
+        "train/approx_kl": policy_losses.approx_kl(log_prob, batch.log_prob),
+        "train/clip_fraction": clip_fraction.astype(jnp.float32),
+    }
+    return total, metrics
+
+
+class Rollout(struct.PyTreeNode):
+    """Time-major rollout ``[T, N, ...]``."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    final_obs: jax.Array
+    info: dict
+
+
+def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
+    """Rolls the current policy out for ``cfg.rollout_len`` steps of every env."""
+    venv, net = vec_env(cfg, env), network(cfg, env)
+
+    def env_step(carry, _):
+        env_state, obs, key = carry
+        key, key_act, key_env = jax.random.split(key, 3)
+        dist, value = net.apply(state.params, obs)
+        action = dist.sample(seed=key_act)
+        log_prob = dist.log_prob(action)
+        action = jax.lax.stop_gradient(action)  # actions are data, not a reparameterised path
+        next_obs, env_state, step = venv.step(key_env, env_state, action, state.env_params)
+        out = Rollout(
+            obs, action, log_prob, value, step.reward, step.terminated, step.truncated,
+            step.final_obs, step.info,
+        )  # fmt: skip
+        return (env_state, next_obs, key), out
+
+    (env_state, obs, key), rollout = jax.lax.scan(
+        env_step, (state.env_state, state.obs, state.key), None, cfg.rollout_len
+    )
+    return state.replace(env_state=env_state, obs=obs, key=key), rollout
+
+
+def make_batch(cfg: Config, env: Env, params: dict, rollout: Rollout, hp: HParams) -> Batch:
+    """GAE on the rollout, bootstrapping from the pre-reset observation of every step.
+
+    Where no episode ended, ``final_obs`` is the next observation, so ``V(final_obs)`` is
+    the bootstrap value everywhere: one batched critic pass, and truncations bootstrap
+    from the state the time limit cut, while terminations do not bootstrap at all.
+    """
+    bootstrap_value = network(cfg, env).apply(params, rollout.final_obs, method="value")
+    advantage, target = episode_gae(
+        rollout.reward,
+        rollout.value,
+        bootstrap_value,
+        rollout.terminated,
+        rollout.truncated,
+        hp.discount,
+        hp.gae_lambda,
+    )
+    flat = lambda x: x.reshape((cfg.steps_per_update, *x.shape[2:]))
+    return jax.tree.map(
+        flat,
+        Batch(rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantage, target),
+    )
+
+
+def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+    """One PPO iteration: collect, GAE, ``num_epochs`` x ``num_minibatches`` Adam steps."""
+    state, rollout = collect(cfg, env, state)
+    batch = make_batch(cfg, env, state.params, rollout, hp)
+    loss_hp = hp.replace(kl_beta=state.kl_beta)
+    tx = optimizer(cfg, hp, learning_rate(cfg, hp, state.update_count))
+    grad_fn = jax.grad(lambda p, b: loss(cfg, env, p, b, loss_hp), has_aux=True)
+
+    def sgd_step(carry, minibatch):
+        params, opt_state = carry
+        grads, metrics = grad_fn(params, minibatch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), metrics
+
+    def epoch(carry, key):
+        perm = jax.random.permutation(key, cfg.steps_per_update)
+        shape = (cfg.num_minibatches, cfg.minibatch_size)
+        minibatches = jax.tree.map(lambda x: x[perm].reshape(shape + x.shape[1:]), batch)
+        return jax.lax.scan(sgd_step, carry, minibatches)
+
+    key, key_epochs = jax.random.split(state.key)
+    (params, opt_state), metrics = jax.lax.scan(
+        epoch,
+        (state.params, state.opt_state),
+        jax.random.split(key_epochs, cfg.num_epochs),
+    )
+    metrics = jax.tree.map(jnp.mean, metrics)
+    kl_beta = state.kl_beta
+    if cfg.objective == "kl":
+        kl_beta = policy_losses.adapt_kl_beta(kl_beta, metrics["train/approx_kl"], hp.kl_target)
+    done = jnp.logical_or(rollout.terminated, rollout.truncated).astype(jnp.float32)
+    metrics |= {
+        "train/learning_rate": learning_rate(cfg, hp, state.update_count),
+        "train/kl_beta": state.kl_beta,
+        "episode/return": base.nan_mean(rollout.info["episode_return"], done),
+        "episode/length": base.nan_mean(rollout.info["episode_length"], done),
+        "episode/count": jnp.sum(done),
+    }
+    state = state.replace(
+        params=params,
+        opt_state=opt_state,
+        key=key,
+        update_count=state.update_count + 1,
+        kl_beta=kl_beta,
+    )
+    return state, metrics
+
+
+def train(
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+) -> tuple[State, Metrics]:
+    """``num_updates`` PPO iterations as one scan; metrics stacked ``[num_updates]``."""
+    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+
+
+def act(cfg: Config, env: Env, params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:
+    """Samples actions for a batch of observations (for evaluation or host actors)."""
+    dist, _ = network(cfg, env).apply(params, obs)
+    return dist.sample(seed=key)
