@@ -57,9 +57,14 @@ def _brax_env(
     action_repeat: int,
     env_kwargs: tuple[tuple[str, Any], ...],
 ):
-    """Builds (once per static configuration) the brax env with only the time limit."""
-    env = brax_envs.get_environment(env_name, backend=backend, **dict(env_kwargs))
-    return brax_training.EpisodeWrapper(env, episode_length, action_repeat)
+    """Builds (once per static configuration) the brax env with only the time limit.
+
+    The first call may happen while tracing ``reset``/``step``; brax builds its ``System``
+    with jnp ops, which would then be cached as leaked tracers, so evaluate them eagerly.
+    """
+    with jax.ensure_compile_time_eval():
+        env = brax_envs.get_environment(env_name, backend=backend, **dict(env_kwargs))
+        return brax_training.EpisodeWrapper(env, episode_length, action_repeat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +145,19 @@ class BraxEnv(Env):
         return state.obs, state, step
 
     def observation_space(self, params: BraxParams) -> spaces.Box:
-        size = self.brax_env.observation_size
-        if not isinstance(size, int):
-            raise NotImplementedError(f"brax dict observations ({size}) are not supported")
-        return spaces.Box(-float("inf"), float("inf"), (size,))
+        return spaces.Box(-float("inf"), float("inf"), _obs_shape(self))
 
     def action_space(self, params: BraxParams) -> spaces.Box:
         return spaces.Box(-1.0, 1.0, (self.brax_env.action_size,))
+
+
+@functools.lru_cache(maxsize=None)
+def _obs_shape(env: BraxEnv) -> tuple[int, ...]:
+    """The obs shape, from an abstract ``reset`` (brax's ``observation_size`` runs it eagerly)."""
+    obs, _ = jax.eval_shape(env.reset, jax.random.key(0), env.default_params())
+    if not isinstance(obs, jax.ShapeDtypeStruct):
+        raise NotImplementedError("brax dict observations are not supported")
+    return tuple(obs.shape)
 
 
 def make(

@@ -1,0 +1,85 @@
+"""Host-side writers: JSONL metrics (one line per run and update) and atomic JSON files.
+
+Nothing here touches the device: the runner hands over numpy arrays once per chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN; a missing value (no episode finished) is null
+    return x
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes ``text`` to ``path`` via a temporary file and ``os.replace`` (all or nothing)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+
+
+class JsonlWriter:
+    """Appends metric rows to ``metrics.jsonl``; each chunk is one write of whole lines."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.touch()
+
+    def write_chunk(
+        self,
+        metrics: Mapping[str, np.ndarray],
+        *,
+        first_update: int,
+        steps_per_update: int,
+        run_labels: list[dict[str, Any]],
+    ) -> None:
+        """Writes ``metrics`` (each ``[R, C]``: runs x updates in this chunk) as ``R*C`` lines."""
+        names = sorted(metrics)
+        num_runs, num_updates = np.shape(metrics[names[0]])[:2]
+        lines = []
+        for c in range(num_updates):
+            update = first_update + c + 1
+            for r in range(num_runs):
+                row = {**run_labels[r], "update": update, "env_steps": update * steps_per_update}
+                row |= {name: metrics[name][r, c] for name in names}
+                lines.append(json.dumps(_jsonable(row)))
+        with open(self.path, "a") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

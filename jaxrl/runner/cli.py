@@ -1,0 +1,160 @@
+"""Command line: ``jaxrl train ALGO --env ENV ...`` and ``jaxrl list``.
+
+Every input problem (unknown algorithm, environment, preset or ``--set`` key, a value of
+the wrong type, an impossible setting) is reported as one line before anything
+compiles, with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from jaxrl import __version__
+from jaxrl.algorithms.base import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxrl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train an algorithm on an environment, many seeds at once")
+    train.add_argument("algo", help="algorithm name, e.g. ppo (see `jaxrl list`)")
+    train.add_argument("--env", help="environment name, e.g. CartPole-v1 (see `jaxrl list`)")
+    train.add_argument("--preset", help="named settings, e.g. ppo/pendulum (see `jaxrl list`)")
+    train.add_argument("--num-seeds", type=int, default=1, help="runs vmapped in one program")
+    train.add_argument("--seed", type=int, default=0, help="first seed; runs use seed..seed+N-1")
+    train.add_argument("--total-timesteps", type=int, help="env steps per run")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a Config or HParams field (repeatable)",
+    )  # fmt: skip
+    train.add_argument("--run-dir", type=Path, help="output directory (default runs/<...>)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    sub.add_parser("list", help="list algorithms, environments and presets")
+    parser.add_argument("--version", action="version", version=f"jaxrl {__version__}")
+    return parser
+
+
+def _list() -> None:
+    from jaxrl.algorithms import ALGORITHMS
+    from jaxrl.envs import list_envs
+    from jaxrl.runner.config import list_presets
+
+    print("algorithms:   " + ", ".join(sorted(ALGORITHMS)))
+    print("environments: " + ", ".join(list_envs()))
+    print("presets:      " + ", ".join(list_presets()))
+
+
+def _prepare(args):
+    """Validates everything cheap first; returns what the run needs. Raises ConfigError."""
+    from jaxrl import algorithms, envs
+    from jaxrl.envs.registry import check_name
+    from jaxrl.runner import config as config_lib
+
+    try:
+        algo = algorithms.get(args.algo)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    preset = config_lib.load_preset(args.preset) if args.preset else None
+    env_name = args.env or (preset or {}).get("env")
+    if env_name is None:
+        raise ConfigError("--env is required (or a --preset that names one)")
+    try:
+        check_name(env_name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if args.num_seeds < 1:
+        raise ConfigError(f"--num-seeds must be a positive integer, got {args.num_seeds}")
+    if args.total_timesteps is not None and args.total_timesteps < 1:
+        raise ConfigError(f"--total-timesteps must be positive, got {args.total_timesteps}")
+    sets = config_lib.parse_sets(args.set)
+    cfg, hp = config_lib.resolve(algo, preset, sets, args.total_timesteps)
+    try:
+        env, _ = envs.make(env_name)
+    except ImportError as err:
+        raise ConfigError(f"{env_name} needs an optional extra: {err}") from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return algo, env, env_name, cfg, hp
+
+
+def _train(args) -> int:
+    from jaxrl.runner import config as config_lib
+    from jaxrl.runner import loop, sweep
+
+    algo, env, env_name, cfg, hp = _prepare(args)
+    requested = cfg.total_timesteps
+    ran = cfg.num_updates * cfg.steps_per_update
+    if ran != requested and not args.quiet:
+        print(
+            f"note: {requested:,} env steps rounded down to {ran:,} "
+            f"({cfg.num_updates} updates x {cfg.steps_per_update} steps per update)"
+        )
+    run_dir = args.run_dir or Path("runs") / (
+        f"{args.algo}-{env_name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from jaxrl.logger import writers
+
+    runs = sweep.grid(hp, range(args.seed, args.seed + args.num_seeds))
+    writers.write_json(
+        run_dir / "config.json",
+        {
+            "jaxrl_version": __version__,
+            "algo": args.algo,
+            "env": env_name,
+            "preset": args.preset,
+            "num_seeds": args.num_seeds,
+            "seed": args.seed,
+            "env_steps_requested": requested,
+            "env_steps_per_run": ran,
+            "config": config_lib.config_dict(cfg),
+            "hparams": {k: float(v) for k, v in vars(hp).items()},
+        },
+    )
+    result = loop.run(
+        algo, env, cfg, runs, env_name=env_name, algo_name=args.algo, run_dir=run_dir,
+        quiet=args.quiet,
+    )  # fmt: skip
+    if not args.quiet:
+        print(format_table(result.summary))
+        print(f"run directory: {run_dir}  (config.json, metrics.jsonl, summary.json, curve.png)")
+    return 0
+
+
+def format_table(summary: dict) -> str:
+    """The console results table: final return per run, then mean ± std."""
+    s = summary
+    lines = [
+        f"{s['algo']} on {s['env']}: {s['num_runs']} runs x {s['env_steps_per_run']:,} env steps, "
+        f"{s['steps_per_second']:,.0f} steps/s, compile {s['compile_seconds']:.1f} s, "
+        f"run {s['run_seconds']:.1f} s",
+        f"{'seed':>6}  {'final return':>12}",
+    ]
+    for label, value in zip(s["runs"], s["final_return"]["per_run"]):
+        lines.append(f"{label['seed']:>6}  {value:>12.1f}")
+    mean, std = s["final_return"]["mean"], s["final_return"]["std"]
+    if mean is not None:
+        lines.append(f"{'mean':>6}  {mean:>12.1f} ± {std:.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        _list()
+        return 0
+    try:
+        return _train(args)
+    except ConfigError as err:
+        print(f"jaxrl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The training loop: compile once, run in chunks, stream metrics, summarise.
+
+``lax.scan`` runs ``chunk`` updates inside one jitted, vmapped call; between chunks the
+host pulls that chunk's metrics (so device memory does not grow with the run), writes
+them, and updates the progress bar. State (including PRNG keys) is carried across
+chunks unchanged, so chunking never changes the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrl.envs.base import Env
+from jaxrl.logger import metrics as metric_utils
+from jaxrl.logger import plots, writers
+from jaxrl.runner.sweep import Runs
+
+TARGET_CHUNKS = 20
+
+
+def choose_chunk(num_updates: int, target_chunks: int = TARGET_CHUNKS) -> int:
+    """Updates per chunk: a divisor of ``num_updates`` giving close to ``target_chunks`` chunks.
+
+    A divisor keeps one compiled program; when none gives between ``target/4`` and
+    ``4 * target`` chunks, the last chunk is shorter (and compiled separately).
+    """
+    divisors = [d for d in range(1, num_updates + 1) if num_updates % d == 0]
+    best = min(divisors, key=lambda d: abs(num_updates / d - target_chunks))
+    if target_chunks / 4 <= num_updates / best <= 4 * target_chunks or num_updates < 4:
+        return best
+    return max(1, num_updates // target_chunks)
+
+
+@dataclasses.dataclass
+class Result:
+    """What a finished batch of runs leaves behind."""
+
+    state: Any  # final State, leading run axis [R]
+    metrics: dict[str, np.ndarray]  # every metric [R, num_updates]
+    summary: dict[str, Any]
+    run_dir: Path | None
+
+
+def train_fn(algo: ModuleType, cfg: Any, env: Env, num_updates: int):
+    """``(state[R], hps[R]) -> (state[R], metrics[R, num_updates])``, jitted and vmapped."""
+    fn = jax.vmap(lambda s, h: algo.train(cfg, env, s, h, num_updates))
+    donate = () if jax.default_backend() == "cpu" else (0,)
+    return jax.jit(fn, donate_argnums=donate)
+
+
+def run(
+    algo: ModuleType,
+    env: Env,
+    cfg: Any,
+    runs: Runs,
+    *,
+    env_name: str,
+    algo_name: str,
+    run_dir: str | Path | None = None,
+    quiet: bool = False,
+    target_chunks: int = TARGET_CHUNKS,
+) -> Result:
+    """Trains every run in ``runs`` for ``cfg.num_updates`` updates; returns a :class:`Result`.
+
+    Writes ``metrics.jsonl``, ``summary.json`` and ``curve.png`` into ``run_dir`` if given
+    (``config.json`` is the caller's, written before compiling).
+    """
+    num_updates = cfg.num_updates
+    chunk = choose_chunk(num_updates, target_chunks)
+    steps_per_update = cfg.steps_per_update
+    num_runs = len(runs)
+
+    t0 = time.perf_counter()
+    init = jax.jit(jax.vmap(functools.partial(algo.init, cfg, env)))
+    state = init(runs.keys, runs.hps)
+    compiled = {chunk: train_fn(algo, cfg, env, chunk).lower(state, runs.hps).compile()}
+    if num_updates % chunk:
+        rest = num_updates % chunk
+        compiled[rest] = train_fn(algo, cfg, env, rest).lower(state, runs.hps).compile()
+    jax.block_until_ready(state)
+    compile_seconds = time.perf_counter() - t0
+
+    run_dir = Path(run_dir) if run_dir is not None else None
+    writer = writers.JsonlWriter(run_dir / "metrics.jsonl") if run_dir else None
+    bar = _progress(num_updates * steps_per_update * num_runs, quiet, f"{algo_name} {env_name}")
+    history: dict[str, list[np.ndarray]] = {}
+    done_updates = 0
+    t1 = time.perf_counter()
+    while done_updates < num_updates:
+        size = min(chunk, num_updates - done_updates)
+        state, metrics = compiled[size](state, runs.hps)
+        metrics = jax.device_get(metrics)  # the host sync: one per chunk
+        if writer:
+            writer.write_chunk(
+                metrics,
+                first_update=done_updates,
+                steps_per_update=steps_per_update,
+                run_labels=runs.labels,
+            )
+        for name, value in metrics.items():
+            history.setdefault(name, []).append(np.asarray(value))
+        done_updates += size
+        if bar is not None:
+            latest = metric_utils.forward_fill(np.concatenate(history["episode/return"], 1))
+            with np.errstate(all="ignore"):
+                ret = float(np.nanmean(latest[:, -1])) if np.isfinite(latest[:, -1]).any() else None
+            bar.set_postfix_str(f"return={ret:.1f}" if ret is not None else "return=n/a")
+            bar.update(size * steps_per_update * num_runs)
+    jax.block_until_ready(state)
+    run_seconds = time.perf_counter() - t1
+    if bar is not None:
+        bar.close()
+
+    history_arr = {name: np.concatenate(parts, axis=1) for name, parts in history.items()}
+    final = metric_utils.final_return(history_arr["episode/return"], history_arr["episode/count"])
+    env_steps = num_updates * steps_per_update
+    summary = {
+        "algo": algo_name,
+        "env": env_name,
+        "num_runs": num_runs,
+        "runs": runs.labels,
+        "env_steps_per_run": env_steps,
+        "env_steps_total": env_steps * num_runs,
+        "steps_per_second": env_steps * num_runs / run_seconds,
+        "compile_seconds": compile_seconds,
+        "run_seconds": run_seconds,
+        "final_return": {
+            "per_run": final,
+            "mean": float(np.nanmean(final)) if np.isfinite(final).any() else None,
+            "std": float(np.nanstd(final)) if np.isfinite(final).any() else None,
+        },
+    }
+    if run_dir:
+        writers.write_json(run_dir / "summary.json", summary)
+        steps = np.arange(1, num_updates + 1) * steps_per_update
+        returns = metric_utils.forward_fill(history_arr["episode/return"])
+        plots.learning_curve(
+            run_dir / "curve.png", steps, returns, f"{algo_name} on {env_name}"
+        )
+    return Result(state, history_arr, summary, run_dir)
+
+
+def _progress(total: int, quiet: bool, desc: str):
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", unit_scale=True, desc=desc, dynamic_ncols=True)

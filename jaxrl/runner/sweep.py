@@ -1,0 +1,49 @@
+"""Run axes: the ``(keys, hps)`` pairs of a batch of runs, built from seeds and grids.
+
+A batch of ``R`` runs is one leading axis on the PRNG keys and on every HParams leaf;
+the loop vmaps over it, so a grid of seeds x hyperparameters is one compiled program.
+Seed ``s`` always gets the key ``fold_in(key(0), s)``, whatever else is in the batch, so
+a run is reproducible alone or inside any sweep.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Runs(NamedTuple):
+    keys: jax.Array  # [R] PRNG keys
+    hps: Any  # HParams, every leaf [R]
+    labels: list[dict[str, Any]]  # per run: {"run": i, "seed": s, **grid values}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def seed_key(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(0), seed)
+
+
+def grid(hp: Any, seeds: Sequence[int], **values: Sequence[float]) -> Runs:
+    """Every combination of ``values`` (hyperparameter name -> list) for every seed.
+
+    Example: ``grid(hp, range(8), learning_rate=[1e-4, 3e-4])`` gives 16 runs.
+    """
+    names = list(values)
+    labels, keys, leaves = [], [], {name: [] for name in names}
+    for combo in itertools.product(*(values[n] for n in names)):
+        for seed in seeds:
+            labels.append({"run": len(labels), "seed": int(seed), **dict(zip(names, combo))})
+            keys.append(seed_key(int(seed)))
+            for name, v in zip(names, combo):
+                leaves[name].append(v)
+    num = len(labels)
+    overrides = {name: jnp.asarray(leaves[name], jnp.float32) for name in names}
+    hps = jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), hp)
+    hps = hps.replace(**overrides)
+    return Runs(jnp.stack(keys), hps, labels)
