@@ -49,7 +49,7 @@ def _brax_numpy_semantics():
     return jax.numpy_rank_promotion("allow")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _brax_env(
     env_name: str,
     backend: str,
@@ -151,7 +151,7 @@ class BraxEnv(Env):
         return spaces.Box(-1.0, 1.0, (self.brax_env.action_size,))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _obs_shape(env: BraxEnv) -> tuple[int, ...]:
     """The obs shape, from an abstract ``reset`` (brax's ``observation_size`` runs it eagerly)."""
     obs, _ = jax.eval_shape(env.reset, jax.random.key(0), env.default_params())

@@ -14,8 +14,9 @@ envpool itself resets lazily ("next-step" auto-reset, gymnasium's
 returns the reset obs with reward 0 and both flags false. That dummy transition would
 corrupt returns, so after every step we reset the envs that just finished, by id
 (``reset(env_ids)``), and splice their fresh obs in; envpool then sees no pending
-done and the next step is a real one. The reset draws from envpool's per-env RNG, so
-episodes after the first differ from those of a bare envpool with the same seed.
+done and the next step is a real one. The reset draws from the same per-env RNG as
+envpool's own auto-reset would, so for the same seed and actions the stream equals a
+bare envpool's with its dummy transitions removed (``tests/envs/test_envpool.py``).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def make(task: str, num_envs: int = 1, seed: int = 0, **kwargs: Any) -> EnvpoolE
     Args:
         task: envpool task id, e.g. ``"CartPole-v1"`` or ``"Pong-v5"``.
         num_envs: number of envs ``N`` stepped together.
-        seed: envpool seed (env ``i`` is seeded from ``seed + i``).
+        seed: envpool seed (fixed for the pool's lifetime; env ``i`` uses ``seed + i``).
         **kwargs: other ``envpool.make`` options (e.g. ``max_episode_steps``,
             ``num_threads``, ``episodic_life``).
 
