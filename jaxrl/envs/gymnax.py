@@ -27,13 +27,16 @@ if not _GYMNAX_VERSION.startswith("1."):  # the step API we adapt changed in 1.0
 ENV_IDS: tuple[str, ...] = tuple(gymnax.registered_envs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gymnax_env(env_id: str):
-    env, _ = gymnax.make(env_id)
+    # Some gymnax envs build arrays in __init__; under a jit trace those would be cached
+    # tracers, so construct eagerly even when first used inside jit.
+    with jax.ensure_compile_time_eval():
+        env, _ = gymnax.make(env_id)
     return env
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spaces(env_id: str) -> tuple[spaces.Space, spaces.Space]:
     """(observation, action) spaces at the default params, evaluated eagerly even under jit."""
     env = _gymnax_env(env_id)

@@ -143,7 +143,8 @@ class NormalizeObs(Wrapper):
     epsilon: float = 1e-8
 
     def _normalize(self, obs, stats):
-        z = (obs - stats.mean) / jnp.sqrt(stats.var + self.epsilon)
+        mean, var = jnp.expand_dims(stats.mean, 0), jnp.expand_dims(stats.var, 0)  # [1, *shape]
+        z = (obs - mean) / jnp.sqrt(var + self.epsilon)
         return jnp.clip(z, -self.clip, self.clip)
 
     def reset(self, key, params):
