@@ -16,6 +16,7 @@ serves a vmapped grid of seeds x hyperparameters and ``jax.grad`` reaches them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -204,9 +205,7 @@ def optimizer(cfg: Config, hp: HParams, lr: jax.Array) -> optax.GradientTransfor
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), adam)
 
 
-def init(
-    cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None
-) -> State:
+def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
     """Initial state: fresh network, optimiser state and reset envs."""
     env_params = env.default_params() if env_params is None else env_params
     key, key_net, key_env = jax.random.split(key, 3)
@@ -244,7 +243,7 @@ def loss(
         )
     else:
         pg_loss, _ = policy_losses.kl_penalty_loss(log_prob, batch.log_prob, advantage, hp.kl_beta)
-        clip_fraction = jnp.mean((jnp.abs(jnp.exp(log_prob - batch.log_prob) - 1) > hp.clip_eps))
+        clip_fraction = jnp.mean(jnp.abs(jnp.exp(log_prob - batch.log_prob) - 1) > hp.clip_eps)
     v_loss = value_loss(value, batch.value, batch.target, hp.clip_eps, cfg.clip_value)
     entropy = jnp.mean(dist.entropy())
     total = pg_loss + hp.vf_coef * v_loss - hp.ent_coef * entropy
@@ -321,13 +320,22 @@ def make_batch(cfg: Config, env: Env, params: dict, rollout: Rollout, hp: HParam
     )
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One PPO iteration: collect, GAE, ``num_epochs`` x ``num_minibatches`` Adam steps."""
+LossFn = Callable[[Config, Env, dict, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """One PPO iteration: collect, GAE, ``num_epochs`` x ``num_minibatches`` Adam steps.
+
+    ``loss_fn`` (same signature as :func:`loss`) replaces the PPO loss, e.g. to add a
+    regulariser; its metrics are averaged and returned with the rest.
+    """
     state, rollout = collect(cfg, env, state)
     batch = make_batch(cfg, env, state.params, rollout, hp)
     loss_hp = hp.replace(kl_beta=state.kl_beta)
     tx = optimizer(cfg, hp, learning_rate(cfg, hp, state.update_count))
-    grad_fn = jax.grad(lambda p, b: loss(cfg, env, p, b, loss_hp), has_aux=True)
+    grad_fn = jax.grad(lambda p, b: loss_fn(cfg, env, p, b, loss_hp), has_aux=True)
 
     def sgd_step(carry, minibatch):
         params, opt_state = carry
@@ -370,10 +378,11 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` PPO iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def act(cfg: Config, env: Env, params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:

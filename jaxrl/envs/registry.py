@@ -59,6 +59,8 @@ def check_name(name: str) -> None:
     """Raises the ``make`` error for a bad name without building anything heavy."""
     if name in GYMNAX_IDS or name.startswith(("brax/", "envpool/")):
         return
-    if name.startswith("probe/") and name.removeprefix("probe/") in probe.PROBES:
-        return
+    if name.startswith("probe/"):
+        if name.removeprefix("probe/") in probe.PROBES:
+            return
+        raise _unknown(name, [f"probe/{n}" for n in probe.PROBES])
     raise _unknown(name, GYMNAX_IDS)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxrl.envs import spaces
-from jaxrl.envs.base import Env, Step, Wrapper
+from jaxrl.envs.base import Env, Wrapper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +77,7 @@ class EpisodeStats(Wrapper):
         info = dict(step.info)
         info["episode_return"] = jnp.where(done, ret, 0.0)
         info["episode_length"] = jnp.where(done, length, 0)
-        state = EpisodeStatsState(
-            env_state, jnp.where(done, 0.0, ret), jnp.where(done, 0, length)
-        )
+        state = EpisodeStatsState(env_state, jnp.where(done, 0.0, ret), jnp.where(done, 0, length))
         return obs, state, step.replace(info=info)
 
 

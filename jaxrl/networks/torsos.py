@@ -70,7 +70,10 @@ class CNN(nn.Module):
         x = x.reshape((-1, *x.shape[-3:])).astype(jnp.float32)
         for features, kernel, stride in self.convs:
             conv = nn.Conv(
-                features, (kernel, kernel), (stride, stride), kernel_init=kernel_init(self.ortho_init)
+                features,
+                (kernel, kernel),
+                (stride, stride),
+                kernel_init=kernel_init(self.ortho_init),
             )
             x = act(conv(x))
         x = x.reshape((x.shape[0], -1))

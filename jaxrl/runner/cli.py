@@ -133,7 +133,7 @@ def format_table(summary: dict) -> str:
         f"run {s['run_seconds']:.1f} s",
         f"{'seed':>6}  {'final return':>12}",
     ]
-    for label, value in zip(s["runs"], s["final_return"]["per_run"]):
+    for label, value in zip(s["runs"], s["final_return"]["per_run"], strict=False):
         lines.append(f"{label['seed']:>6}  {value:>12.1f}")
     mean, std = s["final_return"]["mean"], s["final_return"]["std"]
     if mean is not None:

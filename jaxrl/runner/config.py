@@ -108,9 +108,7 @@ def resolve(
             raise ConfigError(f"unknown --set key {key!r}; valid keys: {', '.join(valid)}")
     if total_timesteps is not None:
         cfg_values["total_timesteps"] = total_timesteps
-    cfg_values = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in cfg_values.items()
-    }
+    cfg_values = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg_values.items()}
     cfg = algo.Config(**cfg_values)
     hp = algo.HParams.make(**hp_values)
     algo.check(cfg, hp)

@@ -9,7 +9,6 @@ chunks unchanged, so chunking never changes the numbers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +20,7 @@ import numpy as np
 from jaxrl.envs.base import Env
 from jaxrl.logger import metrics as metric_utils
 from jaxrl.logger import plots, writers
+from jaxrl.runner import sweep
 from jaxrl.runner.sweep import Runs
 
 TARGET_CHUNKS = 20
@@ -32,10 +32,12 @@ def choose_chunk(num_updates: int, target_chunks: int = TARGET_CHUNKS) -> int:
     A divisor keeps one compiled program; when none gives between ``target/4`` and
     ``4 * target`` chunks, the last chunk is shorter (and compiled separately).
     """
+    if num_updates < 4:
+        return num_updates
     divisors = [d for d in range(1, num_updates + 1) if num_updates % d == 0]
-    best = min(divisors, key=lambda d: abs(num_updates / d - target_chunks))
-    if target_chunks / 4 <= num_updates / best <= 4 * target_chunks or num_updates < 4:
-        return best
+    fitting = [d for d in divisors if target_chunks / 4 <= num_updates / d <= 4 * target_chunks]
+    if fitting:
+        return min(fitting, key=lambda d: abs(num_updates / d - target_chunks))
     return max(1, num_updates // target_chunks)
 
 
@@ -79,8 +81,7 @@ def run(
     num_runs = len(runs)
 
     t0 = time.perf_counter()
-    init = jax.jit(jax.vmap(functools.partial(algo.init, cfg, env)))
-    state = init(runs.keys, runs.hps)
+    state = sweep.init_runs(algo, cfg, env, runs.keys, runs.hps)
     compiled = {chunk: train_fn(algo, cfg, env, chunk).lower(state, runs.hps).compile()}
     if num_updates % chunk:
         rest = num_updates % chunk
@@ -142,9 +143,7 @@ def run(
         writers.write_json(run_dir / "summary.json", summary)
         steps = np.arange(1, num_updates + 1) * steps_per_update
         returns = metric_utils.forward_fill(history_arr["episode/return"])
-        plots.learning_curve(
-            run_dir / "curve.png", steps, returns, f"{algo_name} on {env_name}"
-        )
+        plots.learning_curve(run_dir / "curve.png", steps, returns, f"{algo_name} on {env_name}")
     return Result(state, history_arr, summary, run_dir)
 
 

@@ -38,12 +38,25 @@ def grid(hp: Any, seeds: Sequence[int], **values: Sequence[float]) -> Runs:
     labels, keys, leaves = [], [], {name: [] for name in names}
     for combo in itertools.product(*(values[n] for n in names)):
         for seed in seeds:
-            labels.append({"run": len(labels), "seed": int(seed), **dict(zip(names, combo))})
+            labels.append(
+                {"run": len(labels), "seed": int(seed), **dict(zip(names, combo, strict=True))}
+            )
             keys.append(seed_key(int(seed)))
-            for name, v in zip(names, combo):
+            for name, v in zip(names, combo, strict=True):
                 leaves[name].append(v)
     num = len(labels)
     overrides = {name: jnp.asarray(leaves[name], jnp.float32) for name in names}
     hps = jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), hp)
     hps = hps.replace(**overrides)
     return Runs(jnp.stack(keys), hps, labels)
+
+
+def init_runs(algo: Any, cfg: Any, env: Any, keys: jax.Array, hps: Any) -> Any:
+    """The initial State of every run: ``algo.init`` mapped over the run axis, jitted.
+
+    ``keys``: [R] PRNG keys; ``hps``: HParams with leaves [R]. Returns State with leaves [R].
+    Uses ``lax.map`` rather than ``vmap``: init runs once, and a vmapped orthogonal
+    initialiser becomes one batched QR that can stall XLA's CPU backend (see docs/design.md).
+    """
+    one = lambda key_hp: algo.init(cfg, env, *key_hp)  # noqa: E731
+    return jax.jit(lambda k, h: jax.lax.map(one, (k, h)))(keys, hps)

@@ -98,6 +98,24 @@ def test_kl_objective_adapts_beta():
     np.testing.assert_allclose(state.kl_beta, 1.0)
 
 
+def test_custom_loss_fn_replaces_the_loss():
+    cfg, env, hp = _setup()
+    state = ppo.init(cfg, env, jax.random.key(0), hp)
+
+    def frozen_loss(cfg, env, params, batch, hp):  # zero gradient: Adam must not move
+        total, metrics = ppo.loss(cfg, env, params, batch, hp)
+        return 0.0 * total, metrics | {"train/custom": jnp.float32(7.0)}
+
+    new, metrics = jax.jit(lambda s: ppo.update(cfg, env, s, hp, frozen_loss))(state)
+    _allclose(new.params, state.params, rtol=0, atol=0)
+    assert metrics["train/custom"] == 7.0
+    moved, _ = jax.jit(lambda s: ppo.update(cfg, env, s, hp))(state)
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(moved.params), jax.tree.leaves(state.params), strict=False)
+    )
+
+
 # ---------------------------------------------------------------- invariances
 
 
@@ -113,28 +131,26 @@ def test_jit_equals_no_jit():
 def test_vmapped_seeds_equal_one_by_one():
     cfg, env, hp = _setup()
     runs = sweep.grid(hp, seeds=[0, 1, 2])
-    init = jax.vmap(functools.partial(ppo.init, cfg, env))
     train = jax.jit(jax.vmap(lambda s, h: ppo.train(cfg, env, s, h, 3)))
-    batched = train(init(runs.keys, runs.hps), runs.hps)
+    batched = train(sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps), runs.hps)
     for i in range(3):
         one = ppo.init(cfg, env, sweep.seed_key(i), hp)
         alone = jax.jit(lambda s: ppo.train(cfg, env, s, hp, 3))(one)
-        _allclose(jax.tree.map(lambda x: x[i], batched), alone)
+        _allclose(jax.tree.map(lambda x, i=i: x[i], batched), alone)
 
 
 def test_vmapped_learning_rate_grid_equals_separate_runs():
     cfg, env, hp = _setup()
     rates = [1e-4, 3e-3]
     runs = sweep.grid(hp, seeds=[7], learning_rate=rates)
-    init = jax.vmap(functools.partial(ppo.init, cfg, env))
     train = jax.jit(jax.vmap(lambda s, h: ppo.train(cfg, env, s, h, 3)))
-    state, metrics = train(init(runs.keys, runs.hps), runs.hps)
+    state, metrics = train(sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps), runs.hps)
     np.testing.assert_allclose(metrics["train/learning_rate"][:, 0], rates, rtol=1e-6)
     for i, lr in enumerate(rates):
         hp_i = hp.replace(learning_rate=jnp.float32(lr))
         one = ppo.init(cfg, env, sweep.seed_key(7), hp_i)
         alone = jax.jit(lambda s, h: ppo.train(cfg, env, s, h, 3))(one, hp_i)
-        _allclose(jax.tree.map(lambda x: x[i], (state, metrics)), alone)
+        _allclose(jax.tree.map(lambda x, i=i: x[i], (state, metrics)), alone)
     # different rates must give different parameters (the grid is not ignored)
     leaves = jax.tree.leaves(state.params)
     assert any(not np.allclose(x[0], x[1]) for x in leaves)

@@ -63,12 +63,6 @@ def test_check_name_raises_the_make_error(name):
     assert str(from_check.value) == str(from_make.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG jaxrl/envs/registry.py: check_name('probe/<bad>') lists the gymnax ids, "
-    "while make() lists the probe names; fix: raise _unknown(name, [f'probe/{n}' ...]) "
-    "for a bad probe/ name in check_name too.",
-)
 def test_check_name_raises_the_make_error_for_bad_probe():
     with pytest.raises(ValueError) as from_make:
         make("probe/nope")

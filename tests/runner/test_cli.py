@@ -1,0 +1,135 @@
+"""The command line: bad input is one clear line before anything compiles; a run's outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxrl.runner import cli, loop
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails the test if the CLI ever gets as far as compiling or training."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("loop.run was reached: the error came too late")
+
+    monkeypatch.setattr(loop, "run", forbidden)
+
+
+BAD_INPUTS = {
+    "unknown algorithm": (["train", "nope", "--env", "CartPole-v1"], ["unknown algorithm", "ppo"]),
+    "unknown environment": (
+        ["train", "ppo", "--env", "CartPol-v1"],
+        ["unknown environment", "CartPole-v1", "brax/<name>", "envpool/<name>"],
+    ),
+    "batch not divisible": (
+        [
+            "train",
+            "ppo",
+            "--env",
+            "CartPole-v1",
+            "--set",
+            "num_envs=3",
+            "--set",
+            "num_minibatches=5",
+        ],
+        ["num_minibatches"],
+    ),
+    "negative learning rate": (
+        ["train", "ppo", "--env", "CartPole-v1", "--set", "learning_rate=-1e-3"],
+        ["learning_rate"],
+    ),
+    "non-numeric learning rate": (
+        ["train", "ppo", "--env", "CartPole-v1", "--set", "learning_rate=fast"],
+        ["learning_rate=fast", "float"],
+    ),
+    "unknown --set key": (
+        ["train", "ppo", "--env", "CartPole-v1", "--set", "learnin_rate=1e-3"],
+        ["unknown --set key", "learning_rate"],
+    ),
+    "wrong type for a Config field": (
+        ["train", "ppo", "--env", "CartPole-v1", "--set", "num_envs=4.5"],
+        ["num_envs", "int"],
+    ),
+    "unknown preset": (
+        ["train", "ppo", "--preset", "ppo/nope"],
+        ["unknown preset", "ppo/cartpole"],
+    ),
+    "non-positive seeds": (["train", "ppo", "--env", "CartPole-v1", "--num-seeds", "0"], ["seeds"]),
+    "too few steps for one update": (
+        ["train", "ppo", "--env", "CartPole-v1", "--total-timesteps", "10"],
+        ["total_timesteps"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_before_compiling(case, no_training, capsys):
+    argv, must_mention = BAD_INPUTS[case]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("jaxrl: error: ")
+    assert "Traceback" not in err and out == ""
+    for word in must_mention:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_list_names_algorithms_environments_and_presets(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ["ppo", "CartPole-v1", "Breakout-MinAtar", "brax/<name>", "ppo/cartpole"]:
+        assert name in out
+
+
+def test_train_writes_the_run_directory(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = [
+        "train", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--seed", "3",
+        "--total-timesteps", "5000", "--set", "num_envs=4", "--set", "rollout_len=32",
+        "--run-dir", str(run_dir),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    # 5000 is not a multiple of 4 x 32 = 128: the CLI says what it ran
+    assert "rounded down to 4,992" in out
+    assert "mean" in out and "final return" in out
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["env_steps_per_run"] == 4992 and config["env_steps_requested"] == 5000
+    assert config["config"]["num_envs"] == 4
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["seed"] for r in summary["runs"]] == [3, 4]
+    per_run = summary["final_return"]["per_run"]
+    assert len(per_run) == 2
+    assert summary["final_return"]["mean"] == pytest.approx(np.mean(per_run))
+    assert summary["env_steps_per_run"] == 4992
+    for key in ["steps_per_second", "compile_seconds"]:
+        assert summary[key] > 0
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    updates = 4992 // 128
+    assert len(rows) == 2 * updates  # one row per run per update
+    assert {row["seed"] for row in rows} == {3, 4}
+    assert max(row["env_steps"] for row in rows) == 4992
+    assert (run_dir / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_python_dash_m_entry_point_runs_the_cli():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxrl", "train", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "unknown algorithm" in proc.stderr

@@ -1,0 +1,68 @@
+"""The loop's pieces: chunk sizes, metric reductions, and chunking not changing the numbers."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrl import envs
+from jaxrl.algorithms import ppo
+from jaxrl.logger import metrics
+from jaxrl.runner import loop, sweep
+
+
+@pytest.mark.parametrize("num_updates", [1, 2, 3, 7, 20, 97, 100, 122, 1000, 4096])
+def test_choose_chunk_covers_the_run_in_about_the_target_number_of_chunks(num_updates):
+    chunk = loop.choose_chunk(num_updates, target_chunks=20)
+    assert 1 <= chunk <= num_updates
+    chunks = -(-num_updates // chunk)
+    if num_updates >= 20:
+        assert 5 <= chunks <= 80
+    if num_updates % chunk:  # the fallback: a shorter last chunk, only when no divisor fits
+        divisors = [d for d in range(1, num_updates + 1) if num_updates % d == 0]
+        assert not any(5 <= num_updates / d <= 80 for d in divisors)
+
+
+def test_choose_chunk_prefers_a_divisor():
+    assert loop.choose_chunk(100, 20) == 5
+    assert loop.choose_chunk(122, 20) == 2  # 61 chunks: the only divisor in range
+    assert loop.choose_chunk(97, 20) == 4  # a prime: 24 chunks of 4, then one of 1
+
+
+def test_final_return_weights_episodes_in_the_last_updates():
+    returns = np.array([[1.0, np.nan, 10.0, 20.0], [5.0, 6.0, np.nan, np.nan]])
+    counts = np.array([[1, 0, 1, 3], [2, 2, 0, 0]])
+    got = metrics.final_return(returns, counts, fraction=0.5)  # last 2 updates
+    np.testing.assert_allclose(got[0], (10 * 1 + 20 * 3) / 4)
+    assert np.isnan(got[1])  # no episode finished in the window
+    # the window is at least one update
+    np.testing.assert_allclose(metrics.final_return(returns, counts, fraction=0.0)[0], 20.0)
+
+
+def test_forward_fill_matches_a_loop():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 30))
+    x[rng.random(x.shape) < 0.5] = np.nan
+    got = metrics.forward_fill(x)
+    for row_in, row_out in zip(x, got, strict=True):
+        last = np.nan
+        for a, b in zip(row_in, row_out, strict=True):
+            last = a if np.isfinite(a) else last
+            np.testing.assert_equal(b, last)
+
+
+def test_chunking_does_not_change_the_numbers():
+    env, _ = envs.make("CartPole-v1")
+    cfg = ppo.Config(total_timesteps=23 * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
+    runs = sweep.grid(ppo.HParams.make(), seeds=[0, 1])
+    kw = dict(env_name="CartPole-v1", algo_name="ppo", quiet=True)
+    whole = loop.run(ppo, env, cfg, runs, target_chunks=1, **kw)
+    chunked = loop.run(ppo, env, cfg, runs, target_chunks=5, **kw)  # 23 = 5 x 4 + 3 updates
+    assert whole.metrics.keys() == chunked.metrics.keys()
+    for name in whole.metrics:
+        np.testing.assert_array_equal(whole.metrics[name], chunked.metrics[name], err_msg=name)
+    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(chunked.state), strict=True):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
