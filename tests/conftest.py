@@ -1,4 +1,4 @@
-"""Shared pytest setup: strict numpy rank promotion and the opt-in ``slow`` marker.
+"""Shared pytest setup: strict rank promotion, two CPU devices, the opt-in ``slow`` marker.
 
 ``learning`` and ``slow`` are declared in ``pyproject.toml``; tests marked ``slow``
 are skipped unless ``--runslow`` is given (as gymnax's ``--all``).
@@ -11,6 +11,8 @@ import pytest
 
 # As rlax does: an implicit broadcast between arrays of different rank is an error.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Two XLA CPU devices, so tests can check that sharding runs over devices changes nothing.
+jax.config.update("jax_num_cpu_devices", 2)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

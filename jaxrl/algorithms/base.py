@@ -27,9 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-class ConfigError(ValueError):
-    """An impossible or unknown setting, raised before anything compiles."""
+from jaxrl.errors import ConfigError  # noqa: F401  (re-exported: algorithms raise it)
 
 
 def make_hparams(cls, defaults: Mapping[str, float], overrides: Mapping[str, Any]):

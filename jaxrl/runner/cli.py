@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from jaxrl import __version__
-from jaxrl.algorithms.base import ConfigError
+from jaxrl.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,6 +142,9 @@ def format_table(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jaxrl.distributed.mesh import use_all_cpu_cores
+
+    use_all_cpu_cores()  # before anything starts JAX: runs are spread over every core
     args = _parser().parse_args(argv)
     if args.command == "list":
         _list()

@@ -6,7 +6,7 @@ A preset is a JSON file ``jaxrl/presets/<algo>/<name>.json``::
 
 ``--set`` keys may name a ``Config`` field or an ``HParams`` field; values are parsed by
 the field's type (``int``, ``float``, ``bool``, ``str``, ``tuple[int, ...]`` as ``64,64``).
-Every problem is a :class:`~jaxrl.algorithms.base.ConfigError` with a one-line message.
+Every problem is a :class:`~jaxrl.errors.ConfigError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from importlib import resources
 from types import ModuleType
 from typing import Any
 
-from jaxrl.algorithms.base import ConfigError
+from jaxrl.errors import ConfigError
 
 
 def list_presets() -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxrl import distributed
 from jaxrl.envs.base import Env
 from jaxrl.logger import metrics as metric_utils
 from jaxrl.logger import plots, writers
@@ -69,8 +71,13 @@ def run(
     run_dir: str | Path | None = None,
     quiet: bool = False,
     target_chunks: int = TARGET_CHUNKS,
+    devices: Sequence[jax.Device] | None = None,
 ) -> Result:
     """Trains every run in ``runs`` for ``cfg.num_updates`` updates; returns a :class:`Result`.
+
+    The runs are split over ``devices`` (default: every local device, at most one per
+    run); a run count that does not divide is padded with copies of run 0, whose
+    results are dropped.
 
     Writes ``metrics.jsonl``, ``summary.json`` and ``curve.png`` into ``run_dir`` if given
     (``config.json`` is the caller's, written before compiling).
@@ -81,11 +88,15 @@ def run(
     num_runs = len(runs)
 
     t0 = time.perf_counter()
-    state = sweep.init_runs(algo, cfg, env, runs.keys, runs.hps)
-    compiled = {chunk: train_fn(algo, cfg, env, chunk).lower(state, runs.hps).compile()}
+    devices = list(jax.local_devices() if devices is None else devices)[:num_runs]
+    mesh = distributed.run_mesh(devices)
+    keys, hps = distributed.pad_runs((runs.keys, runs.hps), len(devices))
+    state = sweep.init_runs(algo, cfg, env, keys, hps)
+    state, hps = distributed.shard_runs((state, hps), mesh)
+    compiled = {chunk: train_fn(algo, cfg, env, chunk).lower(state, hps).compile()}
     if num_updates % chunk:
         rest = num_updates % chunk
-        compiled[rest] = train_fn(algo, cfg, env, rest).lower(state, runs.hps).compile()
+        compiled[rest] = train_fn(algo, cfg, env, rest).lower(state, hps).compile()
     jax.block_until_ready(state)
     compile_seconds = time.perf_counter() - t0
 
@@ -97,8 +108,9 @@ def run(
     t1 = time.perf_counter()
     while done_updates < num_updates:
         size = min(chunk, num_updates - done_updates)
-        state, metrics = compiled[size](state, runs.hps)
+        state, metrics = compiled[size](state, hps)
         metrics = jax.device_get(metrics)  # the host sync: one per chunk
+        metrics = {name: value[:num_runs] for name, value in metrics.items()}
         if writer:
             writer.write_chunk(
                 metrics,
@@ -127,6 +139,7 @@ def run(
         "algo": algo_name,
         "env": env_name,
         "num_runs": num_runs,
+        "devices": [str(d) for d in devices],
         "runs": runs.labels,
         "env_steps_per_run": env_steps,
         "env_steps_total": env_steps * num_runs,
@@ -144,6 +157,7 @@ def run(
         steps = np.arange(1, num_updates + 1) * steps_per_update
         returns = metric_utils.forward_fill(history_arr["episode/return"])
         plots.learning_curve(run_dir / "curve.png", steps, returns, f"{algo_name} on {env_name}")
+    state = jax.tree.map(lambda x: x[:num_runs], state)
     return Result(state, history_arr, summary, run_dir)
 
 

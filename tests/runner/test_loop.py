@@ -66,3 +66,22 @@ def test_chunking_does_not_change_the_numbers():
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_runs_sharded_over_devices_equal_runs_on_one_device():
+    assert len(jax.devices()) >= 2, "conftest exposes two CPU devices"
+    env, _ = envs.make("CartPole-v1")
+    cfg = ppo.Config(total_timesteps=8 * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
+    runs = sweep.grid(ppo.HParams.make(), seeds=[0, 1, 2])  # 3 runs: padded to 4 on 2 devices
+    kw = dict(env_name="CartPole-v1", algo_name="ppo", quiet=True)
+    one = loop.run(ppo, env, cfg, runs, devices=jax.devices()[:1], **kw)
+    two = loop.run(ppo, env, cfg, runs, devices=jax.devices()[:2], **kw)
+    assert len(two.summary["devices"]) == 2
+    for name in one.metrics:
+        assert one.metrics[name].shape == two.metrics[name].shape == (3, 8)
+        np.testing.assert_allclose(one.metrics[name], two.metrics[name], rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(two.state), strict=True):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        assert a.shape == b.shape and a.shape[0] == 3
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
