@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl import distributed
 from jaxrl.algorithms import ppo
 from jaxrl.envs import make
 from jaxrl.envs.wrappers import make_vec_env
@@ -289,9 +290,8 @@ def sharded_train_program(cfg: ppo.Config, keys: jax.Array, num_devices: int) ->
     """
     env, _ = make(ENV_ID)
     hp = ppo.HParams.make()
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("run",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("run"))
-    states = jax.device_put(init_states(cfg, env, keys, hp), sharding)
+    mesh = distributed.run_mesh(jax.devices()[:num_devices])  # what loop.run does
+    states = distributed.shard_runs(init_states(cfg, env, keys, hp), mesh)
     train = jax.vmap(lambda state, hp: ppo.train(cfg, env, state, hp, cfg.num_updates), (0, None))
     steps = keys.shape[0] * cfg.num_updates * cfg.steps_per_update
     return compile_program(train, (states, hp), steps)
@@ -491,8 +491,8 @@ def table(results: list[dict]) -> str:
         "",
         "| seeds | jaxrl / Rejax | jaxrl / Rejax per repeat | train / rollout-only "
         "| rollout / env stack | env stack / gymnax | jaxrl / PureJaxRL (cross-run) |"
-        + (" sharded / jaxrl |" if sharded else ""),
-        "|" + " --- |" * (7 + sharded),
+        + (" sharded / jaxrl | runner / Rejax | runner / PureJaxRL |" if sharded else ""),
+        "|" + " --- |" * (7 + 3 * sharded),
     ]
     for r in results:
         train = r["jaxrl"]["steps_per_s"]
@@ -514,7 +514,13 @@ def table(results: list[dict]) -> str:
             vs_pjr,
         ]
         if sharded:
-            cells.append(f"{r['sharded']['steps_per_s'] / train:.2f}" if "sharded" in r else "-")
+            # the runner's default: runs sharded over every device when there are enough
+            runner = r["sharded"]["steps_per_s"] if "sharded" in r else train
+            cells += [
+                f"{r['sharded']['steps_per_s'] / train:.2f}" if "sharded" in r else "-",
+                f"{runner / r['rejax']['steps_per_s']:.2f}" if "rejax" in r else "-",
+                f"{runner / purejaxrl:.2f}" if purejaxrl and full else "-",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -273,19 +273,24 @@ class Rollout(struct.PyTreeNode):
 
 
 def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
-    """Rolls the current policy out for ``cfg.rollout_len`` steps of every env."""
+    """Rolls the current policy out for ``cfg.rollout_len`` steps of every env.
+
+    Only the actor runs inside the step loop; the critic's values of all ``T x N``
+    observations are one batched pass afterwards (the same parameters, fewer, larger
+    matrix products).
+    """
     venv, net = vec_env(cfg, env), network(cfg, env)
 
     def env_step(carry, _):
         env_state, obs, key = carry
         key, key_act, key_env = jax.random.split(key, 3)
-        dist, value = net.apply(state.params, obs)
+        dist = net.apply(state.params, obs, method="policy")
         action = dist.sample(seed=key_act)
         log_prob = dist.log_prob(action)
         action = jax.lax.stop_gradient(action)  # actions are data, not a reparameterised path
         next_obs, env_state, step = venv.step(key_env, env_state, action, state.env_params)
         out = Rollout(
-            obs, action, log_prob, value, step.reward, step.terminated, step.truncated,
+            obs, action, log_prob, None, step.reward, step.terminated, step.truncated,
             step.final_obs, step.info,
         )  # fmt: skip
         return (env_state, next_obs, key), out
@@ -293,6 +298,7 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
     (env_state, obs, key), rollout = jax.lax.scan(
         env_step, (state.env_state, state.obs, state.key), None, cfg.rollout_len
     )
+    rollout = rollout.replace(value=net.apply(state.params, rollout.obs, method="value"))
     return state.replace(env_state=env_state, obs=obs, key=key), rollout
 
 

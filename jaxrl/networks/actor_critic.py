@@ -61,6 +61,10 @@ class ActorCritic(nn.Module):
         critic_features = actor_features if self.shared_torso else self.critic_torso(obs)
         return self.policy_head(actor_features), self.value_head(critic_features)
 
+    def policy(self, obs: jax.Array) -> distrax.Distribution:
+        """Actor only: ``obs [..., *obs_shape] ->`` distribution with batch shape ``[...]``."""
+        return self.policy_head(self.actor_torso(self._features_in(obs)))
+
     def value(self, obs: jax.Array) -> jax.Array:
         """Critic only: ``obs [..., *obs_shape] -> [...]``."""
         return self.value_head(self.critic_torso(self._features_in(obs)))

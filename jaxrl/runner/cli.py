@@ -8,6 +8,7 @@ compiles, with exit status 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -141,10 +142,28 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def use_compile_cache() -> Path | None:
+    """Keeps compiled programs in ``$XDG_CACHE_HOME/jaxrl/xla`` (default ``~/.cache``).
+
+    A rerun with the same shapes (other seeds, other hyperparameter values) then loads
+    its programs instead of compiling them. A directory the user set through
+    ``JAX_COMPILATION_CACHE_DIR`` wins; returns the directory in use.
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return Path(jax.config.jax_compilation_cache_dir)
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = root / "jaxrl" / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxrl.distributed.mesh import use_all_cpu_cores
 
     use_all_cpu_cores()  # before anything starts JAX: runs are spread over every core
+    use_compile_cache()
     args = _parser().parse_args(argv)
     if args.command == "list":
         _list()

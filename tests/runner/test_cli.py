@@ -133,3 +133,19 @@ def test_python_dash_m_entry_point_runs_the_cli():
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "unknown algorithm" in proc.stderr
+
+
+def test_cli_keeps_compiled_programs_in_the_cache_directory(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    argv = [
+        sys.executable, "-m", "jaxrl", "train", "ppo", "--env", "CartPole-v1",
+        "--total-timesteps", "2048", "--quiet", "--run-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert any((tmp_path / "cache" / "jaxrl" / "xla").iterdir())
