@@ -19,19 +19,18 @@ def learning_curve(
         returns: ``[R, U]`` episode return per run (forward-filled, NaN before any episode).
         title: figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before any episode
         mean = np.nanmean(returns, axis=0)
         std = np.nanstd(returns, axis=0)
         low, high = np.nanmin(returns, axis=0), np.nanmax(returns, axis=0)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     ax.fill_between(env_steps, low, high, alpha=0.15, color="C0", lw=0, label="min-max")
-    ax.fill_between(env_steps, mean - std, mean + std, alpha=0.3, color="C0", lw=0, label="±std")
+    lo, hi = np.maximum(mean - std, low), np.minimum(mean + std, high)  # inside the range
+    ax.fill_between(env_steps, lo, hi, alpha=0.3, color="C0", lw=0, label="±std")
     ax.plot(env_steps, mean, color="C0", label=f"mean of {returns.shape[0]} runs")
     ax.set_xlabel("environment steps per run")
     ax.set_ylabel("episode return")
@@ -41,5 +40,4 @@ def learning_curve(
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     tmp.replace(path)
