@@ -4,22 +4,43 @@ Names:
   * a gymnax id, e.g. ``CartPole-v1``, ``Breakout-MinAtar``, ``Catch-bsuite``;
   * ``brax/<name>``, e.g. ``brax/ant`` (needs the ``brax`` extra);
   * ``envpool/<task>``, e.g. ``envpool/CartPole-v1`` (host-side numpy, ``envpool`` extra);
+  * ``lpg/<name>``: the 15 LPG training environments (tabular grids, random grids, delayed
+    chains; spec section 1.8), e.g. ``lpg/tabular_dense``, ``lpg/chain_short``;
   * ``probe/<name>``: tiny probe environments for tests.
 """
 
 from __future__ import annotations
 
-from jaxrl.envs import probe
+import functools
+from collections.abc import Callable
+
+from jaxrl.envs import delayed_chain, gridworld, probe
 from jaxrl.envs.base import Env, EnvParams
 from jaxrl.envs.gymnax import ENV_IDS as GYMNAX_IDS
 from jaxrl.envs.gymnax import GymnaxEnv
 
-PREFIXES = ("brax/", "envpool/", "probe/")
+# In-package families: prefix -> {name without prefix: constructor(**kwargs) -> Env}.
+FAMILIES: dict[str, dict[str, Callable[..., Env]]] = {
+    "lpg/": {
+        **{name.removeprefix("lpg/"): ctor for name, ctor in gridworld.NAMES.items()},
+        **{
+            f"chain_{variant}": functools.partial(delayed_chain.make, variant)
+            for variant in delayed_chain.VARIANTS
+        },
+    },
+    "probe/": dict(probe.PROBES),
+}
+PREFIXES = ("brax/", "envpool/", *FAMILIES)
+
+
+def _family_names(prefix: str) -> list[str]:
+    return [prefix + name for name in FAMILIES[prefix]]
 
 
 def list_envs() -> list[str]:
     """Every name ``make`` accepts without an optional extra, plus the extra prefixes."""
-    return [*GYMNAX_IDS, *(f"probe/{n}" for n in probe.PROBES), "brax/<name>", "envpool/<task>"]
+    family_names = [n for prefix in FAMILIES for n in _family_names(prefix)]
+    return [*GYMNAX_IDS, *family_names, "brax/<name>", "envpool/<task>"]
 
 
 def _unknown(name: str, valid) -> ValueError:
@@ -29,19 +50,35 @@ def _unknown(name: str, valid) -> ValueError:
     )
 
 
+def _family(name: str) -> tuple[str, str] | None:
+    """``(prefix, key)`` for a name in an in-package family; ``None`` otherwise."""
+    for prefix in FAMILIES:
+        if name.startswith(prefix):
+            return prefix, name.removeprefix(prefix)
+    return None
+
+
+def check_name(name: str) -> None:
+    """Raises the ``make`` error for a bad name without building anything heavy."""
+    if name in GYMNAX_IDS or name.startswith(("brax/", "envpool/")):
+        return
+    family = _family(name)
+    if family is None:
+        raise _unknown(name, GYMNAX_IDS)
+    prefix, key = family
+    if key not in FAMILIES[prefix]:
+        raise _unknown(name, _family_names(prefix))
+
+
 def make(name: str, **kwargs) -> tuple[Env, EnvParams]:
     """Returns ``(env, default_params)`` for an environment name (see module docstring).
 
     Raises:
         ValueError: for an unknown name; the message lists the valid names and prefixes.
     """
+    check_name(name)
     if name in GYMNAX_IDS:
         env = GymnaxEnv(name, **kwargs)
-    elif name.startswith("probe/"):
-        key = name.removeprefix("probe/")
-        if key not in probe.PROBES:
-            raise _unknown(name, [f"probe/{n}" for n in probe.PROBES])
-        env = probe.PROBES[key](**kwargs)
     elif name.startswith("brax/"):
         from jaxrl.envs import brax as brax_envs
 
@@ -51,16 +88,6 @@ def make(name: str, **kwargs) -> tuple[Env, EnvParams]:
 
         env = envpool_envs.make(name.removeprefix("envpool/"), **kwargs)
     else:
-        raise _unknown(name, GYMNAX_IDS)
+        prefix, key = _family(name)
+        env = FAMILIES[prefix][key](**kwargs)
     return env, env.default_params()
-
-
-def check_name(name: str) -> None:
-    """Raises the ``make`` error for a bad name without building anything heavy."""
-    if name in GYMNAX_IDS or name.startswith(("brax/", "envpool/")):
-        return
-    if name.startswith("probe/"):
-        if name.removeprefix("probe/") in probe.PROBES:
-            return
-        raise _unknown(name, [f"probe/{n}" for n in probe.PROBES])
-    raise _unknown(name, GYMNAX_IDS)

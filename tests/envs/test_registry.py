@@ -26,10 +26,11 @@ def test_make_probe(name):
     registry.check_name(f"probe/{name}")
 
 
-def test_list_envs_covers_gymnax_and_probes():
+def test_list_envs_covers_gymnax_probes_and_lpg():
     names = list_envs()
     assert set(ENV_IDS) <= set(names)
     assert {f"probe/{n}" for n in probe.PROBES} <= set(names)
+    assert sum(n.startswith("lpg/") for n in names) == 15  # spec 1.8: the 15 LPG environments
     assert len(names) == len(set(names))
     for name in names:
         if "<" not in name:  # placeholders like brax/<name> are prefixes, not names
@@ -63,12 +64,28 @@ def test_check_name_raises_the_make_error(name):
     assert str(from_check.value) == str(from_make.value)
 
 
-def test_check_name_raises_the_make_error_for_bad_probe():
+@pytest.mark.parametrize("name", ["probe/nope", "lpg/nope"])
+def test_check_name_raises_the_make_error_for_bad_family_name(name):
     with pytest.raises(ValueError) as from_make:
-        make("probe/nope")
+        make(name)
     with pytest.raises(ValueError) as from_check:
-        registry.check_name("probe/nope")
+        registry.check_name(name)
     assert str(from_check.value) == str(from_make.value)
+    prefix = name.split("/")[0] + "/"
+    for valid in registry.FAMILIES[prefix]:
+        assert prefix + valid in str(from_make.value)
+
+
+@pytest.mark.parametrize("name", ["lpg/tabular_dense", "lpg/random_small", "lpg/chain_long_noisy"])
+def test_make_lpg_environment_steps(name):
+    import jax
+
+    env, params = make(name)
+    obs, state = env.reset(jax.random.key(0), params)
+    assert obs.shape == env.observation_space(params).shape
+    next_obs, _, step = env.step(jax.random.key(1), state, 0, params)
+    assert next_obs.shape == obs.shape
+    assert step.reward.shape == ()
 
 
 def test_check_name_accepts_optional_backends_without_importing_them():
