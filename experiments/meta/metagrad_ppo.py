@@ -1,0 +1,150 @@
+"""Online meta-gradient RL (Xu et al. 2018) of PPO's discount and GAE lambda on a gymnax task.
+
+Arms (each vmapped over ``--seeds`` seeds, one compiled program per arm):
+
+* ``fixed-start``: PPO with the deliberately poor start ``γ, λ`` (``--start-discount``,
+  ``--start-lambda``) for ``--updates`` updates.
+* ``meta``: PPO from the same start, with ``γ`` and ``λ`` meta-learned online by
+  :func:`jaxrl.meta.metagrad.online_step` (K = ``--k`` inner updates per meta-step; outer
+  loss = PPO's loss on the next rollout with reference ``γ' = --ref-discount``,
+  ``λ' = --ref-lambda``; Adam on the logits, ``--meta-lr``). It uses a validation
+  rollout per meta-step, so it sees ``(K + 1) / K`` times the env steps of one update.
+* ``fixed-default``: PPO with the default ``γ = 0.99, λ = 0.95``.
+* the fixed arms again for the same number of env steps as ``meta`` (more updates).
+
+The score is the mean training-episode return over the last 10% of updates, per seed.
+
+    python experiments/meta/metagrad_ppo.py --seeds 4 --updates 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+
+import jax
+import numpy as np
+import optax
+
+from jaxrl import envs
+from jaxrl.algorithms import ppo
+from jaxrl.meta import metagrad as mg
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--updates", type=int, default=150, help="inner PPO updates per run")
+    p.add_argument("--k", type=int, default=1, help="inner updates per meta-step")
+    p.add_argument("--num-envs", type=int, default=4)
+    p.add_argument("--rollout-len", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=5e-4)
+    p.add_argument("--start-discount", type=float, default=0.9)
+    p.add_argument("--start-lambda", type=float, default=0.5)
+    p.add_argument("--ref-discount", type=float, default=0.99)
+    p.add_argument("--ref-lambda", type=float, default=1.0)
+    p.add_argument("--meta-lr", type=float, default=0.03)
+    p.add_argument("--names", default="discount,gae_lambda")
+    p.add_argument(
+        "--meta-from-default", action="store_true", help="also meta-learn from the default"
+    )
+    p.add_argument("--out", default=None, help="write results JSON here")
+    return p.parse_args()
+
+
+def score(returns: np.ndarray) -> np.ndarray:
+    """Mean episode return over the last 10% of updates, per seed. ``[S, U] -> [S]``."""
+    tail = max(returns.shape[1] // 10, 1)
+    return np.nanmean(returns[:, -tail:], axis=1)
+
+
+def run_fixed(cfg, env, keys, hp, num_updates):
+    init = jax.jit(jax.vmap(lambda k: ppo.init(cfg, env, k, hp)))
+    train = jax.jit(jax.vmap(lambda s: ppo.train(cfg, env, s, hp, num_updates)))
+    _, metrics = train(init(keys))
+    return np.asarray(metrics["episode/return"])  # [S, U]
+
+
+def run_meta(cfg, env, keys, hp, hp_ref, names, args):
+    meta_tx = optax.adam(args.meta_lr)
+    start = lambda k: mg.online_init(ppo.init(cfg, env, k, hp), mg.to_meta(hp, names), meta_tx)
+    step = functools.partial(
+        mg.online_step, ppo, cfg, env, hp=hp, hp_ref=hp_ref, meta_tx=meta_tx, num_steps=args.k
+    )
+    num_meta = args.updates // args.k
+    run = lambda o: jax.lax.scan(lambda o, _: step(o), o, None, num_meta)
+    _, metrics = jax.jit(jax.vmap(run))(jax.vmap(start)(keys))
+    return jax.tree.map(np.asarray, metrics)  # leaves [S, M]
+
+
+def summary(name, returns, env_steps):
+    s, auc = score(returns), np.nanmean(returns, axis=1)
+    line = f"{name:>28s}: {s.mean():7.1f} ± {s.std():5.1f}  per seed {np.round(s, 1)}"
+    print(f"{line}  (all-update mean {auc.mean():6.1f} ± {auc.std():5.1f}; {env_steps} steps)")
+    return {"score_mean": float(s.mean()), "score_std": float(s.std()), "per_seed": s.tolist(),
+            "auc_mean": float(auc.mean()), "auc_std": float(auc.std()),
+            "env_steps": env_steps}  # fmt: skip
+
+
+def main():
+    args = parse_args()
+    names = tuple(args.names.split(","))
+    env, _ = envs.make(args.env)
+    cfg = ppo.Config(
+        num_envs=args.num_envs, rollout_len=args.rollout_len, anneal_lr=False,
+        total_timesteps=args.num_envs * args.rollout_len * args.updates * 2,
+    )  # fmt: skip
+    start = dict(discount=args.start_discount, gae_lambda=args.start_lambda)
+    hp_start = ppo.HParams.make(learning_rate=args.learning_rate, **start)
+    hp_default = ppo.HParams.make(learning_rate=args.learning_rate)
+    hp_ref = ppo.HParams.make(
+        learning_rate=args.learning_rate, discount=args.ref_discount, gae_lambda=args.ref_lambda
+    )
+    ppo.check(cfg, hp_start), ppo.check(cfg, hp_ref)
+    keys = jax.random.split(jax.random.key(0), args.seeds)
+    per_update = cfg.steps_per_update
+    meta_updates = args.updates // args.k * args.k
+    meta_steps = per_update * meta_updates * (args.k + 1) // args.k
+    matched = meta_steps // per_update
+    results = {"args": vars(args)}
+
+    meta_arms = {"meta": hp_start}
+    if args.meta_from_default:
+        meta_arms["meta-from-default"] = hp_default
+    for arm, hp in meta_arms.items():
+        t0 = time.time()
+        metrics = run_meta(cfg, env, keys, hp, hp_ref, names, args)
+        # one meta-step's inner metrics are averaged over its K updates
+        results[arm] = summary(arm, metrics["episode/return"], meta_steps)
+        for name in names:
+            traj = metrics[f"meta/{name}"]  # [S, M], the value used at each meta-step
+            results[arm][f"{name}_final"] = traj[:, -1].tolist()
+            every = max(traj.shape[1] // 20, 1)
+            results[arm][f"{name}_curve_mean"] = traj.mean(0)[::every].tolist()
+            final = np.round(traj[:, -1], 3)
+            print(f"{'':>28s}  {name}: start {traj[:, 0].mean():.3f} -> final {final}")
+        results[arm]["seconds"] = time.time() - t0
+        print(f"{'':>28s}  ({results[arm]['seconds']:.0f} s)")
+
+    arms = {
+        "fixed-start": (hp_start, args.updates),
+        "fixed-default": (hp_default, args.updates),
+        "fixed-start (same steps)": (hp_start, matched),
+        "fixed-default (same steps)": (hp_default, matched),
+    }
+    for arm, (hp, n) in arms.items():
+        t0 = time.time()
+        returns = run_fixed(cfg, env, keys, hp, n)
+        results[arm] = summary(arm, returns, per_update * n)
+        results[arm]["seconds"] = time.time() - t0
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    main()
