@@ -1,13 +1,16 @@
-"""LPG on delayed chain MDPs (spec meta_rl.md 1.11, acceptance L2/L3).
+"""LPG on the delayed chains and grid worlds (spec meta_rl.md 1.11, acceptance L2, L3, L4).
 
-Meta-trains an LPG on a delayed chain (default: Short chain with L ~ U{5..10}), one jitted
-vmapped call per meta-update, for as many meta-updates as ``--meta-updates`` and
-``--time-budget-s`` allow; then trains fresh agents (new seeds, freshly drawn L and good
-action) with the frozen meta-trained LPG and with the initial random LPG, for every
-(lr, α_y) arm, and reports the mean terminal reward over the last 10 updates of the lifetime.
+Meta-trains an LPG on one or more training environments (default: Short chain with
+L ~ U{5..10}), one jitted vmapped call per meta-update, for as many meta-updates as
+``--meta-updates`` and ``--time-budget-s`` allow; then, per environment, trains fresh agents
+(new seeds, freshly drawn tasks) with the frozen meta-trained LPG and with the initial random
+LPG for every (lr, α_y) arm, and a tuned A2C reference (same agent, rollouts and critic, best
+of ``--a2c-lrs``), and reports the mean return over the last 10 updates of the lifetime.
 
     python experiments/meta/lpg_chain.py --meta-updates 2000 --time-budget-s 900 \
-        --out /tmp/lpg_chain
+        --out /tmp/lpg_chain                                             # L2
+    python experiments/meta/lpg_chain.py --envs lpg/tabular_dense,lpg/tabular_sparse \
+        --lifetime 500 --meta-updates 1000 --out /tmp/lpg_grids            # L4
 """
 
 from __future__ import annotations
@@ -22,34 +25,68 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl.envs import delayed_chain
+from jaxrl import envs as jaxrl_envs
 from jaxrl.meta import lpg
+
+
+def _last10(m):
+    r, n = m["train/episode_return"], m["train/episodes"]
+    return jnp.sum(r[-10:] * n[-10:]) / jnp.maximum(jnp.sum(n[-10:]), 1.0), r
+
+
+def _summary(last, curve):
+    return {
+        "final_mean": float(jnp.mean(last)),
+        "final_std": float(jnp.std(last)),
+        "final_per_seed": [round(float(x), 3) for x in last],
+        "curve_every_25": [round(float(x), 3) for x in jnp.mean(curve, 0)[::25]],
+    }
+
+
+def _per_arm(run, key, num_seeds, arms, labels):
+    """``run(k, *arm) -> (last, curve)`` vmapped over seeds and arms in one program."""
+    cols = [jnp.asarray(c, jnp.float32) for c in zip(*arms, strict=True)]
+    over_seeds = jax.vmap(run, in_axes=(0, *([None] * len(cols))))
+    last, curve = jax.jit(jax.vmap(over_seeds, in_axes=(None, *([0] * len(cols)))))(
+        jax.random.split(key, num_seeds), *cols
+    )
+    return {label: _summary(last[i], curve[i]) for i, label in enumerate(labels)}
 
 
 def evaluate(cfg, env, eta, hp, key, num_seeds, lifetime, arms):
     """Mean return over the last 10 updates of fresh lifetimes, per (lr, α_y) arm."""
-    out = {}
-    for lr, ay in arms:
 
-        def one(k, lr=lr, ay=ay):
-            _, m = lpg.train_agent(cfg, env, eta, k, lifetime, hp, agent_lr=lr, alpha_y=ay)
-            r, n = m["train/episode_return"], m["train/episodes"]
-            last = jnp.sum(r[-10:] * n[-10:]) / jnp.maximum(jnp.sum(n[-10:]), 1.0)
-            return last, r
+    def one(k, lr, ay):
+        _, m = lpg.train_agent(cfg, env, eta, k, lifetime, hp, agent_lr=lr, alpha_y=ay)
+        return _last10(m)
 
-        last, curve = jax.jit(jax.vmap(one))(jax.random.split(key, num_seeds))
-        out[f"lr={lr:g},alpha_y={ay:g}"] = {
-            "final_mean": float(jnp.mean(last)),
-            "final_per_seed": [round(float(x), 3) for x in last],
-            "curve_every_25": [round(float(x), 3) for x in jnp.mean(curve, 0)[::25]],
-        }
-    return out
+    labels = [f"lr={lr:g},alpha_y={ay:g}" for lr, ay in arms]
+    return _per_arm(one, key, num_seeds, arms, labels)
+
+
+def evaluate_a2c(cfg, env, hp, key, num_seeds, lifetime, lrs, ent_coefs):
+    """The A2C reference per (lr, entropy coefficient), same seeds as :func:`evaluate`."""
+
+    def one(k, lr, ent):
+        _, m = lpg.train_a2c_agent(cfg, env, k, lifetime, hp, agent_lr=lr, ent_coef=ent)
+        return _last10(m)
+
+    arms = [(lr, ent) for lr in lrs for ent in ent_coefs]
+    labels = [f"lr={lr:g},ent={ent:g}" for lr, ent in arms]
+    return _per_arm(one, key, num_seeds, arms, labels)
+
+
+def make_env(name: str, max_length: int):
+    kwargs = {"max_length": max_length} if name.startswith("lpg/chain") else {}
+    return jaxrl_envs.make(name, **kwargs)[0]
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--variant", default="short")
-    p.add_argument("--max-length", type=int, default=10)
+    p.add_argument("--envs", default="lpg/chain_short", help="comma-separated lpg/ names")
+    p.add_argument("--max-length", type=int, default=10, help="chain length bound (chains)")
+    p.add_argument("--a2c-lrs", default="5,20,80,320")
+    p.add_argument("--a2c-ents", default="0,0.01")
     p.add_argument("--meta-updates", type=int, default=2000)
     p.add_argument("--time-budget-s", type=float, default=900.0)
     p.add_argument("--meta-lr", type=float, default=1e-3)
@@ -59,22 +96,18 @@ def main():
     p.add_argument("--eval-seeds", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/lpg_chain")
-    p.add_argument("--grid", default=None, help="e.g. lpg/tabular_dense (jaxrl.envs.gridworld)")
     p.add_argument("--lr-grid", default="20,40,80,160,320")
+    p.add_argument("--no-next-y", action="store_true", help="L6: φ(y(s_t+1)) forced to 0")
     p.add_argument("--load", default=None, help="skip meta-training; evaluate this saved LPG")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    if args.grid:  # smoke/partial L4: any env through the Env protocol
-        from jaxrl.envs import gridworld
-
-        env = gridworld.NAMES[args.grid]()
-    else:
-        env = delayed_chain.make(args.variant, max_length=args.max_length)
+    names = args.envs.split(",")
+    env = tuple(make_env(n, args.max_length) for n in names)
     cfg = lpg.Config(
         num_lifetimes=args.num_lifetimes, num_envs=args.num_envs, rollout_len=20, num_inner=5,
         lifetime_len=args.lifetime, lstm_size=32, pred_dim=8,
-        lr_grid=tuple(float(x) for x in args.lr_grid.split(",")),
+        lr_grid=tuple(float(x) for x in args.lr_grid.split(",")), use_next_y=not args.no_next_y,
     )  # fmt: skip
     hp = lpg.HParams.make(learning_rate=args.meta_lr)
     key = jax.random.key(args.seed)
@@ -94,10 +127,11 @@ def main():
         if (i + 1) % 25 == 0:
             host = jax.device_get(window)
             m = jax.tree.map(lambda *x: float(np.mean(x)), *host)
-            # mean final return of the lifetimes that ended in this window
-            ended = np.array([h["meta/lifetimes_ended"] for h in host])
-            fin = np.array([h["meta/final_return"] for h in host])
-            m["meta/final_return"] = float((fin * ended).sum() / max(ended.sum(), 1))
+            # mean final return of the lifetimes that ended in this window (per env too)
+            for suffix in ["", *(f"/{j}" for j in range(len(names)) if len(names) > 1)]:
+                ended = np.array([h["meta/lifetimes_ended" + suffix] for h in host])
+                fin = np.array([h["meta/final_return" + suffix] for h in host])
+                m["meta/final_return" + suffix] = float((fin * ended).sum() / max(ended.sum(), 1))
             window = []
             m["meta_update"] = i + 1
             m["wall_s"] = round(time.time() - t0, 1)
@@ -109,28 +143,46 @@ def main():
             break
     if not args.load:
         lpg.save(os.path.join(args.out, "lpg"), state.eta, cfg)
-    bandit = jax.device_get(state.bandit)
+    bandits = jax.device_get(state.bandits)
 
     arms = [(lr, ay) for lr in cfg.lr_grid for ay in cfg.alpha_y_grid]
     key_eval = jax.random.key(args.seed + 1000)
     t1 = time.time()
-    trained = evaluate(cfg, env, state.eta, hp, key_eval, args.eval_seeds, args.lifetime, arms)
-    random_ = evaluate(cfg, env, eta0, hp, key_eval, args.eval_seeds, args.lifetime, arms)
+    per_env = {}
+    for name, e in zip(names, env, strict=True):
+        lrs = [float(x) for x in args.a2c_lrs.split(",")]
+        ents = [float(x) for x in args.a2c_ents.split(",")]
+        a2c = evaluate_a2c(cfg, e, hp, key_eval, args.eval_seeds, args.lifetime, lrs, ents)
+        per_env[name] = {
+            "trained_lpg": evaluate(cfg, e, state.eta, hp, key_eval, args.eval_seeds,
+                                    args.lifetime, arms),
+            "random_lpg": evaluate(cfg, e, eta0, hp, key_eval, args.eval_seeds,
+                                   args.lifetime, arms),
+            "a2c": a2c,
+        }  # fmt: skip
     result = {
         "args": vars(args),
         "config": dataclasses.asdict(cfg),
         "meta_updates_done": int(state.step),
         "meta_train_wall_s": round(t1 - t0, 1),
-        "bandit_counts": bandit.counts.tolist(),
-        "eval_trained_lpg": trained,
-        "eval_random_lpg": random_,
+        "eval_wall_s": round(time.time() - t1, 1),
+        "bandit_counts": [b.counts.tolist() for b in bandits],
+        "eval": per_env,
         "log": log,
     }
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
-    print("arm                      trained   random")
-    for k in trained:
-        print(f"{k:24s} {trained[k]['final_mean']:8.3f} {random_[k]['final_mean']:8.3f}")
+    for name, ev in per_env.items():
+        best = lambda d: max(d.items(), key=lambda kv: kv[1]["final_mean"])  # noqa: E731
+        print(f"== {name}")
+        print("arm                      trained   random")
+        for k in ev["trained_lpg"]:
+            tr, rd = ev["trained_lpg"][k]["final_mean"], ev["random_lpg"][k]["final_mean"]
+            print(f"{k:24s} {tr:8.3f} {rd:8.3f}")
+        k, v = best(ev["a2c"])
+        print(f"A2C best ({k}): {v['final_mean']:.3f} ± {v['final_std']:.3f}")
+        k, v = best(ev["trained_lpg"])
+        print(f"LPG best ({k}): {v['final_mean']:.3f} ± {v['final_std']:.3f}")
 
 
 if __name__ == "__main__":

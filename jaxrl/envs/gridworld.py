@@ -120,6 +120,39 @@ class TabularGridParams(struct.PyTreeNode):
     obj_pos: jax.Array
 
 
+class TabularModel(struct.PyTreeNode):
+    """Exact one-step model of a tabular grid world (:meth:`TabularGridWorld.transition_model`).
+
+    Attributes:
+        next_state: ``[S, A, M]`` int32 next state index for each of the ``M = 2**K``
+            next presence masks.
+        prob: ``[S, A, M]`` float32 probability of each (sums to 1 over ``M``).
+        reward: ``[S, A]`` float32 reward of the step.
+        p_continue: ``[S, A]`` float32 probability that the episode does not terminate.
+    """
+
+    next_state: jax.Array
+    prob: jax.Array
+    reward: jax.Array
+    p_continue: jax.Array
+
+
+def policy_evaluation(model: TabularModel, pi: jax.Array, discount: float) -> jax.Array:
+    """``v^π`` ``[S]`` solving ``v = r^π + γ P^π v`` exactly (a dense linear solve).
+
+    Args:
+        model: from :meth:`TabularGridWorld.transition_model`.
+        pi: ``[S, A]`` action probabilities.
+        discount: ``γ < 1``.
+    """
+    num_states = pi.shape[0]
+    r_pi = jnp.sum(pi * model.reward, axis=-1)
+    weight = (pi * model.p_continue)[..., None] * model.prob  # [S, A, M]
+    rows = jnp.broadcast_to(jnp.arange(num_states)[:, None, None], weight.shape)
+    p_pi = jnp.zeros((num_states, num_states)).at[rows, model.next_state].add(weight)
+    return jnp.linalg.solve(jnp.eye(num_states) - discount * p_pi, r_pi)
+
+
 def _check_int(name: str, value, minimum: int) -> None:
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -306,6 +339,44 @@ class TabularGridWorld(_GridWorld):
         mask = jnp.sum(present.astype(jnp.int32) * bits, axis=-1)
         free = jnp.asarray(self.free_index())[self._cell(pos)]
         return (free * 2**self.num_objects + mask).astype(jnp.int32)
+
+    def transition_model(self, params: TabularGridParams) -> TabularModel:
+        """The exact one-step model of every (state, action) pair, for policy evaluation.
+
+        Enumerates the ``2**K`` next presence masks: the move and collection are
+        deterministic, termination happens with ``1 − Π(1 − p_term)`` over collected objects,
+        and each object absent before the step respawns independently with its
+        ``p_respawn``. The time limit is ignored (an infinite-horizon model).
+
+        Returns:
+            A :class:`TabularModel` with ``next_state``/``prob`` ``[S, A, 2**K]``, ``reward``
+            and ``p_continue`` ``[S, A]`` (``S = num_states``, ``A = 9``).
+        """
+        k = self.num_objects
+        cells = np.flatnonzero(self.free_index() >= 0)  # free rank -> cell
+        s = np.arange(self.num_states)
+        pos = self._pos(jnp.asarray(cells[s // 2**k]))  # [S, 2]
+        bits = jnp.asarray(2 ** np.arange(k))[None, :]
+        present = (jnp.asarray(s % 2**k)[:, None] & bits) > 0  # [S, K]
+        masks = (jnp.arange(2**k)[:, None] & bits) > 0  # [M, K] candidate next presence
+
+        def one(pos, present, action):
+            new_pos = self._move(pos, action)
+            collected = present & jnp.all(params.obj_pos == new_pos[None, :], axis=-1)
+            reward = jnp.sum(jnp.where(collected, params.reward, 0.0))
+            p_continue = jnp.prod(jnp.where(collected, 1.0 - params.p_term, 1.0))
+            stays = present & ~collected  # [K] certainly present next
+            # per object and candidate bit: P(next bit = mask bit)
+            p_on = jnp.where(stays, 1.0, jnp.where(present, 0.0, params.p_respawn))
+            prob = jnp.prod(jnp.where(masks, p_on[None, :], 1.0 - p_on[None, :]), axis=-1)  # [M]
+            nxt = self.state_index(jnp.broadcast_to(new_pos, (2**k, 2)), masks)
+            return nxt, prob, reward, p_continue
+
+        per_action = jax.vmap(one, in_axes=(None, None, 0))
+        nxt, prob, reward, p_continue = jax.vmap(per_action, in_axes=(0, 0, None))(
+            pos, present, jnp.arange(NUM_ACTIONS)
+        )
+        return TabularModel(nxt, prob, reward, p_continue)
 
     def sample_params(self, key: jax.Array) -> TabularGridParams:
         """Draws one lifetime's layout: ``K`` uniformly random distinct free cells."""

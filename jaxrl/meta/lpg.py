@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -219,13 +220,14 @@ class Bandit(struct.PyTreeNode):
 
 
 class MetaState(struct.PyTreeNode):
-    """Meta-training state: LPG params ``eta``, meta-optimiser state, ``lifetimes`` (leading
-    axis ``num_lifetimes``), the bandit, the key and the meta-update counter."""
+    """Meta-training state: LPG params ``eta``, meta-optimiser state, per training environment
+    a :class:`Lifetime` batch (leading axis ``num_lifetimes``) and a :class:`Bandit` (tuples
+    in the order of the ``envs`` given to :func:`init`), the key and the meta-update counter."""
 
     eta: Params
     meta_opt: Any
-    lifetimes: Lifetime
-    bandit: Bandit
+    lifetimes: tuple[Lifetime, ...]
+    bandits: tuple[Bandit, ...]
     key: jax.Array
     step: jax.Array
 
@@ -749,13 +751,21 @@ def meta_tx(hp: HParams) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(hp.learning_rate))
 
 
-def init(cfg: Config, env: Env, key: jax.Array, hp: HParams) -> MetaState:
-    """Random LPG, uniform-bandit arms, ``num_lifetimes`` fresh lifetimes; with
-    ``cfg.stagger`` lifetime ``i`` starts ``⌊i·N/L⌋`` (rounded down to a multiple of ``K``)
-    updates into its lifetime, so lifetimes end at different meta-updates."""
-    key_eta, key_arm, key_lt, key = jax.random.split(key, 4)
-    eta = init_lpg(cfg, key_eta)
-    bandit = init_bandit(cfg)
+def as_envs(envs: Env | tuple[Env, ...] | list[Env]) -> tuple[Env, ...]:
+    """The training environments as a non-empty tuple (one ``Env`` is a 1-tuple)."""
+    envs = tuple(envs) if isinstance(envs, tuple | list) else (envs,)
+    if not envs or not all(isinstance(e, Env) for e in envs):
+        raise ConfigError(f"expected an Env or a non-empty tuple of Envs, got {envs!r}")
+    return envs
+
+
+def _env_keys(key: jax.Array, i: int) -> jax.Array:
+    """Environment ``i``'s key: ``key`` itself for the first, ``fold_in(key, i)`` after."""
+    return key if i == 0 else jax.random.fold_in(key, i)
+
+
+def _init_group(cfg: Config, env: Env, key_arm: jax.Array, key_lt: jax.Array, hp: HParams):
+    """``(lifetimes [L], bandit)`` of one training environment (see :func:`init`)."""
     arms = jax.random.randint(key_arm, (cfg.num_lifetimes,), 0, cfg.num_arms)
     keys = jax.random.split(key_lt, cfg.num_lifetimes)
     lts = jax.vmap(lambda k, a: init_lifetime(cfg, env, k, a, hp))(keys, arms)
@@ -763,7 +773,28 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams) -> MetaState:
         offsets = jnp.arange(cfg.num_lifetimes) * cfg.lifetime_len // cfg.num_lifetimes
         offsets = (offsets // cfg.num_inner) * cfg.num_inner
         lts = lts.replace(num_updates=offsets.astype(jnp.int32))
-    return MetaState(eta, meta_tx(hp).init(eta), lts, bandit, key, jnp.zeros((), jnp.int32))
+    return lts, init_bandit(cfg)
+
+
+def init(cfg: Config, envs: Env | tuple[Env, ...], key: jax.Array, hp: HParams) -> MetaState:
+    """Random LPG and, per training environment, ``num_lifetimes`` fresh lifetimes on
+    uniformly drawn bandit arms. With ``cfg.stagger`` lifetime ``i`` starts ``⌊i·N/L⌋``
+    (rounded down to a multiple of ``K``) updates into its lifetime, so lifetimes end at
+    different meta-updates.
+
+    Args:
+        envs: one ``Env`` or a tuple of them (e.g. tabular Dense and Sparse, spec L4); each
+            gets ``cfg.num_lifetimes`` lifetimes and its own bandit.
+    """
+    envs = as_envs(envs)
+    key_eta, key_arm, key_lt, key = jax.random.split(key, 4)
+    eta = init_lpg(cfg, key_eta)
+    groups = [
+        _init_group(cfg, env, _env_keys(key_arm, i), _env_keys(key_lt, i), hp)
+        for i, env in enumerate(envs)
+    ]
+    lts, bandits = (tuple(g) for g in zip(*groups, strict=True))
+    return MetaState(eta, meta_tx(hp).init(eta), lts, bandits, key, jnp.zeros((), jnp.int32))
 
 
 def _select(mask: jax.Array, new: Any, old: Any) -> Any:
@@ -773,50 +804,108 @@ def _select(mask: jax.Array, new: Any, old: Any) -> Any:
     )
 
 
-def update(
-    cfg: Config, env: Env, state: MetaState, hp: HParams, rule_fn: Callable = lpg_apply
-) -> tuple[MetaState, Metrics]:
-    """One meta-update: vmapped ``K``-step meta-losses of all lifetimes, their mean's gradient
-    w.r.t. ``eta``, a clipped Adam step, then lifetime resets (re-sampled task, bandit arm and
-    agent) for lifetimes that reached ``cfg.lifetime_len`` updates."""
-    key, key_lt, key_arm, key_new = jax.random.split(state.key, 4)
-    keys = jax.random.split(key_lt, cfg.num_lifetimes)
-
-    def loss_fn(eta):
-        losses, (lts, metrics) = jax.vmap(
-            lambda lt, k: lifetime_meta_loss(cfg, env, rule_fn, eta, lt, k, hp)
-        )(state.lifetimes, keys)
-        return jnp.mean(losses), (lts, metrics)
-
-    (loss, (lts, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.eta)
-    lts = jax.lax.stop_gradient(lts)
-    updates, meta_opt = meta_tx(hp).update(grads, state.meta_opt, state.eta)
-    eta = optax.apply_updates(state.eta, updates)
-
+def _end_lifetimes(
+    cfg: Config, env: Env, lts: Lifetime, bandit: Bandit, key_arm: jax.Array,
+    key_new: jax.Array, hp: HParams,
+) -> tuple[Lifetime, Bandit, Metrics]:  # fmt: skip
+    """Scores ended lifetimes in the bandit and replaces them by fresh ones (new task, agent
+    and arm drawn from the bandit); returns ``(lifetimes, bandit, end-of-lifetime metrics)``."""
     ended = lts.num_updates >= cfg.lifetime_len
-    final_ema = lts.return_ema
-    bandit = state.bandit
     if cfg.use_bandit:
         bandit, _ = jax.lax.scan(
             lambda b, x: (bandit_update(b, *x), None), bandit, (lts.arm, lts.return_ema, ended)
         )
-    logits = bandit_logits(bandit, hp)
-    arms = jax.random.categorical(key_arm, logits, shape=(cfg.num_lifetimes,))
+    arms = jax.random.categorical(key_arm, bandit_logits(bandit, hp), shape=(cfg.num_lifetimes,))
     fresh = jax.vmap(lambda k, a: init_lifetime(cfg, env, k, a, hp))(
         jax.random.split(key_new, cfg.num_lifetimes), arms
     )
-    lts = _select(ended, fresh, lts)
-    metrics = jax.tree.map(jnp.mean, metrics) | {
-        "meta/loss": loss,
-        "meta/grad_norm": optax.global_norm(grads),
+    metrics = {
         "meta/lifetimes_ended": jnp.sum(ended),
-        "meta/final_return": jnp.sum(jnp.where(ended, final_ema, 0.0))
+        "meta/final_return": jnp.sum(jnp.where(ended, lts.return_ema, 0.0))
         / jnp.maximum(jnp.sum(ended), 1),
     }
-    return MetaState(eta, meta_opt, lts, bandit, key, state.step + 1), metrics
+    return _select(ended, fresh, lts), bandit, metrics
+
+
+def update(
+    cfg: Config, envs: Env | tuple[Env, ...], state: MetaState, hp: HParams,
+    rule_fn: Callable = lpg_apply,
+) -> tuple[MetaState, Metrics]:  # fmt: skip
+    """One meta-update: vmapped ``K``-step meta-losses of all lifetimes of all training
+    environments, their mean's gradient w.r.t. ``eta``, a clipped Adam step, then lifetime
+    resets (re-sampled task, bandit arm and agent) for lifetimes that reached
+    ``cfg.lifetime_len`` updates.
+
+    Metrics are means over environments (``"meta/lifetimes_ended"`` their sum and
+    ``"meta/final_return"`` the mean over ended lifetimes); with several environments each
+    metric is also reported per environment as ``"<name>/<i>"`` (``i`` the position in
+    ``envs``).
+    """
+    envs = as_envs(envs)
+    if len(envs) != len(state.lifetimes):
+        raise ConfigError(f"state was made for {len(state.lifetimes)} envs, got {len(envs)}")
+    key, key_lt, key_arm, key_new = jax.random.split(state.key, 4)
+
+    def loss_fn(eta):
+        losses, out = [], []
+        for i, (env, lts) in enumerate(zip(envs, state.lifetimes, strict=True)):
+            keys = jax.random.split(_env_keys(key_lt, i), cfg.num_lifetimes)
+            loss_i, out_i = jax.vmap(
+                lambda lt, k, env=env: lifetime_meta_loss(cfg, env, rule_fn, eta, lt, k, hp)
+            )(lts, keys)
+            losses.append(loss_i)
+            out.append(out_i)
+        return jnp.mean(jnp.concatenate(losses)), out
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.eta)
+    updates, meta_opt = meta_tx(hp).update(grads, state.meta_opt, state.eta)
+    eta = optax.apply_updates(state.eta, updates)
+
+    all_lts, bandits, per_env = [], [], []
+    for i, (env, bandit, (lts, metrics)) in enumerate(zip(envs, state.bandits, out, strict=True)):
+        lts, bandit, end_metrics = _end_lifetimes(
+            cfg, env, jax.lax.stop_gradient(lts), bandit,
+            _env_keys(key_arm, i), _env_keys(key_new, i), hp,
+        )  # fmt: skip
+        all_lts.append(lts)
+        bandits.append(bandit)
+        per_env.append(jax.tree.map(jnp.mean, metrics) | end_metrics)
+    metrics = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *per_env)
+    ended = jnp.stack([m["meta/lifetimes_ended"] for m in per_env])
+    finals = jnp.stack([m["meta/final_return"] for m in per_env])
+    metrics["meta/lifetimes_ended"] = jnp.sum(ended)
+    metrics["meta/final_return"] = jnp.sum(finals * ended) / jnp.maximum(jnp.sum(ended), 1)
+    if len(envs) > 1:
+        for i, m in enumerate(per_env):
+            metrics |= {f"{k}/{i}": v for k, v in m.items()}
+    metrics |= {"meta/loss": loss, "meta/grad_norm": optax.global_norm(grads)}
+    state = MetaState(eta, meta_opt, tuple(all_lts), tuple(bandits), key, state.step + 1)
+    return state, metrics
 
 
 # ----------------------------------------------------------------------------- using an LPG
+
+
+def _train_fresh_agent(
+    cfg: Config, env: Env, key: jax.Array, num_updates: int, hp: HParams, env_params: Any,
+    agent_step: Callable[[Lifetime, Batch], Lifetime],
+) -> tuple[Lifetime, Metrics]:  # fmt: skip
+    """A fresh lifetime run for ``num_updates`` (rollout, ``agent_step``) rounds; the
+    metrics of :func:`train_agent`."""
+    cfg = dataclasses.replace(cfg, use_bandit=False)
+    key_init, key = jax.random.split(key)
+    lt = init_lifetime(cfg, env, key_init, jnp.zeros((), jnp.int32), hp, env_params)
+
+    def body(lt, key_k):
+        batch, env_state, obs = rollout(
+            cfg, env, lt.theta, lt.env_params, lt.env_state, lt.obs, key_k
+        )
+        lt = agent_step(lt, batch)
+        lt = lt.replace(env_state=env_state, obs=obs, num_updates=lt.num_updates + 1)
+        ret, n = mean_episode_return(batch)
+        return lt, {"train/episode_return": ret, "train/episodes": n}
+
+    return jax.lax.scan(body, lt, jax.random.split(key, num_updates))
 
 
 def train_agent(
@@ -835,45 +924,107 @@ def train_agent(
         (mean return of episodes finished in each update's rollout, 0 if none) and
         ``"train/episodes"`` their counts.
     """
-    cfg = dataclasses.replace(cfg, use_bandit=False)
     hp = hp.replace(
         agent_learning_rate=hp.agent_learning_rate if agent_lr is None else agent_lr,
         alpha_y=hp.alpha_y if alpha_y is None else alpha_y,
     )
-    key_init, key = jax.random.split(key)
-    lt = init_lifetime(cfg, env, key_init, jnp.zeros((), jnp.int32), hp, env_params)
     eta = jax.lax.stop_gradient(eta)
 
-    def body(lt, key_k):
-        batch, env_state, obs = rollout(
-            cfg, env, lt.theta, lt.env_params, lt.env_state, lt.obs, key_k
-        )
+    def agent_step(lt: Lifetime, batch: Batch) -> Lifetime:
         theta, agent_opt, _ = agent_update(
             cfg, rule_fn, eta, lt.theta, lt.agent_opt, batch, lt.agent_lr, lt.alpha_y, hp.discount
         )
-        ret, n = mean_episode_return(batch)
-        lt = lt.replace(theta=theta, agent_opt=agent_opt, env_state=env_state, obs=obs,
-                        num_updates=lt.num_updates + 1)  # fmt: skip
-        return lt, {"train/episode_return": ret, "train/episodes": n}
+        return lt.replace(theta=theta, agent_opt=agent_opt)
 
-    return jax.lax.scan(body, lt, jax.random.split(key, num_updates))
+    return _train_fresh_agent(cfg, env, key, num_updates, hp, env_params, agent_step)
+
+
+def a2c_loss(
+    cfg: Config, theta: Params, batch: Batch, advantages: jax.Array, ent_coef: jax.Array
+) -> jax.Array:
+    """Advantage actor-critic loss ``−mean[log π_θ(a|s) Â] − c_H mean[H(π_θ(·|s))]``; scalar.
+
+    Args:
+        batch: a ``[T, B]`` segment; advantages: ``[T, B]`` constants; ent_coef: ``[]``.
+    """
+    chex.assert_equal_shape([advantages, batch.reward])
+    pi_logits, _ = agent_apply(cfg, theta, batch.obs)
+    log_pi = jax.nn.log_softmax(pi_logits, axis=-1)
+    log_pi_a = jnp.take_along_axis(log_pi, batch.action[..., None], axis=-1)[..., 0]
+    adv = jax.lax.stop_gradient(advantages)
+    return -jnp.mean(log_pi_a * adv) - ent_coef * jnp.mean(_entropy(pi_logits))
+
+
+def train_a2c_agent(
+    cfg: Config, env: Env, key: jax.Array, num_updates: int, hp: HParams, agent_lr: jax.Array,
+    ent_coef: jax.Array = 0.01, env_params: Any = None,
+) -> tuple[Lifetime, Metrics]:  # fmt: skip
+    """The hand-written reference of spec 1.11: A2C on the same agent, rollouts and critic.
+
+    Each update: GAE advantages of the lifetime's critic (``hp.discount``, ``hp.gae_lambda``,
+    bootstrapping through truncation, not termination), one Adam step of the critic
+    (:func:`critic_update`), one step of the agent's optimiser (``agent_lr``) on
+    :func:`a2c_loss`. The prediction ``y`` is not trained. Returns what :func:`train_agent`
+    returns; tune ``agent_lr`` (and ``ent_coef``) by vmapping over them.
+    """
+
+    def agent_step(lt: Lifetime, batch: Batch) -> Lifetime:
+        adv = critic_advantages(cfg, lt.critic, batch, hp)
+        critic, critic_opt = critic_update(cfg, lt.critic, lt.critic_opt, batch, hp)
+        grads = jax.grad(a2c_loss, argnums=1)(cfg, lt.theta, batch, adv, ent_coef)
+        updates, agent_opt = agent_tx(cfg, agent_lr).update(grads, lt.agent_opt, lt.theta)
+        theta = optax.apply_updates(lt.theta, updates)
+        return lt.replace(theta=theta, agent_opt=agent_opt, critic=critic, critic_opt=critic_opt)
+
+    return _train_fresh_agent(cfg, env, key, num_updates, hp, env_params, agent_step)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temporary file and ``os.replace`` (no torn files)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def save(path: str, eta: Params, cfg: Config) -> None:
     """Writes ``path + ".msgpack"`` (LPG params, flax serialization) and ``path + ".json"``
-    (the ``Config``, so :func:`load` can rebuild the parameter structure)."""
-    with open(path + ".msgpack", "wb") as f:
-        f.write(serialization.to_bytes(jax.device_get(eta)))
-    with open(path + ".json", "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    (the ``Config``, so :func:`load` can rebuild the parameter structure), each atomically."""
+    config = json.dumps({"format": "jaxrl.lpg/1", "config": dataclasses.asdict(cfg)}, indent=1)
+    _write_atomic(path + ".json", config.encode())
+    _write_atomic(path + ".msgpack", serialization.to_bytes(jax.device_get(eta)))
 
 
 def load(path: str) -> tuple[Params, Config]:
-    """Reads what :func:`save` wrote; returns ``(eta, cfg)``."""
-    with open(path + ".json") as f:
-        raw = json.load(f)
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    """Reads what :func:`save` wrote; returns ``(eta, cfg)``.
+
+    Raises:
+        ConfigError: a missing, corrupt or incompatible file (unknown format or config keys,
+            parameters whose structure or shapes do not match the saved config).
+    """
+    try:
+        with open(path + ".json") as f:
+            raw = json.load(f)
+        with open(path + ".msgpack", "rb") as f:
+            data = f.read()
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read saved LPG {path!r}: {err}") from err
+    if not isinstance(raw, dict) or raw.get("format") != "jaxrl.lpg/1":
+        raise ConfigError(f"{path}.json is not a saved jaxrl LPG (format jaxrl.lpg/1)")
+    fields = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(raw["config"]) - fields
+    if unknown:
+        raise ConfigError(f"{path}.json has unknown config keys {sorted(unknown)}")
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["config"].items()})
     template = init_lpg(cfg, jax.random.key(0))
-    with open(path + ".msgpack", "rb") as f:
-        eta = serialization.from_bytes(template, f.read())
+    try:
+        eta = serialization.from_bytes(template, data)
+    except Exception as err:  # msgpack and flax raise several types for bad bytes
+        raise ConfigError(f"{path}.msgpack is corrupt or does not match its config: {err}") from err
+    got = jax.tree.map(jnp.shape, eta)
+    want = jax.tree.map(jnp.shape, template)
+    if got != want:
+        raise ConfigError(f"{path}.msgpack parameter shapes {got} do not match the config {want}")
     return eta, cfg

@@ -427,3 +427,55 @@ def test_auto_reset_restarts_with_all_objects():
     assert int(out.final_obs) == 1 * 2 + 0  # at (0, 1), object gone
     assert bool(state.present[0]) and int(state.time) == 0
     assert int(obs) == int(TAB.state_index(state.pos, state.present))
+
+
+def test_transition_model_matches_sampled_steps():
+    """The exact model of tabular Dense against 4000 sampled steps from a few (s, a) pairs,
+    including ones that collect an object (terminate w.p. p_term, respawn w.p. p_respawn)."""
+    env = gw.tabular_dense()
+    params = env.default_params()
+    model = jax.jit(env.transition_model)(params)
+    k = env.num_objects
+    cells = np.flatnonzero(env.free_index() >= 0)
+    obj = np.asarray(params.obj_pos)
+    # a state next to object 2 (p_term 0.5) with objects 0 and 2 present, and a random one
+    r, c = obj[2]
+    near = next(
+        (r + dr, c + dc) for dr, dc in gw.MOVES
+        if (dr or dc) and 0 <= r + dr < env.height and 0 <= c + dc < env.width
+        and env.free_index()[(r + dr) * env.width + c + dc] >= 0
+        and not any((obj == (r + dr, c + dc)).all(-1))
+    )  # fmt: skip
+    move = next(
+        i for i, m in enumerate(gw.MOVES) if (near[0] + m[0], near[1] + m[1]) == (r, c)
+    )
+    present = np.array([True, False, True, False])
+    s_near = int(env.state_index(jnp.asarray(near), jnp.asarray(present)))
+    cases = [(s_near, move), (s_near, 0), (777, 5)]
+    n = 4000
+    sample = jax.jit(
+        jax.vmap(lambda key, state, a: env.step(key, state, a, params), in_axes=(0, None, None))
+    )
+    for s, a in cases:
+        pos = env._pos(jnp.asarray(cells[s // 2**k]))
+        present = (s % 2**k) & (2 ** np.arange(k)) > 0
+        state = gw.GridState(pos, params.obj_pos, jnp.asarray(present), jnp.int32(0))
+        keys = jax.random.split(jax.random.key(s), n)
+        obs, _, step = sample(keys, state, jnp.int32(a))
+        np.testing.assert_allclose(step.reward.mean(), model.reward[s, a], atol=1e-6)
+        cont = ~np.asarray(step.terminated)
+        np.testing.assert_allclose(cont.mean(), model.p_continue[s, a], atol=0.03)
+        for nxt, p in zip(np.asarray(model.next_state[s, a]), np.asarray(model.prob[s, a])):
+            np.testing.assert_allclose((np.asarray(obs) == nxt).mean(), p, atol=0.03)
+        np.testing.assert_allclose(model.prob[s, a].sum(), 1.0, rtol=1e-6)
+
+
+def test_policy_evaluation_satisfies_bellman_equation():
+    env = gw.tabular_sparse()
+    model = jax.jit(env.transition_model)(env.default_params())
+    logits = jax.random.normal(jax.random.key(0), (env.num_states, gw.NUM_ACTIONS))
+    pi = jax.nn.softmax(logits)
+    v = jax.jit(gw.policy_evaluation, static_argnums=2)(model, pi, 0.9)
+    q = model.reward + 0.9 * model.p_continue * jnp.sum(model.prob * v[model.next_state], -1)
+    np.testing.assert_allclose(v, jnp.sum(pi * q, -1), atol=1e-4)
+    assert float(jnp.max(v)) > 0.0 > float(jnp.min(v))  # +1 and -1 objects are reachable

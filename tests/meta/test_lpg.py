@@ -209,13 +209,13 @@ def test_meta_update_one_program_resets_and_finite(tmp_path):
     env = delayed_chain.make("short", max_length=6)
     hp = lpg.HParams.make(learning_rate=1e-3)
     state = jax.jit(lambda k: lpg.init(TINY, env, k, hp))(jax.random.key(0))
-    np.testing.assert_array_equal(state.lifetimes.num_updates, [0, 2])  # staggered
+    np.testing.assert_array_equal(state.lifetimes[0].num_updates, [0, 2])  # staggered
     chex.clear_trace_counter()
     step = jax.jit(chex.assert_max_traces(lambda s, h: lpg.update(TINY, env, s, h), n=1))
     eta0 = state.eta
     state, m = step(state, hp)
-    np.testing.assert_array_equal(state.lifetimes.num_updates, [2, 0])  # lifetime 1 was reset
-    assert int(m["meta/lifetimes_ended"]) == 1 and int(state.bandit.counts.sum()) == 1
+    np.testing.assert_array_equal(state.lifetimes[0].num_updates, [2, 0])  # lifetime 1 was reset
+    assert int(m["meta/lifetimes_ended"]) == 1 and int(state.bandits[0].counts.sum()) == 1
     state, m = step(state, hp.replace(learning_rate=jnp.float32(3e-4)))  # no retrace
     assert all(np.isfinite(float(v)) for v in m.values())
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.eta, eta0)
@@ -250,3 +250,60 @@ def test_mlp_agent_reinforce_on_distraction_chain():
 
     curve = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 2))
     assert float(curve[:, -10:].mean()) > 0.9
+
+
+def test_two_env_meta_update_keeps_the_first_env_as_alone():
+    """With envs (A, B), A's lifetimes and metrics are those of meta-training on A alone
+    (same keys), and B gets its own lifetimes and bandit."""
+    env_a = delayed_chain.make("short", max_length=6)
+    env_b = delayed_chain.make("short_noisy", max_length=6)
+    hp = lpg.HParams.make(learning_rate=1e-3)
+
+    def run(envs):
+        state = lpg.init(TINY, envs, jax.random.key(0), hp)
+        return lpg.update(TINY, envs, state, hp)
+
+    (alone, m_alone), (both, m_both) = jax.jit(lambda: (run(env_a), run((env_a, env_b))))()
+    assert len(both.lifetimes) == len(both.bandits) == 2
+    chex.assert_trees_all_close(both.lifetimes[0], alone.lifetimes[0], rtol=1e-6)
+    chex.assert_trees_all_equal(both.bandits[0], alone.bandits[0])
+    np.testing.assert_allclose(m_both["meta/pg/0"], m_alone["meta/pg"], rtol=1e-6)
+    np.testing.assert_allclose(
+        m_both["meta/pg"], (m_both["meta/pg/0"] + m_both["meta/pg/1"]) / 2, rtol=1e-6
+    )
+    assert not np.allclose(both.eta["pi_head"]["w"], alone.eta["pi_head"]["w"])  # B counted
+    with pytest.raises(ConfigError, match="made for 2 envs"):
+        lpg.update(TINY, env_a, both, hp)
+
+
+def test_a2c_reference_learns_short_chain():
+    env = delayed_chain.make("short", max_length=8)
+    cfg = dataclasses.replace(TINY, num_envs=8, rollout_len=10)
+
+    def run(key):
+        _, m = lpg.train_a2c_agent(cfg, env, key, 150, lpg.HParams.make(), agent_lr=5.0)
+        r, n = m["train/episode_return"][-10:], m["train/episodes"][-10:]
+        return jnp.sum(r * n) / jnp.maximum(jnp.sum(n), 1.0)
+
+    final = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 4))
+    assert float(final.mean()) > 0.9, final
+
+
+def test_load_rejects_missing_corrupt_and_mismatched_files(tmp_path):
+    eta = lpg.init_lpg(TINY, jax.random.key(0))
+    path = str(tmp_path / "lpg")
+    with pytest.raises(ConfigError, match="cannot read"):
+        lpg.load(path)
+    lpg.save(path, eta, TINY)
+    data = (tmp_path / "lpg.msgpack").read_bytes()
+    (tmp_path / "lpg.msgpack").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ConfigError, match="corrupt"):
+        lpg.load(path)
+    lpg.save(path, eta, dataclasses.replace(TINY, lstm_size=16))  # params of another config
+    (tmp_path / "lpg.msgpack").write_bytes(data)
+    with pytest.raises(ConfigError, match="corrupt|do not match"):
+        lpg.load(path)
+    (tmp_path / "lpg.json").write_text('{"num_envs": 2}')
+    with pytest.raises(ConfigError, match="format"):
+        lpg.load(path)
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave no temporaries
