@@ -465,7 +465,8 @@ def test_transition_model_matches_sampled_steps():
         np.testing.assert_allclose(step.reward.mean(), model.reward[s, a], atol=1e-6)
         cont = ~np.asarray(step.terminated)
         np.testing.assert_allclose(cont.mean(), model.p_continue[s, a], atol=0.03)
-        for nxt, p in zip(np.asarray(model.next_state[s, a]), np.asarray(model.prob[s, a])):
+        nexts, probs = np.asarray(model.next_state[s, a]), np.asarray(model.prob[s, a])
+        for nxt, p in zip(nexts, probs, strict=True):
             np.testing.assert_allclose((np.asarray(obs) == nxt).mean(), p, atol=0.03)
         np.testing.assert_allclose(model.prob[s, a].sum(), 1.0, rtol=1e-6)
 
