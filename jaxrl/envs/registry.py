@@ -6,6 +6,8 @@ Names:
   * ``envpool/<task>``, e.g. ``envpool/CartPole-v1`` (host-side numpy, ``envpool`` extra);
   * ``lpg/<name>``: the 15 LPG training environments (tabular grids, random grids, delayed
     chains; spec section 1.8), e.g. ``lpg/tabular_dense``, ``lpg/chain_short``;
+  * ``meta/<name>``: task distributions for meta-RL: ``meta/nav2d`` (MAML's 2D navigation),
+    ``meta/bernoulli_bandit`` (RL^2's bandits; ``num_arms=``, ``task=``);
   * ``probe/<name>``: tiny probe environments for tests.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from jaxrl.envs import delayed_chain, gridworld, probe
+from jaxrl.envs import bandits, delayed_chain, gridworld, nav2d, probe
 from jaxrl.envs.base import Env, EnvParams
 from jaxrl.envs.gymnax import ENV_IDS as GYMNAX_IDS
 from jaxrl.envs.gymnax import GymnaxEnv
@@ -28,6 +30,7 @@ FAMILIES: dict[str, dict[str, Callable[..., Env]]] = {
             for variant in delayed_chain.VARIANTS
         },
     },
+    "meta/": {"nav2d": nav2d.Nav2D, "bernoulli_bandit": bandits.BernoulliBandit},
     "probe/": dict(probe.PROBES),
 }
 PREFIXES = ("brax/", "envpool/", *FAMILIES)

@@ -64,7 +64,7 @@ def test_check_name_raises_the_make_error(name):
     assert str(from_check.value) == str(from_make.value)
 
 
-@pytest.mark.parametrize("name", ["probe/nope", "lpg/nope"])
+@pytest.mark.parametrize("name", ["probe/nope", "lpg/nope", "meta/nope"])
 def test_check_name_raises_the_make_error_for_bad_family_name(name):
     with pytest.raises(ValueError) as from_make:
         make(name)
@@ -76,7 +76,10 @@ def test_check_name_raises_the_make_error_for_bad_family_name(name):
         assert prefix + valid in str(from_make.value)
 
 
-@pytest.mark.parametrize("name", ["lpg/tabular_dense", "lpg/random_small", "lpg/chain_long_noisy"])
+@pytest.mark.parametrize(
+    "name",
+    ["lpg/tabular_dense", "lpg/random_small", "lpg/chain_long_noisy", "meta/bernoulli_bandit"],
+)
 def test_make_lpg_environment_steps(name):
     import jax
 

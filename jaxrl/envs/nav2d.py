@@ -1,0 +1,104 @@
+"""2D point navigation, the MAML-RL task family (Finn et al. 2017, https://arxiv.org/abs/1703.03400).
+
+Exact dynamics of ``PointEnvRandGoal`` in cbfinn/maml_rl: the agent starts at ``(0, 0)``;
+the action is a velocity clipped to ``[-0.1, 0.1]`` per axis; the observation is the
+position ``[2]``; the reward is ``-||pos - goal||_2`` (plain, not squared, distance) every
+step; the episode terminates once ``|dx| < 0.01`` and ``|dy| < 0.01`` and is truncated after
+``max_steps = 100`` steps.
+
+The task (the goal) lives in :class:`Nav2DParams`, so a batch of tasks is a batch of
+params and everything vmaps over tasks. :meth:`Nav2D.sample_task` draws a goal from
+``U[-0.5, 0.5]^2``; it is the task-sampler protocol that :mod:`jaxrl.meta.maml` uses.
+
+Note: rllab's ``normalize`` wrapper let the original policy act in ``[-1, 1]`` and scaled
+actions by ``0.1``; here the env takes raw velocities, and the scaling is the policy's
+business (``maml.Config.action_scale``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxrl.envs import spaces
+from jaxrl.envs.base import Env, Step
+from jaxrl.errors import ConfigError
+
+
+class Nav2DParams(struct.PyTreeNode):
+    """Task parameters.
+
+    Attributes:
+        goal: ``[2]`` float32 goal position.
+        max_steps: ``[]`` int32 time limit (truncation).
+    """
+
+    goal: jax.Array = struct.field(default_factory=lambda: jnp.asarray([0.25, 0.25], jnp.float32))
+    max_steps: jax.Array = struct.field(default_factory=lambda: jnp.asarray(100, jnp.int32))
+
+
+class Nav2DState(struct.PyTreeNode):
+    pos: jax.Array  # [2]
+    time: jax.Array  # [] int32
+
+
+@dataclasses.dataclass(frozen=True)
+class Nav2D(Env):
+    """Point robot moving towards a goal; see the module docstring for the exact dynamics.
+
+    Attributes:
+        max_speed: per-axis action clip (0.1 in the paper).
+        goal_range: goals are drawn from ``U[-goal_range, goal_range]^2`` (0.5 in the paper).
+        goal_tol: per-axis termination threshold (0.01 in the paper).
+    """
+
+    max_speed: float = 0.1
+    goal_range: float = 0.5
+    goal_tol: float = 0.01
+
+    def __post_init__(self):
+        for name in ("max_speed", "goal_range", "goal_tol"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"Nav2D.{name} must be > 0, got {getattr(self, name)!r}")
+
+    def default_params(self) -> Nav2DParams:
+        return Nav2DParams()
+
+    def sample_task(self, key: jax.Array, params: Nav2DParams) -> Nav2DParams:
+        """Returns ``params`` with a goal drawn from ``U[-goal_range, goal_range]^2``."""
+        goal = jax.random.uniform(key, (2,), jnp.float32, -self.goal_range, self.goal_range)
+        return params.replace(goal=goal)
+
+    def reset(self, key: jax.Array, params: Nav2DParams) -> tuple[jax.Array, Nav2DState]:
+        del key
+        pos = jnp.zeros((2,), jnp.float32)
+        return pos, Nav2DState(pos, jnp.zeros((), jnp.int32))
+
+    def step(
+        self, key: jax.Array, state: Nav2DState, action: jax.Array, params: Nav2DParams
+    ) -> tuple[jax.Array, Nav2DState, Step]:
+        """One step; ``action`` is a ``[2]`` velocity (clipped to ``±max_speed``)."""
+        del key
+        velocity = jnp.clip(jnp.asarray(action, jnp.float32), -self.max_speed, self.max_speed)
+        pos = state.pos + velocity
+        delta = pos - params.goal
+        reward = -jnp.sqrt(jnp.sum(jnp.square(delta)))
+        terminated = jnp.all(jnp.abs(delta) < self.goal_tol)
+        time = state.time + 1
+        truncated = jnp.logical_and(time >= params.max_steps, jnp.logical_not(terminated))
+        return pos, Nav2DState(pos, time), Step(reward, terminated, truncated, pos)
+
+    def observation_space(self, params: Nav2DParams) -> spaces.Box:
+        return spaces.Box(-float("inf"), float("inf"), (2,))
+
+    def action_space(self, params: Nav2DParams) -> spaces.Box:
+        return spaces.Box(-self.max_speed, self.max_speed, (2,))
+
+
+def sample_tasks(env: Env, key: jax.Array, params, num_tasks: int):
+    """``num_tasks`` task params stacked on a leading axis (``env`` must have ``sample_task``)."""
+    keys = jax.random.split(key, num_tasks)
+    return jax.vmap(env.sample_task, in_axes=(0, None))(keys, params)
