@@ -1,0 +1,374 @@
+"""Recurrent PPO / A2C for any discrete-action ``Env`` (the learner behind RL^2).
+
+A GRU or LSTM actor-critic (:class:`RecurrentActorCritic`) acts in ``num_envs``
+auto-reset copies of the env. The recurrent carry is kept across steps and zeroed
+*before* the first step of every new episode (``reset [N]``, the previous step's ``done``),
+so no information leaks between episodes. For RL^2 the env is
+``jaxrl.meta.rl2.TrialWrapper(task_env)``, whose episode is a whole trial: the carry then
+persists across the task env's episodes inside a trial and is reset between trials.
+
+One ``update``:
+
+1. ``collect`` rolls out ``rollout_len`` steps, storing per step the observation, the
+   ``reset`` flag, action, log-prob, value, reward, ``terminated``/``truncated`` and the
+   bootstrap value ``V(final_obs)`` (the carry after the step, for truncations), and keeps
+   the carry at the start of the rollout.
+2. GAE over the rollout (``losses.returns.episode_gae``).
+3. ``algo="ppo"``: ``num_epochs`` x ``num_minibatches`` Adam steps on the clipped surrogate;
+   a minibatch is a set of env *columns* (whole sequences), re-run from the stored initial
+   carry with the stored reset flags (truncated BPTT at rollout boundaries).
+   ``algo="a2c"``: one Adam step on ``-mean(log pi(a|h) A)`` over the whole rollout.
+
+Follows the algorithm contract of :mod:`jaxrl.algorithms.ppo` (static ``Config``,
+traced ``HParams``, ``State`` of arrays; nothing here calls ``jit``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxrl.algorithms import base
+from jaxrl.envs import wrappers
+from jaxrl.envs.base import Env
+from jaxrl.losses import policy as policy_losses
+from jaxrl.losses.returns import episode_gae
+from jaxrl.losses.value import value_loss
+from jaxrl.networks.recurrent import CELLS, RecurrentScan, initial_carry
+from jaxrl.types import Metrics
+
+ALGOS = ("ppo", "a2c")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static settings (shapes, loops, switches)."""
+
+    num_envs: int = 64
+    rollout_len: int = 128
+    num_updates: int = 1000  # horizon of learning-rate annealing
+    algo: str = "ppo"
+    num_epochs: int = 4  # ppo only
+    num_minibatches: int = 4  # ppo only; splits the env axis
+    hidden: int = 128
+    cell: str = "gru"
+    clip_value: bool = False
+    anneal_lr: bool = False
+    normalize_advantages: bool = True
+    scale_reward: bool = False  # divide rewards by a running std of the discounted return
+    reward_discount: float = 0.99  # the discount of that running return
+
+    def __post_init__(self):
+        names = ("num_envs", "rollout_len", "num_updates", "num_epochs", "num_minibatches",
+                 "hidden")  # fmt: skip
+        base.check_positive_ints(self, names)
+        if self.algo not in ALGOS:
+            raise base.ConfigError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        if self.cell not in CELLS:
+            raise base.ConfigError(f"cell must be one of {CELLS}, got {self.cell!r}")
+        if self.num_envs % self.minibatches:
+            raise base.ConfigError(
+                f"num_envs = {self.num_envs} is not divisible by "
+                f"num_minibatches = {self.num_minibatches}"
+            )
+
+    @property
+    def epochs(self) -> int:
+        return self.num_epochs if self.algo == "ppo" else 1
+
+    @property
+    def minibatches(self) -> int:
+        return self.num_minibatches if self.algo == "ppo" else 1
+
+
+HPARAM_DEFAULTS = dict(
+    learning_rate=1e-3,
+    discount=0.99,
+    gae_lambda=0.95,
+    clip_eps=0.2,
+    ent_coef=0.01,
+    vf_coef=0.5,
+    max_grad_norm=0.5,
+)
+HPARAM_RANGES = dict(
+    learning_rate=(0.0, 1.0),
+    discount=(0.0, 1.0),
+    gae_lambda=(0.0, 1.0),
+    clip_eps=(0.0, 10.0),
+    ent_coef=(0.0, 1e3),
+    vf_coef=(0.0, 1e3),
+    max_grad_norm=(0.0, 1e9),
+)
+
+
+class HParams(struct.PyTreeNode):
+    """Traced hyperparameters, each a float32 array (scalar, or ``[R]`` for a sweep)."""
+
+    learning_rate: jax.Array
+    discount: jax.Array
+    gae_lambda: jax.Array
+    clip_eps: jax.Array
+    ent_coef: jax.Array
+    vf_coef: jax.Array
+    max_grad_norm: jax.Array
+
+    @classmethod
+    def make(cls, **overrides) -> HParams:
+        return base.make_hparams(cls, HPARAM_DEFAULTS, overrides)
+
+
+def check(cfg: Config, hp: HParams) -> None:
+    """Raises ``ConfigError`` for hyperparameters outside their ranges."""
+    del cfg
+    base.check_ranges(hp, HPARAM_RANGES)
+
+
+class RecurrentActorCritic(nn.Module):
+    """Recurrent core, then linear policy (categorical logits) and value heads.
+
+    ``__call__(carry, obs [T, N, D], reset [T, N]) -> (carry, logits [T, N, A], value [T, N])``.
+    """
+
+    num_actions: int
+    hidden: int = 128
+    cell: str = "gru"
+
+    @nn.compact
+    def __call__(self, carry, obs: jax.Array, reset: jax.Array):
+        carry, y = RecurrentScan(self.hidden, self.cell, name="rnn")(carry, obs, reset)
+        ortho = nn.initializers.orthogonal
+        logits = nn.Dense(self.num_actions, kernel_init=ortho(0.01), name="policy")(y)
+        value = nn.Dense(1, kernel_init=ortho(1.0), name="value")(y)[..., 0]
+        return carry, logits, value
+
+
+class State(struct.PyTreeNode):
+    """Everything one run carries between updates (arrays only)."""
+
+    params: dict
+    opt_state: optax.OptState
+    env_state: object
+    obs: jax.Array  # [N, D] observation to act on next
+    carry: object  # recurrent carry [N, H] (LSTM: (c, h)) before that step
+    reset: jax.Array  # [N] bool: the next step starts a new episode (carry zeroed)
+    env_params: object
+    key: jax.Array
+    update_count: jax.Array  # int32 scalar
+
+
+class Rollout(struct.PyTreeNode):
+    """Time-major rollout; every leaf ``[T, N, ...]`` except ``carry0`` (``[N, H]``)."""
+
+    obs: jax.Array
+    reset: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    bootstrap_value: jax.Array  # V(final_obs_t) with the carry after step t
+    info: dict
+    carry0: object  # the carry before the first step
+
+
+class Batch(struct.PyTreeNode):
+    """Sequences for the loss: leaves ``[T, N, ...]``; ``carry0`` ``[N, H]``."""
+
+    obs: jax.Array
+    reset: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+    carry0: object
+
+
+def network(cfg: Config, env: Env) -> RecurrentActorCritic:
+    space = env.action_space(env.default_params())
+    if not hasattr(space, "n"):
+        raise base.ConfigError(f"recurrent PPO needs discrete actions, got {space}")
+    return RecurrentActorCritic(space.n, cfg.hidden, cfg.cell)
+
+
+def vec_env(cfg: Config, env: Env) -> Env:
+    """``num_envs`` auto-reset copies with episode statistics (true returns) in ``Step.info``,
+    optionally with rewards scaled by the running std of the discounted return."""
+    venv = wrappers.VecEnv(wrappers.EpisodeStats(wrappers.AutoReset(env)), num_envs=cfg.num_envs)
+    if cfg.scale_reward:
+        venv = wrappers.ScaleReward(venv, discount=cfg.reward_discount)
+    return venv
+
+
+def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Array:
+    if not cfg.anneal_lr:
+        return hp.learning_rate
+    frac = 1.0 - update_count.astype(jnp.float32) / cfg.num_updates
+    return hp.learning_rate * jnp.maximum(frac, 0.0)
+
+
+def optimizer(hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam (eps 1e-5), built from traced values."""
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
+    """Fresh network, optimiser and envs; every env starts a new episode."""
+    if env_params is None:
+        env_params = env.default_params()
+    key, key_net, key_env = jax.random.split(key, 3)
+    obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
+    carry = initial_carry(cfg.cell, (cfg.num_envs,), cfg.hidden)
+    reset = jnp.ones((cfg.num_envs,), bool)
+    params = network(cfg, env).init(key_net, carry, obs[None], reset[None])
+    opt_state = optimizer(hp, hp.learning_rate).init(params)
+    return State(params, opt_state, env_state, obs, carry, reset, env_params, key,
+                 jnp.zeros((), jnp.int32))  # fmt: skip
+
+
+def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
+    """Rolls the current (frozen) policy out for ``cfg.rollout_len`` steps of every env.
+
+    The carry is zeroed where ``reset`` is set (the previous step ended an episode); the
+    bootstrap value of step ``t`` runs the core one step on ``final_obs_t`` from the carry
+    after step ``t`` (it only matters where an episode is truncated).
+    """
+    venv, net = vec_env(cfg, env), network(cfg, env)
+    no_reset = jnp.zeros((1, cfg.num_envs), bool)
+
+    def env_step(loop, _):
+        env_state, obs, carry, reset, key = loop
+        key, key_act, key_env = jax.random.split(key, 3)
+        carry, logits, value = net.apply(state.params, carry, obs[None], reset[None])
+        dist = distrax.Categorical(logits=logits[0])
+        action = dist.sample(seed=key_act)
+        log_prob = dist.log_prob(action)
+        next_obs, env_state, step = venv.step(key_env, env_state, action, state.env_params)
+        _, _, boot = net.apply(state.params, carry, step.final_obs[None], no_reset)
+        out = Rollout(obs, reset, action, log_prob, value[0], step.reward, step.terminated,
+                      step.truncated, boot[0], step.info, None)  # fmt: skip
+        return (env_state, next_obs, carry, step.done, key), out
+
+    loop = (state.env_state, state.obs, state.carry, state.reset, state.key)
+    (env_state, obs, carry, reset, key), rollout = jax.lax.scan(
+        env_step, loop, None, cfg.rollout_len
+    )
+    rollout = rollout.replace(carry0=state.carry)
+    state = state.replace(env_state=env_state, obs=obs, carry=carry, reset=reset, key=key)
+    return state, rollout
+
+
+def make_batch(rollout: Rollout, hp: HParams) -> Batch:
+    """GAE over the rollout; terminations cut the return, truncations bootstrap."""
+    advantage, target = episode_gae(
+        rollout.reward, rollout.value, rollout.bootstrap_value, rollout.terminated,
+        rollout.truncated, hp.discount, hp.gae_lambda,
+    )  # fmt: skip
+    return Batch(rollout.obs, rollout.reset, rollout.action, rollout.log_prob, rollout.value,
+                 advantage, target, rollout.carry0)  # fmt: skip
+
+
+def loss(
+    cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams
+) -> tuple[jax.Array, Metrics]:
+    """Loss on sequences ``[T, N]`` re-run from ``batch.carry0`` with the stored resets.
+
+    ``policy + vf_coef * value - ent_coef * entropy``; the policy term is PPO's clipped
+    surrogate ``-mean(min(rho A, clip(rho, 1-eps, 1+eps) A))`` (``algo="ppo"``) or
+    ``-mean(log pi(a|h) A)`` (``algo="a2c"``); ``A`` is normalised over the minibatch when
+    ``cfg.normalize_advantages``.
+    """
+    chex.assert_rank([batch.obs, batch.reset, batch.advantage], [3, 2, 2])
+    _, logits, value = network(cfg, env).apply(params, batch.carry0, batch.obs, batch.reset)
+    dist = distrax.Categorical(logits=logits)
+    log_prob = dist.log_prob(batch.action).reshape(-1)
+    old_log_prob = batch.log_prob.reshape(-1)
+    advantage = batch.advantage.reshape(-1)
+    if cfg.normalize_advantages:
+        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+    if cfg.algo == "ppo":
+        pg_loss, clip_fraction = policy_losses.clipped_surrogate_loss(
+            log_prob, old_log_prob, advantage, hp.clip_eps
+        )
+    else:
+        pg_loss = -jnp.mean(log_prob * advantage)
+        clip_fraction = jnp.zeros(())
+    v_loss = value_loss(
+        value.reshape(-1), batch.value.reshape(-1), batch.target.reshape(-1), hp.clip_eps,
+        cfg.clip_value,
+    )  # fmt: skip
+    entropy = jnp.mean(dist.entropy())
+    total = pg_loss + hp.vf_coef * v_loss - hp.ent_coef * entropy
+    metrics = {
+        "train/total_loss": total,
+        "train/policy_loss": pg_loss,
+        "train/value_loss": v_loss,
+        "train/entropy": entropy,
+        "train/approx_kl": policy_losses.approx_kl(log_prob, old_log_prob),
+        "train/clip_fraction": jnp.asarray(clip_fraction, jnp.float32),
+    }
+    return total, metrics
+
+
+def split_envs(batch: Batch, perm: jax.Array, num_minibatches: int) -> Batch:
+    """Permutes the env axis and splits it: leaves ``[M, T, N/M, ...]`` (carry ``[M, N/M, H]``)."""
+
+    def seq(x):
+        x = x[:, perm]
+        x = x.reshape((x.shape[0], num_minibatches, -1) + x.shape[2:])
+        return jnp.moveaxis(x, 1, 0)
+
+    def flat(x):
+        return x[perm].reshape((num_minibatches, -1) + x.shape[1:])
+
+    carry0 = jax.tree.map(flat, batch.carry0)
+    return jax.tree.map(seq, batch.replace(carry0=None)).replace(carry0=carry0)
+
+
+def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+    """One iteration: collect, GAE, then PPO epochs over env-column minibatches or one A2C step."""
+    state, rollout = collect(cfg, env, state)
+    batch = make_batch(rollout, hp)
+    tx = optimizer(hp, learning_rate(cfg, hp, state.update_count))
+    grad_fn = jax.grad(lambda p, b: loss(cfg, env, p, b, hp), has_aux=True)
+
+    def sgd_step(carry, minibatch):
+        params, opt_state = carry
+        grads, metrics = grad_fn(params, minibatch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), metrics
+
+    def epoch(carry, key):
+        perm = jax.random.permutation(key, cfg.num_envs)
+        return jax.lax.scan(sgd_step, carry, split_envs(batch, perm, cfg.minibatches))
+
+    key, key_epochs = jax.random.split(state.key)
+    (params, opt_state), metrics = jax.lax.scan(
+        epoch, (state.params, state.opt_state), jax.random.split(key_epochs, cfg.epochs)
+    )
+    metrics = jax.tree.map(jnp.mean, metrics)
+    done = jnp.logical_or(rollout.terminated, rollout.truncated).astype(jnp.float32)
+    metrics |= {
+        "train/learning_rate": learning_rate(cfg, hp, state.update_count),
+        "episode/return": base.nan_mean(rollout.info["episode_return"], done),
+        "episode/length": base.nan_mean(rollout.info["episode_length"], done),
+        "episode/count": jnp.sum(done),
+    }
+    state = state.replace(params=params, opt_state=opt_state, key=key,
+                          update_count=state.update_count + 1)  # fmt: skip
+    return state, metrics
+
+
+def train(
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+) -> tuple[State, Metrics]:
+    """``num_updates`` iterations as one scan; metrics stacked ``[num_updates]``."""
+    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
