@@ -170,6 +170,7 @@ def test_l1_meta_gradient_matches_finite_differences():
             assert abs(float(fd - an)) <= 1e-4 * abs(float(an)), (i, float(fd), float(an))
 
 
+@pytest.mark.slow  # compile-heavy; run with --runslow
 def test_grad_through_inputs_flag_changes_the_meta_gradient():
     batches = jax.vmap(lambda k: _random_batch(k, 6, 2, 5))(jax.random.split(jax.random.key(1), 2))
     eval_batch = _random_batch(jax.random.key(2), 6, 2, 5)

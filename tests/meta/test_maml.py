@@ -282,6 +282,7 @@ def test_vmapped_over_tasks_equals_looped(small_batch):
     np.testing.assert_allclose(one.inner[0].action, data.inner[0].action[1], rtol=1e-5)
 
 
+@pytest.mark.slow  # compile-heavy; run with --runslow
 def test_jit_matches_no_jit():
     """Adam outer step (TRPO's step runs jitted in the KL-bound test)."""
     cfg = maml.Config(**TINY, outer="adam")

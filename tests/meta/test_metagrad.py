@@ -143,6 +143,7 @@ def _zero_cotangent(tree):
     return jax.tree.map(zero, tree)
 
 
+@pytest.mark.slow  # compile-heavy; run with --runslow
 def test_first_order_is_the_documented_approximation(setup):
     """First order = Σ_k ∂u_k/∂η with each update's incoming state held fixed; written
     here by hand as two VJPs of the outer gradient at s_2, one per update."""
@@ -211,6 +212,7 @@ def test_learned_loss_grad_matches_finite_difference(setup):
 # ---------------------------------------------------------------- online meta-gradient RL
 
 
+@pytest.mark.slow  # compile-heavy; run with --runslow
 def test_online_step_jits_and_vmap_equals_loop():
     env, _ = envs.make("CartPole-v1")
     cfg = ppo.Config(**SMALL)

@@ -209,6 +209,33 @@ def test_update_jit_equals_no_jit():
     np.testing.assert_allclose(m_got["episode/return"], m_want["episode/return"])
 
 
+def test_entropy_coef_anneals_linearly_to_zero():
+    cfg, _, _, hp = _setup()
+    hp = hp.replace(ent_coef=jnp.float32(0.08))
+    cfg_anneal = dataclasses.replace(cfg, num_updates=4, anneal_ent=True)
+    counts = jnp.array([0, 1, 2, 4, 6])
+    got = jax.vmap(lambda c: rp.entropy_coef(cfg_anneal, hp, c))(counts)
+    np.testing.assert_allclose(got, [0.08, 0.06, 0.04, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(rp.entropy_coef(cfg, hp, jnp.int32(3)), 0.08)  # off: constant
+
+
+def test_update_uses_annealed_entropy_coef():
+    """At ``update_count = num_updates`` the entropy bonus is gone: ``ent_coef`` 0.5 and 0 give
+    the same update; at count 0 they differ. One compile (``hp`` is traced)."""
+    cfg, env, state, hp = _setup()
+    cfg = dataclasses.replace(cfg, num_updates=5, anneal_ent=True)
+    upd = jax.jit(lambda s, h: rp.update(cfg, env, s, h))
+    big, zero = hp.replace(ent_coef=jnp.float32(0.5)), hp.replace(ent_coef=jnp.float32(0.0))
+    end = state.replace(update_count=jnp.int32(5))
+    (a, m), (b, _) = upd(end, big), upd(end, zero)
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    assert float(m["train/ent_coef"]) == 0.0
+    (c, m0), (d, _) = upd(state, big), upd(state, zero)
+    assert float(m0["train/ent_coef"]) == 0.5
+    diff = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), c.params, d.params)
+    assert max(jax.tree.leaves(diff)) > 1e-6
+
+
 def test_evaluate_keeps_weights_and_resets_between_trials():
     cfg, env, state, _ = _setup()
     out = jax.jit(lambda p: rl2.evaluate(cfg, env, p, jax.random.key(3), 5, 6))(state.params)
