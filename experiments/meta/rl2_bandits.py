@@ -68,7 +68,8 @@ def train_rl2(args, env, seed):
     cfg = rp.Config(num_envs=args.envs, rollout_len=env.episodes_per_trial, hidden=args.hidden,
                     cell=args.cell, algo=args.algo, num_epochs=args.epochs,
                     num_minibatches=args.minibatches, num_updates=args.updates,
-                    anneal_lr=args.anneal, scale_reward=not args.no_scale_reward,
+                    anneal_lr=args.anneal, anneal_ent=args.anneal_ent,
+                    scale_reward=not args.no_scale_reward,
                     reward_discount=args.discount)  # fmt: skip
     hp = rp.HParams.make(learning_rate=args.lr, discount=args.discount,
                          gae_lambda=args.gae_lambda, ent_coef=args.ent_coef,
@@ -147,6 +148,7 @@ def main():
     p.add_argument("--minibatches", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--anneal", action="store_true")
+    p.add_argument("--anneal_ent", action="store_true")  # entropy coefficient to 0
     p.add_argument("--no_scale_reward", action="store_true")
     p.add_argument("--discount", type=float, default=0.99)
     p.add_argument("--gae_lambda", type=float, default=0.3)

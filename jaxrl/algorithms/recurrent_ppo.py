@@ -18,6 +18,8 @@ One ``update``:
    a minibatch is a set of env *columns* (whole sequences), re-run from the stored initial
    carry with the stored reset flags (truncated BPTT at rollout boundaries).
    ``algo="a2c"``: one Adam step on ``-mean(log pi(a|h) A)`` over the whole rollout.
+   ``cfg.anneal_lr`` / ``cfg.anneal_ent`` take the learning rate / entropy coefficient
+   linearly to 0 over ``cfg.num_updates``.
 
 Follows the algorithm contract of :mod:`jaxrl.algorithms.ppo` (static ``Config``,
 traced ``HParams``, ``State`` of arrays; nothing here calls ``jit``).
@@ -61,6 +63,7 @@ class Config:
     cell: str = "gru"
     clip_value: bool = False
     anneal_lr: bool = False
+    anneal_ent: bool = False  # entropy coefficient linearly to 0 over num_updates
     normalize_advantages: bool = True
     scale_reward: bool = False  # divide rewards by a running std of the discounted return
     reward_discount: float = 0.99  # the discount of that running return
@@ -215,6 +218,15 @@ def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Arra
     return hp.learning_rate * jnp.maximum(frac, 0.0)
 
 
+def entropy_coef(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Array:
+    """``ent_coef``, or ``ent_coef * max(1 - update_count / num_updates, 0)`` when
+    ``cfg.anneal_ent``."""
+    if not cfg.anneal_ent:
+        return hp.ent_coef
+    frac = 1.0 - update_count.astype(jnp.float32) / cfg.num_updates
+    return hp.ent_coef * jnp.maximum(frac, 0.0)
+
+
 def optimizer(hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
     """Global-norm clipping then Adam (eps 1e-5), built from traced values."""
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
@@ -338,7 +350,8 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
     state, rollout = collect(cfg, env, state)
     batch = make_batch(rollout, hp)
     tx = optimizer(hp, learning_rate(cfg, hp, state.update_count))
-    grad_fn = jax.grad(lambda p, b: loss(cfg, env, p, b, hp), has_aux=True)
+    loss_hp = hp.replace(ent_coef=entropy_coef(cfg, hp, state.update_count))
+    grad_fn = jax.grad(lambda p, b: loss(cfg, env, p, b, loss_hp), has_aux=True)
 
     def sgd_step(carry, minibatch):
         params, opt_state = carry
@@ -358,6 +371,7 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
     done = jnp.logical_or(rollout.terminated, rollout.truncated).astype(jnp.float32)
     metrics |= {
         "train/learning_rate": learning_rate(cfg, hp, state.update_count),
+        "train/ent_coef": loss_hp.ent_coef,
         "episode/return": base.nan_mean(rollout.info["episode_return"], done),
         "episode/length": base.nan_mean(rollout.info["episode_length"], done),
         "episode/count": jnp.sum(done),
