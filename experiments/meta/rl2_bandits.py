@@ -109,7 +109,7 @@ def r2(args, task="independent", include_time=False):
     env = rl2.TrialWrapper(BernoulliBandit(k, task=task), episodes_per_trial=n,
                            include_time=include_time)  # fmt: skip
     results = []
-    for seed in range(args.seeds):
+    for seed in range(args.seed, args.seed + args.seeds):
         t0 = time.time()
         cfg, state = train_rl2(args, env, seed)
         res = heldout(args, cfg, env, state.params, seed, args.eval_trials)
@@ -132,7 +132,7 @@ def r2(args, task="independent", include_time=False):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("check", choices=["r1", "r2", "r4"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="r1: key; r2/r4: first seed")
     p.add_argument("--trials", type=int, default=100_000)  # r1
     p.add_argument("--pulls", type=int, default=10)
     p.add_argument("--arms", type=int, default=5)

@@ -7,8 +7,9 @@ step; the episode terminates once ``|dx| < 0.01`` and ``|dy| < 0.01`` and is tru
 ``max_steps = 100`` steps.
 
 The task (the goal) lives in :class:`Nav2DParams`, so a batch of tasks is a batch of
-params and everything vmaps over tasks. :meth:`Nav2D.sample_task` draws a goal from
-``U[-0.5, 0.5]^2``; it is the task-sampler protocol that :mod:`jaxrl.meta.maml` uses.
+params and everything vmaps over tasks. :meth:`Nav2D.sample_params` draws a goal from
+``U[-0.5, 0.5]^2``: the task-sampler protocol of jaxrl's task distributions (as the LPG
+and bandit envs), which :mod:`jaxrl.meta.maml` uses.
 
 Note: rllab's ``normalize`` wrapper let the original policy act in ``[-1, 1]`` and scaled
 actions by ``0.1``; here the env takes raw velocities, and the scaling is the policy's
@@ -67,10 +68,10 @@ class Nav2D(Env):
     def default_params(self) -> Nav2DParams:
         return Nav2DParams()
 
-    def sample_task(self, key: jax.Array, params: Nav2DParams) -> Nav2DParams:
-        """Returns ``params`` with a goal drawn from ``U[-goal_range, goal_range]^2``."""
+    def sample_params(self, key: jax.Array) -> Nav2DParams:
+        """One task: the default params with a goal drawn from ``U[-goal_range, goal_range]^2``."""
         goal = jax.random.uniform(key, (2,), jnp.float32, -self.goal_range, self.goal_range)
-        return params.replace(goal=goal)
+        return self.default_params().replace(goal=goal)
 
     def reset(self, key: jax.Array, params: Nav2DParams) -> tuple[jax.Array, Nav2DState]:
         del key
@@ -98,7 +99,6 @@ class Nav2D(Env):
         return spaces.Box(-self.max_speed, self.max_speed, (2,))
 
 
-def sample_tasks(env: Env, key: jax.Array, params, num_tasks: int):
-    """``num_tasks`` task params stacked on a leading axis (``env`` must have ``sample_task``)."""
-    keys = jax.random.split(key, num_tasks)
-    return jax.vmap(env.sample_task, in_axes=(0, None))(keys, params)
+def sample_tasks(env: Env, key: jax.Array, num_tasks: int):
+    """``num_tasks`` task params stacked on a leading axis (``env`` has ``sample_params``)."""
+    return jax.vmap(env.sample_params)(jax.random.split(key, num_tasks))

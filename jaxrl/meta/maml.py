@@ -1,6 +1,6 @@
 """MAML for RL (Finn, Abbeel, Levine, ICML 2017, https://arxiv.org/abs/1703.03400).
 
-A task is an ``EnvParams`` pytree; the env must also offer ``sample_task(key, params)``
+A task is an ``EnvParams`` pytree; the env must also offer ``sample_params(key)``
 (see :class:`jaxrl.envs.nav2d.Nav2D`), so a meta-batch is a batch of params and the whole
 meta-iteration is vmapped over tasks and runs as one jitted call.
 
@@ -565,29 +565,24 @@ def trpo_step(cfg: Config, env: Env, params: dict, data: TaskData, hp: HParams):
     return unravel(flat + frac * full_step), metrics
 
 
-def collect_meta_batch(
-    cfg: Config, env: Env, params: dict, key: jax.Array, hp: HParams, base_params
-):
+def collect_meta_batch(cfg: Config, env: Env, params: dict, key: jax.Array, hp: HParams):
     """Samples ``cfg.meta_batch_size`` tasks and their data (stacked ``[M, ...]``)."""
     key_tasks, key_data = jax.random.split(key)
-    tasks = jax.vmap(env.sample_task, in_axes=(0, None))(
-        jax.random.split(key_tasks, cfg.meta_batch_size), base_params
-    )
+    tasks = jax.vmap(env.sample_params)(jax.random.split(key_tasks, cfg.meta_batch_size))
     keys = jax.random.split(key_data, cfg.meta_batch_size)
     return jax.vmap(collect_task, in_axes=(None, None, None, 0, 0, None, None))(
         cfg, env, params, tasks, keys, hp, cfg.num_inner_steps
     )
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams, env_params=None) -> tuple[State, dict]:
+def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, dict]:
     """One meta-iteration: sample tasks, adapt, sample adapted policies, one outer step.
 
     Metrics: ``train/pre_return`` (mean return of θ on its inner data; for
     ``num_inner_steps = 0`` the data the outer step uses) and ``train/post_return``.
     """
-    env_params = env.default_params() if env_params is None else env_params
     key, key_batch = jax.random.split(state.key)
-    data = collect_meta_batch(cfg, env, state.params, key_batch, hp, env_params)
+    data = collect_meta_batch(cfg, env, state.params, key_batch, hp)
     first = data.inner[0] if data.inner else data.outer
     metrics = {
         "train/pre_return": jnp.mean(first.episode_returns()),
@@ -609,9 +604,9 @@ def update(cfg: Config, env: Env, state: State, hp: HParams, env_params=None) ->
     return State(params, opt_state, key, state.step + 1), metrics
 
 
-def train(cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, env_params=None):
+def train(cfg: Config, env: Env, state: State, hp: HParams, num_updates: int):
     """``num_updates`` meta-iterations in one ``lax.scan``; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp, env_params), state, None, num_updates)
+    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
 
 
 def evaluate(
@@ -622,7 +617,6 @@ def evaluate(
     hp: HParams,
     num_tasks: int = 40,
     num_steps: int = 3,
-    env_params=None,
 ) -> jax.Array:
     """Returns after 0..num_steps adaptation steps on fresh tasks (the paper's protocol).
 
@@ -632,11 +626,8 @@ def evaluate(
         ``[num_tasks, num_steps + 1]`` mean return per trajectory; column ``k`` is the
         policy after ``k`` steps.
     """
-    env_params = env.default_params() if env_params is None else env_params
     key_tasks, key_data = jax.random.split(key)
-    tasks = jax.vmap(env.sample_task, in_axes=(0, None))(
-        jax.random.split(key_tasks, num_tasks), env_params
-    )
+    tasks = jax.vmap(env.sample_params)(jax.random.split(key_tasks, num_tasks))
 
     def one_task(task, key):
         data = collect_task(cfg, env, params, task, key, hp, num_steps)

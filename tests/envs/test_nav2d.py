@@ -66,9 +66,9 @@ def test_truncates_after_max_steps():
     assert bool(step.truncated) and not bool(step.terminated)
 
 
-def test_sample_task_goals_uniform_in_box():
+def test_sample_params_goals_uniform_in_box():
     env = Nav2D()
-    tasks = sample_tasks(env, KEY, env.default_params(), 2000)
+    tasks = sample_tasks(env, KEY, 2000)
     goals = np.asarray(tasks.goal)
     assert goals.shape == (2000, 2)
     assert goals.min() >= -0.5 and goals.max() <= 0.5
@@ -79,7 +79,7 @@ def test_sample_task_goals_uniform_in_box():
 
 def test_vmaps_over_tasks():
     env = Nav2D()
-    tasks = sample_tasks(env, KEY, env.default_params(), 3)
+    tasks = sample_tasks(env, KEY, 3)
     obs, state = jax.vmap(env.reset, in_axes=(None, 0))(KEY, tasks)
     action = jnp.asarray([0.05, -0.05])
     obs, _, step = jax.vmap(env.step, in_axes=(None, 0, None, 0))(KEY, state, action, tasks)

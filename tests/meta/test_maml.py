@@ -207,7 +207,7 @@ def small_batch():
     cfg = maml.Config(**SMALL, outer="trpo")
     hp = maml.HParams.make(inner_lr=0.5, max_kl=0.01)
     state = maml.init(cfg, ENV, jax.random.key(1), hp)
-    data = jit(lambda p, k: maml.collect_meta_batch(cfg, ENV, p, k, hp, ENV.default_params()))(
+    data = jit(lambda p, k: maml.collect_meta_batch(cfg, ENV, p, k, hp))(
         state.params, jax.random.key(2)
     )
     return cfg, hp, state, data
@@ -270,9 +270,7 @@ def test_vmapped_over_tasks_equals_looped(small_batch):
     )
     # Collection too: task i of the batch equals collect_task on task i alone.
     key_tasks, key_data = jax.random.split(jax.random.key(2))
-    tasks = jax.vmap(ENV.sample_task, in_axes=(0, None))(
-        jax.random.split(key_tasks, cfg.meta_batch_size), ENV.default_params()
-    )
+    tasks = jax.vmap(ENV.sample_params)(jax.random.split(key_tasks, cfg.meta_batch_size))
     one = jit(lambda p, t, k: maml.collect_task(cfg, ENV, p, t, k, hp, 1))(
         state.params,
         jax.tree.map(lambda x: x[1], tasks),
