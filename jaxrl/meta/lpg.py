@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 from flax import serialization, struct
 
+from jaxrl.algorithms import base
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import AutoReset, EpisodeStats
@@ -151,10 +152,7 @@ class HParams(struct.PyTreeNode):
             bandit_temperature=0.1,
             bandit_bonus=0.2,
         )
-        unknown = set(kw) - set(defaults)
-        if unknown:
-            raise ConfigError(f"unknown LPG hyperparameters: {sorted(unknown)}")
-        return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in (defaults | kw).items()})
+        return base.make_hparams(cls, defaults, kw)
 
 
 class Batch(struct.PyTreeNode):

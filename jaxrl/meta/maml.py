@@ -39,6 +39,7 @@ import rlax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from jaxrl.algorithms import base
 from jaxrl.envs.base import Env
 from jaxrl.errors import ConfigError
 from jaxrl.networks.heads import GaussianHead
@@ -142,14 +143,9 @@ class HParams(struct.PyTreeNode):
             cg_damping=1e-5,
             backtrack_ratio=0.8,
         )
-        unknown = set(overrides) - set(kw)
-        if unknown:
-            raise ConfigError(
-                f"unknown MAML hyperparameters {sorted(unknown)}; valid: {sorted(kw)}"
-            )
-        kw |= overrides
-        _check_hparams(kw)
-        return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in kw.items()})
+        hp = base.make_hparams(cls, kw, overrides)
+        _check_hparams({**kw, **overrides})
+        return hp
 
 
 # name -> (lower bound, lower inclusive, upper bound); checked on concrete values only.
