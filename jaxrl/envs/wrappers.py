@@ -19,6 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxrl.envs import spaces
@@ -187,6 +188,63 @@ class ScaleReward(Wrapper):
         reward = step.reward / jnp.sqrt(stats.var + self.epsilon)
         ret = jnp.where(step.done, 0.0, ret)
         return obs, ScaleRewardState(env_state, ret, stats), step.replace(reward=reward)
+
+
+class HistoryState(struct.PyTreeNode):
+    env_state: object
+    obs: jax.Array  # [D] the current observation
+    history: jax.Array  # [H, D + A + 1] the last H transitions, oldest first
+
+
+@dataclasses.dataclass(frozen=True)
+class History(Wrapper):
+    """Appends the last ``length`` transitions ``(o, a, r)`` of the episode to the observation.
+
+    Observation ``[D + length * (D + A + 1)]``: the current ``o_t`` then rows
+    ``(o_{t-k}, a_{t-k}, r_{t-k})`` for ``k = length .. 1`` (zeros before the episode
+    start); discrete actions are one-hot. Put it inside :class:`AutoReset` so a new
+    episode starts with an empty history (``make_vec_env(History(env, H), ...)``). Used
+    by context-conditioned agents (Meta-Q-Learning); see
+    :func:`jaxrl.networks.continuous.split_context`.
+    """
+
+    length: int = 10
+
+    def _action_row(self, action, params):
+        space = self.env.action_space(params)
+        if isinstance(space, spaces.Discrete):
+            return jax.nn.one_hot(action, space.n)
+        return jnp.reshape(action, (-1,)).astype(jnp.float32)
+
+    def _action_dim(self, params) -> int:
+        space = self.env.action_space(params)
+        return space.n if isinstance(space, spaces.Discrete) else int(np.prod(space.shape))
+
+    def _observe(self, obs, history):
+        return jnp.concatenate([obs, history.reshape(-1)])
+
+    def reset(self, key, params):
+        obs, env_state = self.env.reset(key, params)
+        obs = jnp.reshape(obs, (-1,)).astype(jnp.float32)
+        width = obs.shape[0] + self._action_dim(params) + 1
+        history = jnp.zeros((self.length, width), jnp.float32)
+        return self._observe(obs, history), HistoryState(env_state, obs, history)
+
+    def step(self, key, state, action, params):
+        next_obs, env_state, step = self.env.step(key, state.env_state, action, params)
+        next_obs = jnp.reshape(next_obs, (-1,)).astype(jnp.float32)
+        row = jnp.concatenate(
+            [state.obs, self._action_row(action, params), jnp.reshape(step.reward, (1,))]
+        )
+        history = jnp.concatenate([state.history[1:], row[None]], axis=0)
+        final_obs = self._observe(jnp.reshape(step.final_obs, (-1,)), history)
+        out = HistoryState(env_state, next_obs, history)
+        return self._observe(next_obs, history), out, step.replace(final_obs=final_obs)
+
+    def observation_space(self, params):
+        obs_dim = int(np.prod(self.env.observation_space(params).shape))
+        width = obs_dim + self.length * (obs_dim + self._action_dim(params) + 1)
+        return spaces.Box(-np.inf, np.inf, (width,))
 
 
 def make_vec_env(

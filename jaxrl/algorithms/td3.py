@@ -1,0 +1,413 @@
+"""Twin Delayed DDPG (Fujimoto, van Hoof & Meger 2018, arXiv:1802.09477) as pure functions.
+
+One ``update`` steps ``cfg.num_envs`` auto-reset envs ``cfg.train_freq`` times with the
+exploring policy (uniform random actions for the first ``cfg.learning_starts`` env steps),
+adds the transitions to a flat replay buffer (:mod:`jaxrl.replay.buffers`, a pytree in
+the state), then takes ``cfg.gradient_steps`` gradient steps. Each step fits the twin
+critics to the clipped double-Q target with target-policy smoothing
+
+    a' = clip(mu_targ(s') + clip(sigma eps, -c, c), -1, 1),
+    y  = r + gamma (1 - terminated) min_i Q_targ_i(s', a'),
+
+and every ``cfg.policy_delay``-th step also moves the actor up ``Q_1(s, mu(s))`` and the
+target networks towards the online ones by Polyak averaging with rate ``tau``.
+
+Actions are normalised to ``[-1, 1]`` inside the agent and the buffer and scaled to the
+env's bounds when stepping. Truncated episodes bootstrap from the pre-reset observation
+(``Step.final_obs``), terminated ones do not. With ``cfg.context_len > 0`` the networks
+read a GRU context of the last transitions (wrap the env in
+:class:`jaxrl.envs.wrappers.History`): Meta-Q-Learning's context TD3.
+
+The pieces (:func:`collect`, :func:`sample_batch`, :func:`critic_loss`,
+:func:`actor_loss`, :func:`critic_step`, :func:`actor_step`) are public so other methods
+compose them: MetaGenRL replaces :func:`actor_loss` by a learned objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxrl.algorithms import base
+from jaxrl.envs import spaces
+from jaxrl.envs.base import Env
+from jaxrl.envs.wrappers import make_vec_env
+from jaxrl.networks.continuous import DeterministicActor, TwinQ, scale_action
+from jaxrl.replay import buffers
+from jaxrl.types import Metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static settings. Defaults follow Fujimoto et al. (256-256 ReLU nets, batch 256)."""
+
+    total_timesteps: int = 20_000  # env steps per run, over all envs
+    num_envs: int = 1
+    train_freq: int = 1  # env steps per env per update
+    gradient_steps: int = 1  # gradient steps per update
+    buffer_size: int = 100_000
+    batch_size: int = 256
+    learning_starts: int = 1_000  # env steps of uniform random actions before learning
+    policy_delay: int = 2
+    hidden: tuple[int, ...] = (256, 256)
+    context_len: int = 0  # > 0: networks read a GRU context of the last transitions
+    context_features: int = 32
+
+    def __post_init__(self):
+        base.check_positive_ints(
+            self,
+            (
+                "total_timesteps", "num_envs", "train_freq", "gradient_steps", "buffer_size",
+                "batch_size", "policy_delay", "context_features",
+            ),
+        )  # fmt: skip
+        if self.learning_starts < 0 or self.context_len < 0:
+            raise base.ConfigError("learning_starts and context_len must be >= 0")
+        if self.batch_size > self.buffer_size:
+            raise base.ConfigError(
+                f"batch_size = {self.batch_size} exceeds buffer_size = {self.buffer_size}"
+            )
+        if self.total_timesteps < self.steps_per_update:
+            raise base.ConfigError(
+                f"total_timesteps = {self.total_timesteps} is less than one update "
+                f"(num_envs * train_freq = {self.steps_per_update})"
+            )
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.train_freq
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.steps_per_update
+
+
+HPARAM_DEFAULTS = dict(
+    learning_rate=3e-4,  # actor and critic Adam
+    discount=0.99,
+    tau=0.005,
+    exploration_noise=0.1,  # std of the Gaussian added to actions, in [-1, 1] units
+    policy_noise=0.2,  # target-policy smoothing std
+    noise_clip=0.5,
+)
+HPARAM_RANGES = dict(
+    learning_rate=(0.0, 1.0),
+    discount=(0.0, 1.0),
+    tau=(0.0, 1.0),
+    exploration_noise=(0.0, 10.0),
+    policy_noise=(0.0, 10.0),
+    noise_clip=(0.0, 10.0),
+)
+
+
+class HParams(struct.PyTreeNode):
+    """Traced hyperparameters, each a float32 array (scalar, or ``[R]`` for a sweep)."""
+
+    learning_rate: jax.Array
+    discount: jax.Array
+    tau: jax.Array
+    exploration_noise: jax.Array
+    policy_noise: jax.Array
+    noise_clip: jax.Array
+
+    @classmethod
+    def make(cls, **overrides) -> HParams:
+        return base.make_hparams(cls, HPARAM_DEFAULTS, overrides)
+
+
+def check(cfg: Config, hp: HParams) -> None:
+    """Raises ``ConfigError`` for out-of-range concrete hyperparameters (before compiling)."""
+    del cfg
+    base.check_ranges(hp, HPARAM_RANGES)
+
+
+class Params(struct.PyTreeNode):
+    """Online and target networks."""
+
+    actor: dict
+    critic: dict
+    target_actor: dict
+    target_critic: dict
+
+
+class Transition(struct.PyTreeNode):
+    """One replayed step; leaves ``[...]`` per item, ``[B, ...]`` in a batch."""
+
+    obs: jax.Array
+    action: jax.Array  # normalised to [-1, 1]
+    reward: jax.Array
+    terminated: jax.Array  # float 0/1: no bootstrap
+    next_obs: jax.Array  # the observation reached, before any auto-reset
+
+
+class Batch(struct.PyTreeNode):
+    """A sampled minibatch plus the target-smoothing noise ``eps ~ N(0, 1)`` ``[B, A]``."""
+
+    transition: Transition
+    target_noise: jax.Array
+
+
+class State(struct.PyTreeNode):
+    """Everything one TD3 run carries between updates (arrays only)."""
+
+    params: Params
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    buffer: object  # flashbax buffer state of Transition items
+    env_state: object
+    obs: jax.Array  # [num_envs, D]
+    env_params: object
+    key: jax.Array
+    env_steps: jax.Array  # int32: env steps taken so far (all envs)
+    grad_steps: jax.Array  # int32: gradient steps taken so far
+    update_count: jax.Array  # int32
+
+
+def action_space(env: Env) -> spaces.Box:
+    space = env.action_space(env.default_params())
+    if not isinstance(space, spaces.Box):
+        raise base.ConfigError(f"TD3 needs a continuous (Box) action space; {env.name} has {space}")
+    return space
+
+
+def action_dim(env: Env) -> int:
+    return math.prod(action_space(env).shape)
+
+
+def networks(cfg: Config, env: Env) -> tuple[DeterministicActor, TwinQ]:
+    dim = action_dim(env)
+    ctx = dict(context_len=cfg.context_len, context_features=cfg.context_features)
+    return DeterministicActor(dim, cfg.hidden, **ctx), TwinQ(dim, cfg.hidden, **ctx)
+
+
+def buffer(cfg: Config):
+    return buffers.flat_buffer(cfg.buffer_size, cfg.batch_size)
+
+
+def vec_env(cfg: Config, env: Env) -> Env:
+    return make_vec_env(env, cfg.num_envs)
+
+
+def optimizer(hp: HParams) -> optax.GradientTransformation:
+    return optax.adam(hp.learning_rate)
+
+
+def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
+    """Initial state: fresh networks (targets equal to them), optimisers, empty buffer, envs."""
+    env_params = env.default_params() if env_params is None else env_params
+    key, key_actor, key_critic, key_env = jax.random.split(key, 4)
+    obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
+    actor, critic = networks(cfg, env)
+    dim = action_dim(env)
+    actor_params = actor.init(key_actor, obs)
+    critic_params = critic.init(key_critic, obs, jnp.zeros((cfg.num_envs, dim)))
+    params = Params(actor_params, critic_params, actor_params, critic_params)
+    item = Transition(obs[0], jnp.zeros(dim), jnp.zeros(()), jnp.zeros(()), obs[0])
+    tx = optimizer(hp)
+    zero = jnp.zeros((), jnp.int32)
+    return State(
+        params=params,
+        actor_opt_state=tx.init(actor_params),
+        critic_opt_state=tx.init(critic_params),
+        buffer=buffer(cfg).init(item),
+        env_state=env_state,
+        obs=obs,
+        env_params=env_params,
+        key=key,
+        env_steps=zero,
+        grad_steps=zero,
+        update_count=zero,
+    )
+
+
+def explore(
+    cfg: Config, env: Env, state: State, obs: jax.Array, key: jax.Array, hp: HParams
+) -> jax.Array:
+    """Exploring actions ``[N, A]`` in ``[-1, 1]``: ``mu(s) + N(0, sigma^2)`` clipped, or
+    uniform while ``state.env_steps < cfg.learning_starts``."""
+    actor, _ = networks(cfg, env)
+    key_noise, key_uniform = jax.random.split(key)
+    mean = actor.apply(state.params.actor, obs)
+    noisy = mean + hp.exploration_noise * jax.random.normal(key_noise, mean.shape)
+    uniform = jax.random.uniform(key_uniform, mean.shape, minval=-1.0, maxval=1.0)
+    return jnp.where(state.env_steps < cfg.learning_starts, uniform, jnp.clip(noisy, -1.0, 1.0))
+
+
+def collect(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Transition, dict]:
+    """Steps every env ``cfg.train_freq`` times. Returns transitions ``[T, N, ...]`` and info."""
+    venv = vec_env(cfg, env)
+    low, high = action_space(env).bounds()
+
+    def env_step(carry, _):
+        st, key = carry
+        key, key_act, key_env = jax.random.split(key, 3)
+        action = explore(cfg, env, st, st.obs, key_act, hp)
+        next_obs, env_state, step = venv.step(
+            key_env, st.env_state, scale_action(action, low, high), st.env_params
+        )
+        terminated = step.terminated.astype(jnp.float32)
+        out = Transition(st.obs, action, step.reward, terminated, step.final_obs)
+        st = st.replace(
+            env_state=env_state, obs=next_obs, env_steps=st.env_steps + cfg.num_envs
+        )
+        return (st, key), (out, step.done, step.info)
+
+    (state, key), (transitions, done, info) = jax.lax.scan(
+        env_step, (state, state.key), None, cfg.train_freq
+    )
+    return state.replace(key=key), transitions, dict(info, done=done)
+
+
+def critic_loss(
+    cfg: Config, env: Env, critic_params: dict, params: Params, batch: Batch, hp: HParams
+) -> tuple[jax.Array, Metrics]:
+    """Sum over the twins of the mean squared error to the clipped double-Q target."""
+    actor, critic = networks(cfg, env)
+    tr = batch.transition
+    noise = jnp.clip(hp.policy_noise * batch.target_noise, -hp.noise_clip, hp.noise_clip)
+    next_action = jnp.clip(actor.apply(params.target_actor, tr.next_obs) + noise, -1.0, 1.0)
+    next_q = jnp.min(critic.apply(params.target_critic, tr.next_obs, next_action), axis=0)
+    target = tr.reward + hp.discount * (1.0 - tr.terminated) * next_q
+    q = critic.apply(critic_params, tr.obs, tr.action)  # [2, B]
+    loss = jnp.sum(jnp.mean(jnp.square(q - jax.lax.stop_gradient(target)), axis=-1))
+    return loss, {"train/critic_loss": loss, "train/q": jnp.mean(q)}
+
+
+def actor_loss(
+    cfg: Config, env: Env, actor_params: dict, params: Params, batch: Batch, hp: HParams
+) -> tuple[jax.Array, Metrics]:
+    """``-mean Q_1(s, mu(s))`` (the deterministic policy gradient), critic held fixed."""
+    del hp
+    actor, critic = networks(cfg, env)
+    obs = batch.transition.obs
+    q = critic.apply(jax.lax.stop_gradient(params.critic), obs, actor.apply(actor_params, obs))[0]
+    loss = -jnp.mean(q)
+    return loss, {"train/actor_loss": loss}
+
+
+def loss(
+    cfg: Config, env: Env, params: Params, batch: Batch, hp: HParams
+) -> tuple[jax.Array, Metrics]:
+    """Critic loss + actor loss; each gradient reaches only its own network."""
+    c_loss, c_metrics = critic_loss(cfg, env, params.critic, params, batch, hp)
+    a_loss, a_metrics = actor_loss(cfg, env, params.actor, params, batch, hp)
+    return c_loss + a_loss, c_metrics | a_metrics
+
+
+def sample_batch(cfg: Config, env: Env, buffer_state, key: jax.Array) -> Batch:
+    key_sample, key_noise = jax.random.split(key)
+    transition = buffer(cfg).sample(buffer_state, key_sample).experience
+    return Batch(transition, jax.random.normal(key_noise, transition.action.shape))
+
+
+def polyak(target, online, tau: jax.Array):
+    """``(1 - tau) target + tau online`` leafwise."""
+    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+def critic_step(
+    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams
+) -> tuple[State, Metrics]:
+    """One Adam step of the twin critics."""
+    grads, metrics = jax.grad(
+        lambda c: critic_loss(cfg, env, c, state.params, batch, hp), has_aux=True
+    )(state.params.critic)
+    updates, opt_state = optimizer(hp).update(grads, state.critic_opt_state, state.params.critic)
+    params = state.params.replace(critic=optax.apply_updates(state.params.critic, updates))
+    return state.replace(params=params, critic_opt_state=opt_state), metrics
+
+
+ActorLossFn = Callable[[Config, Env, dict, Params, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
+def actor_step(
+    cfg: Config,
+    env: Env,
+    state: State,
+    batch: Batch,
+    hp: HParams,
+    actor_loss_fn: ActorLossFn = actor_loss,
+) -> tuple[State, Metrics]:
+    """One Adam step of the actor on ``actor_loss_fn``, then Polyak updates of both targets."""
+    grads, metrics = jax.grad(
+        lambda a: actor_loss_fn(cfg, env, a, state.params, batch, hp), has_aux=True
+    )(state.params.actor)
+    updates, opt_state = optimizer(hp).update(grads, state.actor_opt_state, state.params.actor)
+    p = state.params
+    actor_params = optax.apply_updates(p.actor, updates)
+    params = Params(
+        actor_params,
+        p.critic,
+        polyak(p.target_actor, actor_params, hp.tau),
+        polyak(p.target_critic, p.critic, hp.tau),
+    )
+    return state.replace(params=params, actor_opt_state=opt_state), metrics
+
+
+def _select(pred: jax.Array, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def learn(
+    cfg: Config, env: Env, state: State, hp: HParams, actor_loss_fn: ActorLossFn = actor_loss
+) -> tuple[State, Metrics]:
+    """``cfg.gradient_steps`` TD3 steps from the buffer (no-ops before ``learning_starts``).
+
+    The delayed actor step is computed every step and kept on every ``policy_delay``-th
+    (a select, not a branch, so the program is the same under ``vmap``).
+    """
+    ready = jnp.logical_and(
+        state.env_steps >= cfg.learning_starts, buffer(cfg).can_sample(state.buffer)
+    )
+
+    def grad_step(st, key):
+        batch = sample_batch(cfg, env, st.buffer, key)
+        new, c_metrics = critic_step(cfg, env, st, batch, hp)
+        with_actor, a_metrics = actor_step(cfg, env, new, batch, hp, actor_loss_fn)
+        delayed = (st.grad_steps + 1) % cfg.policy_delay == 0
+        new = _select(delayed, with_actor, new)
+        new = _select(ready, new.replace(grad_steps=st.grad_steps + 1), st)
+        return new, c_metrics | a_metrics
+
+    key, key_steps = jax.random.split(state.key)
+    state, metrics = jax.lax.scan(
+        grad_step, state.replace(key=key), jax.random.split(key_steps, cfg.gradient_steps)
+    )
+    return state, jax.tree.map(jnp.mean, metrics)
+
+
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, actor_loss_fn: ActorLossFn = actor_loss
+) -> tuple[State, Metrics]:
+    """One iteration: collect ``train_freq`` steps per env, store them, learn."""
+    state, transitions, info = collect(cfg, env, state, hp)
+    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), transitions)
+    state = state.replace(buffer=buffer(cfg).add(state.buffer, flat))
+    state, metrics = learn(cfg, env, state, hp, actor_loss_fn)
+    done = info["done"].astype(jnp.float32)
+    metrics |= {
+        "episode/return": base.nan_mean(info["episode_return"], done),
+        "episode/length": base.nan_mean(info["episode_length"], done),
+        "episode/count": jnp.sum(done),
+    }
+    return state.replace(update_count=state.update_count + 1), metrics
+
+
+def train(
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+) -> tuple[State, Metrics]:
+    """``num_updates`` TD3 iterations as one scan; metrics stacked ``[num_updates]``."""
+    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+
+
+def act(cfg: Config, env: Env, params: Params, obs: jax.Array) -> jax.Array:
+    """The greedy (noise-free) action in the env's bounds for observations ``[..., D]``."""
+    actor, _ = networks(cfg, env)
+    low, high = action_space(env).bounds()
+    return scale_action(actor.apply(params.actor, obs), low, high)

@@ -1,0 +1,1 @@
+"""Replay buffers as pytrees inside the jitted loop (thin layer over flashbax)."""
