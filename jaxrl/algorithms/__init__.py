@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import types
 
-from jaxrl.algorithms import ppo
+from jaxrl.algorithms import ppo, td3
 
-ALGORITHMS: dict[str, types.ModuleType] = {"ppo": ppo}
+ALGORITHMS: dict[str, types.ModuleType] = {"ppo": ppo, "td3": td3}
 
 
 def get(name: str) -> types.ModuleType:

@@ -253,9 +253,7 @@ def collect(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Tr
         )
         terminated = step.terminated.astype(jnp.float32)
         out = Transition(st.obs, action, step.reward, terminated, step.final_obs)
-        st = st.replace(
-            env_state=env_state, obs=next_obs, env_steps=st.env_steps + cfg.num_envs
-        )
+        st = st.replace(env_state=env_state, obs=next_obs, env_steps=st.env_steps + cfg.num_envs)
         return (st, key), (out, step.done, step.info)
 
     (state, key), (transitions, done, info) = jax.lax.scan(

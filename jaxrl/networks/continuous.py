@@ -28,7 +28,10 @@ def scale_action(action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Arra
 
 
 def split_context(obs: jax.Array, action_dim: int, context_len: int) -> tuple[jax.Array, jax.Array]:
-    """Splits ``[..., D + H (D + A + 1)]`` into ``o [..., D]`` and history ``[..., H, D + A + 1]``."""
+    """Splits obs ``[..., D + H (D + A + 1)]`` into ``o [..., D]`` and ``[..., H, D + A + 1]``.
+
+    ``H`` is ``context_len`` and ``A`` is ``action_dim``.
+    """
     total = obs.shape[-1]
     obs_dim = (total - context_len * (action_dim + 1)) // (context_len + 1)
     if obs_dim < 1 or obs_dim + context_len * (obs_dim + action_dim + 1) != total:
