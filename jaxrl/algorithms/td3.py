@@ -273,7 +273,7 @@ def critic_loss(
     next_q = jnp.min(critic.apply(params.target_critic, tr.next_obs, next_action), axis=0)
     target = tr.reward + hp.discount * (1.0 - tr.terminated) * next_q
     q = critic.apply(critic_params, tr.obs, tr.action)  # [2, B]
-    loss = jnp.sum(jnp.mean(jnp.square(q - jax.lax.stop_gradient(target)), axis=-1))
+    loss = jnp.sum(jnp.mean(jnp.square(q - jax.lax.stop_gradient(target)[None]), axis=-1))
     return loss, {"train/critic_loss": loss, "train/q": jnp.mean(q)}
 
 

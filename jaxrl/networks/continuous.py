@@ -23,7 +23,8 @@ from jaxrl.networks.torsos import MLP
 
 
 def scale_action(action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
-    """Maps ``[-1, 1]`` to ``[low, high]`` elementwise (``[..., A]``)."""
+    """Maps ``[-1, 1]`` to ``[low, high]`` elementwise: ``action [..., A]``, bounds ``[A]``."""
+    low, high = jnp.broadcast_to(low, action.shape), jnp.broadcast_to(high, action.shape)
     return low + 0.5 * (action + 1.0) * (high - low)
 
 

@@ -17,7 +17,11 @@ functions ``init(example_item)``, ``add(state, items)``, ``sample(state, key)`` 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import flashbax as fbx
+import jax
 
 from jaxrl.errors import ConfigError
 
@@ -38,11 +42,15 @@ def flat_buffer(capacity: int, batch_size: int, min_size: int | None = None):
     """
     min_size = batch_size if min_size is None else min_size
     _check(capacity=capacity, batch_size=batch_size, min_size=min_size)
-    if min_size > capacity:
-        raise ConfigError(f"min_size = {min_size} exceeds the buffer capacity {capacity}")
-    return fbx.make_item_buffer(
+    if max(min_size, batch_size) > capacity:
+        raise ConfigError(
+            f"min_size = {min_size} and batch_size = {batch_size} must not exceed the "
+            f"capacity {capacity}"
+        )
+    buf = fbx.make_item_buffer(
         max_length=capacity, min_length=min_size, sample_batch_size=batch_size, add_batches=True
     )
+    return dataclasses.replace(buf, sample=_allow_rank_promotion(buf.sample))
 
 
 def sequence_buffer(
@@ -69,7 +77,7 @@ def sequence_buffer(
             f"capacity // num_envs = {capacity // num_envs} steps per env is shorter than "
             f"sequence_length = {sequence_length}"
         )
-    return fbx.make_trajectory_buffer(
+    buf = fbx.make_trajectory_buffer(
         add_batch_size=num_envs,
         sample_batch_size=batch_size,
         sample_sequence_length=sequence_length,
@@ -77,3 +85,15 @@ def sequence_buffer(
         min_length_time_axis=sequence_length,
         max_length_time_axis=capacity // num_envs,
     )
+    return dataclasses.replace(buf, sample=_allow_rank_promotion(buf.sample))
+
+
+def _allow_rank_promotion(fn):
+    """flashbax's sampling broadcasts ``[B, 1] + [L]``; allow it under a strict config."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.numpy_rank_promotion("allow"):
+            return fn(*args, **kwargs)
+
+    return wrapped

@@ -338,3 +338,25 @@ def test_stack_under_jit_scan_and_vmap(normalize_obs):
             chex.assert_trees_all_close(got[2], step, rtol=1e-4, atol=1e-4)
     # Different seeds give different rollouts.
     assert not np.allclose(stepwise[0][0], stepwise[1][0])
+
+
+def test_history_rows_and_reset_at_episode_end():
+    """Rows are the last transitions (o, a, r) oldest first; AutoReset clears them."""
+    from jaxrl.envs import probe
+    from jaxrl.envs.wrappers import AutoReset, History
+
+    env = AutoReset(History(probe.TimeLimitChain(), length=2))
+    params = probe.TimeLimitChain().default_params().replace(max_steps=jnp.asarray(3))
+    obs, state = env.reset(jax.random.key(0), params)
+    np.testing.assert_array_equal(obs, np.zeros(1 + 2 * (1 + 2 + 1)))
+    observed = []
+    for t, action in enumerate([1, 0, 1, 0]):
+        obs, state, step = env.step(jax.random.key(t), state, jnp.asarray(action), params)
+        observed.append((np.asarray(obs), np.asarray(step.final_obs), bool(step.done)))
+    # Step 2 (t=1): o_2 = 2/3, rows (o_0=0, onehot(1), r=1) then (o_1=1/3, onehot(0), r=1).
+    np.testing.assert_allclose(observed[1][0], [2 / 3, 0, 0, 1, 1, 1 / 3, 1, 0, 1], rtol=1e-6)
+    # Step 3 ends the episode: final_obs keeps the history, the new obs starts empty.
+    assert observed[2][2]
+    np.testing.assert_allclose(observed[2][1], [1, 1 / 3, 1, 0, 1, 2 / 3, 0, 1, 1], rtol=1e-6)
+    np.testing.assert_array_equal(observed[2][0], np.zeros(9))
+    assert History(probe.TimeLimitChain(), 2).observation_space(params).shape == (9,)

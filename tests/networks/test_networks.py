@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import distrax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -305,3 +306,32 @@ def test_actor_critic_is_jittable_and_vmappable():
     value_batched = jax.jit(lambda p, o: net.apply(p, o, method="value"))(params, obs)
     value_vmapped = jax.vmap(lambda o: net.apply(params, o, method="value"))(obs)
     np.testing.assert_allclose(value_vmapped, value_batched, rtol=1e-5, atol=1e-6)
+
+
+def test_twin_q_heads_are_independent_and_context_reads_history():
+    from jaxrl.networks.continuous import ContextEncoder, DeterministicActor, TwinQ, split_context
+
+    obs_dim, act_dim, h = 3, 2, 4
+    width = obs_dim + h * (obs_dim + act_dim + 1)
+    obs = jax.random.normal(jax.random.key(0), (5, width))
+    act = jnp.zeros((5, act_dim))
+    q = TwinQ(act_dim, (8,), context_len=h)
+    params = q.init(jax.random.key(1), obs, act)
+    out = q.apply(params, obs, act)
+    assert out.shape == (2, 5) and not np.allclose(out[0], out[1])
+    o, hist = split_context(obs, act_dim, h)
+    assert o.shape == (5, obs_dim) and hist.shape == (5, h, obs_dim + act_dim + 1)
+    np.testing.assert_array_equal(hist[:, 1], obs[:, obs_dim + 6 : obs_dim + 12])
+    # The GRU context equals a hand-unrolled GRU over the rows, oldest first.
+    enc = ContextEncoder(6)
+    p = enc.init(jax.random.key(2), hist)
+    cell = nn.GRUCell(6)
+    carry = jnp.zeros((5, 6))
+    for t in range(h):
+        carry, _ = cell.apply({"params": p["params"]["GRUCell_0"]}, carry, hist[:, t])
+    np.testing.assert_allclose(enc.apply(p, hist), carry, rtol=1e-5, atol=1e-6)
+    actor = DeterministicActor(act_dim, (8,), context_len=h)
+    a = actor.apply(actor.init(jax.random.key(3), obs), obs)
+    assert a.shape == (5, act_dim) and bool(jnp.all(jnp.abs(a) < 1))
+    with pytest.raises(ValueError, match="context_len"):
+        split_context(jnp.zeros((5, width + 1)), act_dim, h)

@@ -1,0 +1,139 @@
+"""TD3: the clipped double-Q target by hand, delayed actor and Polyak targets, warm-up,
+vmapped equals looped, errors, and learning on a continuous probe."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl.algorithms import td3
+from jaxrl.envs import registry
+from jaxrl.errors import ConfigError
+
+TINY = dict(total_timesteps=400, hidden=(16, 16), batch_size=8, buffer_size=64, learning_starts=16)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    env, _ = registry.make("probe/continuous_target")
+    cfg = td3.Config(**TINY)
+    hp = td3.HParams.make(discount=0.9, tau=0.1)
+    state = td3.init(cfg, env, jax.random.key(0), hp)
+    return cfg, env, hp, state
+
+
+def _random_params(cfg, env, key):
+    """Online and target networks all different, so the target uses the right ones."""
+    actor, critic = td3.networks(cfg, env)
+    obs, act = jnp.zeros((1, 1)), jnp.zeros((1, 1))
+    k = jax.random.split(key, 4)
+    return td3.Params(
+        actor.init(k[0], obs), critic.init(k[1], obs, act),
+        actor.init(k[2], obs), critic.init(k[3], obs, act),
+    )  # fmt: skip
+
+
+def test_critic_loss_matches_hand_computation(setup):
+    cfg, env, hp, _ = setup
+    actor, critic = td3.networks(cfg, env)
+    params = _random_params(cfg, env, jax.random.key(1))
+    key = jax.random.split(jax.random.key(2), 5)
+    b = 6
+    tr = td3.Transition(
+        obs=jax.random.normal(key[0], (b, 1)),
+        action=jax.random.uniform(key[1], (b, 1), minval=-1, maxval=1),
+        reward=jax.random.normal(key[2], (b,)),
+        terminated=jnp.array([0, 1, 0, 0, 1, 0], jnp.float32),
+        next_obs=jax.random.normal(key[3], (b, 1)),
+    )
+    noise = 3.0 * jax.random.normal(key[4], (b, 1))  # large, so the clip matters
+    loss, _ = td3.critic_loss(cfg, env, params.critic, params, td3.Batch(tr, noise), hp)
+
+    eps = np.clip(0.2 * np.asarray(noise), -0.5, 0.5)
+    next_a = np.clip(np.asarray(actor.apply(params.target_actor, tr.next_obs)) + eps, -1, 1)
+    q_next = np.asarray(critic.apply(params.target_critic, tr.next_obs, jnp.asarray(next_a)))
+    y = np.asarray(tr.reward) + 0.9 * (1 - np.asarray(tr.terminated)) * q_next.min(0)
+    q = np.asarray(critic.apply(params.critic, tr.obs, tr.action))
+    expected = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_loss_gradients_reach_each_network_from_its_own_term(setup):
+    cfg, env, hp, _ = setup
+    params = _random_params(cfg, env, jax.random.key(3))
+    tr = td3.Transition(
+        jnp.ones((4, 1)), jnp.zeros((4, 1)), jnp.ones(4), jnp.zeros(4), jnp.ones((4, 1))
+    )
+    batch = td3.Batch(tr, jnp.zeros((4, 1)))
+    grads = jax.grad(lambda p: td3.loss(cfg, env, p, batch, hp)[0])(params)
+    critic_only = jax.grad(lambda c: td3.critic_loss(cfg, env, c, params, batch, hp)[0])(
+        params.critic
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), grads.critic, critic_only
+    )
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads.target_critic))
+
+
+
+
+def test_warmup_then_delayed_actor_and_polyak_targets(setup):
+    cfg, env, hp, state = setup
+    learn = jax.jit(lambda s: td3.learn(cfg, env, s, hp))
+    # Before learning_starts nothing learns.
+    update = jax.jit(lambda s: td3.update(cfg, env, s, hp)[0])
+    s0 = state
+    for _ in range(15):
+        s0 = update(s0)
+    assert int(s0.grad_steps) == 0  # update() learned nothing yet
+    s1 = update(s0)  # env_steps = 16: its learn step is gradient step 1
+    assert int(s1.grad_steps) == 1
+    same = lambda a, b: all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), a, b)))
+    assert same(s1.params.actor, s0.params.actor)  # step 1: critic only (delay 2)
+    assert not same(s1.params.critic, s0.params.critic)
+    s2, _ = learn(s1)  # step 2: actor, then targets towards the online nets
+    assert not same(s2.params.actor, s1.params.actor)
+    expected = jax.tree.map(
+        lambda t, o: 0.9 * t + 0.1 * o, s1.params.target_critic, s2.params.critic
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        s2.params.target_critic,
+        expected,
+    )
+
+
+def test_vmapped_equals_looped(setup):
+    cfg, env, hp, _ = setup
+    keys = jax.random.split(jax.random.key(4), 2)
+    run = lambda k: td3.train(cfg, env, td3.init(cfg, env, k, hp), hp, 24)
+    _, batched = jax.jit(jax.vmap(run))(keys)
+    for i in range(2):
+        _, single = jax.jit(run)(keys[i])
+        np.testing.assert_allclose(
+            batched["train/critic_loss"][i], single["train/critic_loss"], rtol=1e-4, atol=1e-6
+        )
+
+
+def test_bad_settings_raise_before_compiling():
+    with pytest.raises(ConfigError, match="batch_size"):
+        td3.Config(batch_size=512, buffer_size=100)
+    with pytest.raises(ConfigError, match="learning_starts"):
+        td3.Config(learning_starts=-1)
+    with pytest.raises(ConfigError, match="tau"):
+        td3.check(td3.Config(), td3.HParams.make(tau=1.5))
+    env, _ = registry.make("CartPole-v1")
+    with pytest.raises(ConfigError, match="continuous"):
+        td3.init(td3.Config(), env, jax.random.key(0), td3.HParams.make())
+
+
+@pytest.mark.learning
+def test_learns_the_continuous_probe():
+    """One-step episodes, best action = obs: the last 200 episodes score above -0.02."""
+    env, _ = registry.make("probe/continuous_target")
+    cfg = td3.Config(total_timesteps=2000, hidden=(32, 32), batch_size=64, learning_starts=200)
+    hp = td3.HParams.make(exploration_noise=0.05)
+    run = lambda k: td3.train(cfg, env, td3.init(cfg, env, k, hp), hp, cfg.num_updates)
+    _, metrics = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 2))
+    returns = np.asarray(metrics["episode/return"])[:, -200:]
+    assert returns.mean(1).min() > -0.02, returns.mean(1)
