@@ -83,7 +83,7 @@ def test_bad_input_is_one_line_before_compiling(case, no_training, capsys):
 def test_list_names_algorithms_environments_and_presets(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ["ppo", "CartPole-v1", "Breakout-MinAtar", "brax/<name>", "ppo/cartpole"]:
+    for name in ["ppo", "td3", "CartPole-v1", "brax/<name>", "ppo/cartpole", "td3/pendulum"]:
         assert name in out
 
 
