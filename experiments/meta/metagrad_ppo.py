@@ -7,12 +7,18 @@ Arms (each vmapped over ``--seeds`` seeds, one compiled program per arm):
 * ``meta``: PPO from the same start, with ``γ`` and ``λ`` meta-learned online by
   :func:`jaxrl.meta.metagrad.online_step` (K = ``--k`` inner updates per meta-step; outer
   loss = PPO's loss on the next rollout with reference ``γ' = --ref-discount``,
-  ``λ' = --ref-lambda``; Adam on the logits, ``--meta-lr``). It uses a validation
-  rollout per meta-step, so it sees ``(K + 1) / K`` times the env steps of one update.
+  ``λ' = --ref-lambda``; Adam on the logits, ``--meta-lr``). By default the validation
+  rollout ``τ'`` is also the data of the next inner update (Xu et al.'s scheme), so the
+  arm uses the env steps of plain PPO plus one final rollout; with ``--no-reuse`` it
+  takes a fresh rollout per update and sees ``(K + 1) / K`` times the env steps.
+* ``meta-from-default`` (``--meta-from-default``): the same, starting from the default.
 * ``fixed-default``: PPO with the default ``γ = 0.99, λ = 0.95``.
-* the fixed arms again for the same number of env steps as ``meta`` (more updates).
+* with ``--no-reuse``, the fixed arms again for the env steps of ``meta`` (more updates).
 
-The score is the mean training-episode return over the last 10% of updates, per seed.
+``--no-start-arms`` drops ``meta`` and ``fixed-start``. The score is the mean
+training-episode return over the last 10% of updates, per seed; the all-update mean is
+the area under the learning curve. Meta-from-default minus fixed-default is printed with
+its standard error (sample std, ``ddof=1``, over seeds).
 
     python experiments/meta/metagrad_ppo.py --seeds 4 --updates 150
 """
@@ -51,6 +57,13 @@ def parse_args():
     p.add_argument(
         "--meta-from-default", action="store_true", help="also meta-learn from the default"
     )
+    p.add_argument(
+        "--reuse", action=argparse.BooleanOptionalAction, default=True,
+        help="train the next update on the validation rollout (Xu et al. 2018)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-start-arms", action="store_true", help="skip the meta and fixed-start arms"
+    )
     p.add_argument("--out", default=None, help="write results JSON here")
     return p.parse_args()
 
@@ -72,8 +85,9 @@ def run_meta(cfg, env, keys, hp, hp_ref, names, args):
     meta_tx = optax.adam(args.meta_lr)
     start = lambda k: mg.online_init(ppo.init(cfg, env, k, hp), mg.to_meta(hp, names), meta_tx)
     step = functools.partial(
-        mg.online_step, ppo, cfg, env, hp=hp, hp_ref=hp_ref, meta_tx=meta_tx, num_steps=args.k
-    )
+        mg.online_step, ppo, cfg, env, hp=hp, hp_ref=hp_ref, meta_tx=meta_tx,
+        num_steps=args.k, reuse_rollout=args.reuse,
+    )  # fmt: skip
     num_meta = args.updates // args.k
     run = lambda o: jax.lax.scan(lambda o, _: step(o), o, None, num_meta)
     _, metrics = jax.jit(jax.vmap(run))(jax.vmap(start)(keys))
@@ -86,7 +100,22 @@ def summary(name, returns, env_steps):
     print(f"{line}  (all-update mean {auc.mean():6.1f} ± {auc.std():5.1f}; {env_steps} steps)")
     return {"score_mean": float(s.mean()), "score_std": float(s.std()), "per_seed": s.tolist(),
             "auc_mean": float(auc.mean()), "auc_std": float(auc.std()),
-            "env_steps": env_steps}  # fmt: skip
+            "auc_per_seed": auc.tolist(), "env_steps": env_steps}  # fmt: skip
+
+
+def compare(a: dict, b: dict, name: str) -> dict:
+    """Difference of means ``a - b`` per seed-level metric, its standard error and ratio."""
+    out = {}
+    for key in ("per_seed", "auc_per_seed"):
+        x, y = np.asarray(a[key]), np.asarray(b[key])
+        diff = x.mean() - y.mean()
+        se = np.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
+        label = "final" if key == "per_seed" else "all-update mean"
+        print(
+            f"  meta-from-default - {name}, {label}: {diff:+.1f} ± {se:.1f} SE ({diff / se:+.2f})"
+        )
+        out[label] = {"diff": float(diff), "se": float(se), "z": float(diff / se)}
+    return out
 
 
 def main():
@@ -107,11 +136,14 @@ def main():
     keys = jax.random.split(jax.random.key(0), args.seeds)
     per_update = cfg.steps_per_update
     meta_updates = args.updates // args.k * args.k
-    meta_steps = per_update * meta_updates * (args.k + 1) // args.k
+    if args.reuse:  # every validation rollout but the last is the next update's data
+        meta_steps = per_update * (meta_updates + 1)
+    else:
+        meta_steps = per_update * meta_updates * (args.k + 1) // args.k
     matched = meta_steps // per_update
     results = {"args": vars(args)}
 
-    meta_arms = {"meta": hp_start}
+    meta_arms = {} if args.no_start_arms else {"meta": hp_start}
     if args.meta_from_default:
         meta_arms["meta-from-default"] = hp_default
     for arm, hp in meta_arms.items():
@@ -129,17 +161,25 @@ def main():
         results[arm]["seconds"] = time.time() - t0
         print(f"{'':>28s}  ({results[arm]['seconds']:.0f} s)")
 
-    arms = {
-        "fixed-start": (hp_start, args.updates),
-        "fixed-default": (hp_default, args.updates),
-        "fixed-start (same steps)": (hp_start, matched),
-        "fixed-default (same steps)": (hp_default, matched),
-    }
+    arms = {"fixed-start": (hp_start, args.updates), "fixed-default": (hp_default, args.updates)}
+    if not args.reuse:
+        arms |= {
+            "fixed-start (same steps)": (hp_start, matched),
+            "fixed-default (same steps)": (hp_default, matched),
+        }
+    if args.no_start_arms:
+        arms = {k: v for k, v in arms.items() if not k.startswith("fixed-start")}
     for arm, (hp, n) in arms.items():
         t0 = time.time()
         returns = run_fixed(cfg, env, keys, hp, n)
         results[arm] = summary(arm, returns, per_update * n)
         results[arm]["seconds"] = time.time() - t0
+    if args.meta_from_default:
+        for base_arm in ("fixed-default", "fixed-default (same steps)"):
+            if base_arm in results:
+                results[f"meta-from-default - {base_arm}"] = compare(
+                    results["meta-from-default"], results[base_arm], base_arm
+                )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

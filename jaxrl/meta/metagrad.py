@@ -13,7 +13,8 @@ meta-gradient is ``jax.grad`` of an outer objective of ``state_K`` through a
   such as ``discount`` and ``gae_lambda``, ``exp`` otherwise, e.g. ``learning_rate``).
   This is meta-gradient RL (Xu, van Hasselt, Silver 2018, arXiv:1805.09801) when the
   outer objective is a policy-gradient loss with fixed reference ``γ'``, ``λ'`` on the
-  *next* rollout (:func:`validation_loss`, :func:`online_step`).
+  *next* rollout, which is then also the data of the next inner update
+  (:func:`validation_loss`, :func:`online_step`).
 * ``wrt="params"``: meta-parameters are the initial network parameters ``θ_0`` in
   ``State.params`` (MAML, Finn et al. 2017, arXiv:1703.03400).
 * ``wrt="loss"``: meta-parameters ``η`` of a learned loss
@@ -356,12 +357,23 @@ def online_step(
     outer_fn: Callable | None = None,
     first_order: bool = False,
     remat: bool = False,
+    reuse_rollout: bool = True,
 ) -> tuple[OnlineState, Metrics]:
     """``K`` inner updates with meta-parameters ``η``, then one meta-update of ``η``.
 
     Xu et al. 2018: ``θ' = u_K(θ, η)``; on the next rollout ``τ'`` (by ``θ'``) the outer
     loss ``L'(τ', θ', η')`` uses the fixed reference ``hp_ref``; ``η ← meta_tx(∇_η L')``
-    (e.g. ``optax.adam``). The agent continues from ``θ'`` and after ``τ'``.
+    (e.g. ``optax.adam``).
+
+    **Reusing ``τ'``.** In the paper ``τ'`` is also the data of the next inner update, so
+    meta-learning costs no extra env samples. With ``reuse_rollout=True`` (the default)
+    the agent continues from ``sg(state_K)`` *before* ``τ'``: the next ``algo.update``
+    collects from the same params, env state and key, so it trains on exactly the
+    transitions of ``τ'`` (``collect`` is a pure function of the state). Each update then
+    consumes one rollout, plus one final validation rollout per run; the rollout's compute
+    (not its data) is paid twice. ``reuse_rollout=False`` continues *after* ``τ'`` (the
+    ``next_state`` of ``outer_fn``): a fresh rollout per inner update, ``(K + 1) / K``
+    times the env steps of plain training.
 
     Args:
         ostate: the run (from :func:`online_init`).
@@ -371,7 +383,10 @@ def online_step(
         num_steps: ``K`` inner updates per meta-update.
         wrt: ``"hparams"`` or ``"loss"`` (``"params"`` is not an online setting).
         outer_fn: ``state_K -> (scalar, (next_state, metrics))``; default
-            :func:`validation_loss` with ``hp_ref``.
+            :func:`validation_loss` with ``hp_ref``. Its ``next_state`` is used only
+            with ``reuse_rollout=False``.
+        reuse_rollout: continue from ``sg(state_K)``, so the next update trains on the
+            validation rollout ``τ'`` (the paper's scheme); else from ``next_state``.
 
     Returns:
         ``(ostate, metrics)``: ``"meta/outer_loss"``, ``"meta/grad/<name>"`` and, for
@@ -382,7 +397,7 @@ def online_step(
         raise ConfigError('online_step meta-learns "hparams" or "loss", not initial "params"')
     if outer_fn is None:
         outer_fn = functools.partial(validation_loss, algo, cfg, env, hp_ref=hp_ref)
-    grads, (outer, (next_state, _), _, metrics) = meta_grad(
+    grads, (outer, (next_state, _), state_k, metrics) = meta_grad(
         outer_fn, algo, cfg, env, ostate.state, hp, ostate.meta_params, num_steps,
         wrt=wrt, loss_fn=loss_fn, first_order=first_order, remat=remat,
     )  # fmt: skip
@@ -397,5 +412,7 @@ def online_step(
             out[f"meta/grad/{name}"] = g
     else:
         out["meta/grad_norm"] = optax.global_norm(grads)
+    if reuse_rollout:
+        next_state = stop_float_gradients(state_k)
     ostate = OnlineState(state=next_state, meta_params=meta_params, meta_opt_state=meta_opt_state)
     return ostate, out

@@ -240,6 +240,53 @@ def test_online_step_jits_and_vmap_equals_loop():
     assert abs(float(moved.discount) - 0.9) > 1e-3  # Adam moved γ by ~lr in logit space
     assert np.all(np.isfinite(metrics["meta/outer_loss"]))
     assert int(ostate.state.update_count[0]) == 1
+    # reuse (default): the agent stops before the validation rollout, i.e. where one PPO
+    # update leaves it; without reuse it is one more rollout further on
+    ostate0 = start(keys[1])  # `one` is the reuse step from it
+    after_update = jit(lambda s: ppo.update(cfg, env, s, hp)[0])(ostate0.state)
+    after_rollout, _ = jit(lambda s: ppo.collect(cfg, env, s))(after_update)
+    no_reuse, _ = jit(lambda o: step(o, reuse_rollout=False))(ostate0)
+    for want, got in ((after_update, one.state), (after_rollout, no_reuse.state)):
+        np.testing.assert_allclose(got.obs, want.obs, rtol=1e-6)
+        np.testing.assert_array_equal(jax.random.key_data(got.key), jax.random.key_data(want.key))
+    assert not np.allclose(after_update.obs, after_rollout.obs)
+
+
+def test_online_step_reuses_the_validation_rollout(setup):
+    """With ``reuse_rollout`` the agent is plain PPO under the meta-learned schedule: two
+    online steps leave it exactly where two ``ppo.update`` calls with the ``γ, λ`` each step
+    used leave it (one rollout per update, the validation rollout ``τ'`` being the next
+    update's data), and step 1's meta-gradient is ``∇_η`` of ``ppo.loss(θ_1(η))`` on ``τ'``,
+    written out by hand. (``reuse_rollout=False`` fails this: see the slow test below.)"""
+    cfg, env, hp = setup.cfg, setup.env, setup.hp
+    hp_ref = ppo.HParams.make(learning_rate=3e-3, discount=0.99, gae_lambda=1.0)
+    names, meta_tx = ("discount", "gae_lambda"), optax.adam(0.1)
+    ostate0 = mg.online_init(setup.state0, mg.to_meta(hp, names), meta_tx)
+
+    step = lambda o, _: mg.online_step(ppo, cfg, env, o, hp, hp_ref, meta_tx)
+    ostate2, metrics = jit(lambda o: jax.lax.scan(step, o, None, 2))(ostate0)
+    used = [{n: metrics[f"meta/{n}"][i] for n in names} for i in range(2)]
+
+    def by_hand(state0):
+        def outer(meta):  # step 1's objective, through the first update
+            state1, _ = ppo.update(cfg, env, state0, mg.from_meta(hp, meta))
+            _, tau = ppo.collect(cfg, env, mg.stop_float_gradients(state1))  # τ', by θ_1
+            batch = ppo.make_batch(cfg, env, state1.params, tau, hp_ref)
+            batch = jax.lax.stop_gradient(batch)
+            return ppo.loss(cfg, env, state1.params, batch, hp_ref)[0], state1
+
+        grads, state1 = jax.grad(outer, has_aux=True)(ostate0.meta_params)
+        state1 = mg.stop_float_gradients(state1)
+        state2, _ = ppo.update(cfg, env, state1, hp.replace(**used[1]))  # collects τ' again
+        return state2, grads
+
+    state2, grads = jit(by_hand)(setup.state0)
+    got = ostate2.state
+    chex.assert_trees_all_close(got.params, state2.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got.env_state, state2.env_state, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(jax.random.key_data(got.key), jax.random.key_data(state2.key))
+    for n in names:
+        np.testing.assert_allclose(metrics[f"meta/grad/{n}"][0], grads[n], rtol=1e-4, atol=1e-8)
 
 
 # ---------------------------------------------------------------- bad input
