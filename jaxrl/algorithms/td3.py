@@ -41,6 +41,7 @@ from jaxrl.envs.wrappers import make_vec_env
 from jaxrl.networks.continuous import DeterministicActor, TwinQ, scale_action
 from jaxrl.replay import buffers
 from jaxrl.types import Metrics
+from jaxrl.utils import tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,34 +349,46 @@ def actor_step(
     return state.replace(params=params, actor_opt_state=opt_state), metrics
 
 
-def _select(pred: jax.Array, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+def gradient_step(
+    cfg: Config,
+    env: Env,
+    state: State,
+    critic_batch: Batch,
+    actor_batch: Batch,
+    hp: HParams,
+    ready: jax.Array,
+    actor_loss_fn: ActorLossFn = actor_loss,
+) -> tuple[State, Metrics]:
+    """One TD3 gradient step: the critics, then on every ``policy_delay``-th step the actor
+    and the targets; a no-op where ``ready`` is false.
+
+    The delayed actor step is computed every time and kept by a select, not a branch, so
+    the program is the same under ``vmap``. ``actor_batch`` is what ``actor_loss_fn`` reads
+    (the critic's batch for TD3; replay windows for MetaGenRL).
+    """
+    new, c_metrics = critic_step(cfg, env, state, critic_batch, hp)
+    with_actor, a_metrics = actor_step(cfg, env, new, actor_batch, hp, actor_loss_fn)
+    new = tree.select((state.grad_steps + 1) % cfg.policy_delay == 0, with_actor, new)
+    new = tree.select(ready, new.replace(grad_steps=state.grad_steps + 1), state)
+    return new, c_metrics | a_metrics
 
 
 def learn(
     cfg: Config, env: Env, state: State, hp: HParams, actor_loss_fn: ActorLossFn = actor_loss
 ) -> tuple[State, Metrics]:
-    """``cfg.gradient_steps`` TD3 steps from the buffer (no-ops before ``learning_starts``).
-
-    The delayed actor step is computed every step and kept on every ``policy_delay``-th
-    (a select, not a branch, so the program is the same under ``vmap``).
-    """
+    """``cfg.gradient_steps`` :func:`gradient_step` s on uniform replay batches (no-ops
+    before ``learning_starts``)."""
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, buffer(cfg).can_sample(state.buffer)
     )
 
-    def grad_step(st, key):
+    def step(st, key):
         batch = sample_batch(cfg, env, st.buffer, key)
-        new, c_metrics = critic_step(cfg, env, st, batch, hp)
-        with_actor, a_metrics = actor_step(cfg, env, new, batch, hp, actor_loss_fn)
-        delayed = (st.grad_steps + 1) % cfg.policy_delay == 0
-        new = _select(delayed, with_actor, new)
-        new = _select(ready, new.replace(grad_steps=st.grad_steps + 1), st)
-        return new, c_metrics | a_metrics
+        return gradient_step(cfg, env, st, batch, batch, hp, ready, actor_loss_fn)
 
     key, key_steps = jax.random.split(state.key)
     state, metrics = jax.lax.scan(
-        grad_step, state.replace(key=key), jax.random.split(key_steps, cfg.gradient_steps)
+        step, state.replace(key=key), jax.random.split(key_steps, cfg.gradient_steps)
     )
     return state, jax.tree.map(jnp.mean, metrics)
 

@@ -24,6 +24,7 @@ from flax import struct
 
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env, Wrapper
+from jaxrl.utils import tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +48,8 @@ class AutoReset(Wrapper):
         obs, state, step = self.env.step(key_step, state, action, params)
         obs_reset, state_reset = self.env.reset(key_reset, params)
         done = step.done
-        select = lambda a, b: jax.tree.map(lambda x, y: jnp.where(done, x, y), a, b)
-        return select(obs_reset, obs), select(state_reset, state), step.replace(final_obs=obs)
+        obs_out, state_out = tree.select(done, (obs_reset, state_reset), (obs, state))
+        return obs_out, state_out, step.replace(final_obs=obs)
 
 
 class EpisodeStatsState(struct.PyTreeNode):

@@ -32,11 +32,16 @@ def _jsonable(x: Any) -> Any:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Writes ``text`` to ``path`` via a temporary file and ``os.replace`` (all or nothing)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temporary file and ``os.replace`` (all or nothing)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

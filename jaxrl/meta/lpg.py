@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,9 @@ from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import AutoReset, EpisodeStats
 from jaxrl.errors import ConfigError
+from jaxrl.logger.writers import atomic_write_bytes
 from jaxrl.losses import returns
+from jaxrl.networks.functional import dense, dense_init, lstm_step
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -294,27 +295,17 @@ def critic_apply(cfg: Config, critic: Params, obs: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- LPG network
 
 
-def _dense_init(key: jax.Array, fan_in: int, fan_out: int) -> dict[str, jax.Array]:
-    w = jax.random.normal(key, (fan_in, fan_out)) / jnp.sqrt(float(fan_in))
-    return {"w": w, "b": jnp.zeros((fan_out,))}
-
-
-def _dense(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-    y = jnp.einsum("...i,io->...o", x, p["w"])
-    return y + p["b"].reshape((1,) * (y.ndim - 1) + p["b"].shape)
-
-
 def init_lpg(cfg: Config, key: jax.Array) -> Params:
     """LPG params η: ``phi`` (Dense(16)→ReLU→Dense(1)), ``lstm`` (one linear on ``[x, h]``
     giving gates i, g, f, o; LeCun-normal), ``pi_head`` (→1) and ``y_head`` (→m)."""
     k = jax.random.split(key, 5)
     h = cfg.lstm_size
     return {
-        "phi": {"l1": _dense_init(k[0], cfg.pred_dim, cfg.phi_hidden),
-                "l2": _dense_init(k[1], cfg.phi_hidden, 1)},
-        "lstm": _dense_init(k[2], 6 + h, 4 * h),
-        "pi_head": _dense_init(k[3], h, 1),
-        "y_head": _dense_init(k[4], h, cfg.pred_dim),
+        "phi": {"l1": dense_init(k[0], cfg.pred_dim, cfg.phi_hidden),
+                "l2": dense_init(k[1], cfg.phi_hidden, 1)},
+        "lstm": dense_init(k[2], 6 + h, 4 * h),
+        "pi_head": dense_init(k[3], h, 1),
+        "y_head": dense_init(k[4], h, cfg.pred_dim),
     }  # fmt: skip
 
 
@@ -344,15 +335,6 @@ def backward_scan(step_fn: Callable, carry0: Any, xs: Any, done: jax.Array) -> j
     return outs
 
 
-def _lstm_step(p: dict[str, jax.Array], carry, x):
-    c, h = carry
-    z = _dense(p, jnp.concatenate([x, h], axis=-1))
-    i, g, f, o = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return (c, h), h
-
-
 def lpg_apply(cfg: Config, eta: Params, inputs: LPGInputs) -> tuple[jax.Array, jax.Array]:
     """The LPG network: targets ``π̂ [T, B]`` and ``log ŷ [T, B, m]`` for one segment.
 
@@ -364,7 +346,7 @@ def lpg_apply(cfg: Config, eta: Params, inputs: LPGInputs) -> tuple[jax.Array, j
     chex.assert_rank([inputs.y_t, inputs.y_tp1], 3)
 
     def phi(y):
-        return _dense(eta["phi"]["l2"], jax.nn.relu(_dense(eta["phi"]["l1"], y)))[..., 0]
+        return dense(eta["phi"]["l2"], jax.nn.relu(dense(eta["phi"]["l1"], y)))[..., 0]
 
     phi_tp1 = phi(inputs.y_tp1) * (1.0 - inputs.done)
     if not cfg.use_next_y:
@@ -375,12 +357,10 @@ def lpg_apply(cfg: Config, eta: Params, inputs: LPGInputs) -> tuple[jax.Array, j
     )
     batch = inputs.reward.shape[1]
     zeros = jnp.zeros((batch, cfg.lstm_size), x.dtype)
-    h = backward_scan(
-        lambda c, x_t: _lstm_step(eta["lstm"], c, x_t), (zeros, zeros), x, inputs.done
-    )
+    h = backward_scan(lambda c, x_t: lstm_step(eta["lstm"], c, x_t), (zeros, zeros), x, inputs.done)
     h = jax.nn.relu(h)
-    pi_hat = _dense(eta["pi_head"], h)[..., 0]
-    log_y_hat = jax.nn.log_softmax(_dense(eta["y_head"], h), axis=-1)
+    pi_hat = dense(eta["pi_head"], h)[..., 0]
+    log_y_hat = jax.nn.log_softmax(dense(eta["y_head"], h), axis=-1)
     return pi_hat, log_y_hat
 
 
@@ -977,22 +957,12 @@ def train_a2c_agent(
     return _train_fresh_agent(cfg, env, key, num_updates, hp, env_params, agent_step)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file and ``os.replace`` (no torn files)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save(path: str, eta: Params, cfg: Config) -> None:
     """Writes ``path + ".msgpack"`` (LPG params, flax serialization) and ``path + ".json"``
     (the ``Config``, so :func:`load` can rebuild the parameter structure), each atomically."""
     config = json.dumps({"format": "jaxrl.lpg/1", "config": dataclasses.asdict(cfg)}, indent=1)
-    _write_atomic(path + ".json", config.encode())
-    _write_atomic(path + ".msgpack", serialization.to_bytes(jax.device_get(eta)))
+    atomic_write_bytes(path + ".json", config.encode())
+    atomic_write_bytes(path + ".msgpack", serialization.to_bytes(jax.device_get(eta)))
 
 
 def load(path: str) -> tuple[Params, Config]:

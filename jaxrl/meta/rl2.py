@@ -37,6 +37,7 @@ from jaxrl.envs import spaces
 from jaxrl.envs.base import Step, Wrapper
 from jaxrl.errors import ConfigError
 from jaxrl.networks.recurrent import initial_carry
+from jaxrl.utils import tree
 
 
 class TrialState(struct.PyTreeNode):
@@ -104,8 +105,7 @@ class TrialWrapper(Wrapper):
         # Inside a trial the task env auto-resets (same task) after each of its episodes.
         obs_reset, state_reset = self.env.reset(key_reset, state.task)
         done = step.done
-        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(done, x, y), a, b)
-        obs, env_state = pick(obs_reset, obs), pick(state_reset, env_state)
+        obs, env_state = tree.select(done, (obs_reset, state_reset), (obs, env_state))
         episode = state.episode + done.astype(jnp.int32)
         time = state.time + 1
         one_hot = jax.nn.one_hot(action, self.num_actions, dtype=jnp.float32)

@@ -1,0 +1,162 @@
+"""MetaGenRL transfer: meta-train ``L_α`` on Pendulum-v1, train fresh agents with it frozen.
+
+Phase ``meta``: a population of ``--agents`` TD3 agents (different seeds) on Pendulum-v1
+trains its actors on ``L_α`` while ``α`` is meta-trained (:mod:`jaxrl.meta.metagenrl`);
+``α`` is saved to ``--alpha``. Phase ``eval``: fresh agents (seeds never used in
+meta-training) train for a fixed number of env steps on (a) Pendulum-v1 and (b) meta/nav2d
+with its fixed default goal (0.25, 0.25) and 2-D actions, with (i) the learned ``α``,
+(ii) a randomly initialised ``α`` (a different one per seed), (iii) TD3's DPG actor loss.
+Reported: the greedy policy's return at the end (8 envs, one episode each) and the mean
+training-episode return over the last 10% of steps, mean ± std over seeds. Results go to
+``--out`` as JSON. See experiments/meta/RESULTS_metagenrl.md for the commands run.
+
+    python experiments/meta/metagenrl_transfer.py --phase all
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl.algorithms import td3
+from jaxrl.envs import registry
+from jaxrl.meta import metagenrl as mg
+
+TASKS = {"Pendulum-v1": 200, "meta/nav2d": 100}  # env id -> episode length
+
+
+def make_cfg(args, num_agents: int) -> mg.Config:
+    agent = td3.Config(
+        hidden=(64, 64),
+        batch_size=args.batch,
+        buffer_size=50_000,
+        learning_starts=1_000,
+        total_timesteps=10**9,
+    )
+    return mg.Config(agent=agent, seq_len=args.seq_len, num_agents=num_agents)
+
+
+def make_hp(args) -> mg.HParams:
+    return mg.HParams.make(
+        td3.HParams.make(learning_rate=args.lr),
+        inner_lr=args.inner_lr,
+        meta_learning_rate=args.meta_lr,
+    )
+
+
+def meta_phase(args) -> dict:
+    env, _ = registry.make("Pendulum-v1")
+    cfg, hp = make_cfg(args, args.agents), make_hp(args)
+    state = mg.init(cfg, env, jax.random.key(args.meta_seed), hp)
+    chunk = jax.jit(lambda s: mg.train(cfg, env, s, hp, args.chunk))
+    log, start = [], time.time()
+    for i in range(args.meta_updates // args.chunk):
+        state, m = chunk(state)
+        row = {k: float(np.nanmean(np.asarray(v))) for k, v in m.items()}
+        row["updates"] = (i + 1) * args.chunk
+        row["wall_s"] = time.time() - start
+        log.append(row)
+        print(
+            f"meta {row['updates']:6d} return {row['episode/return']:9.1f} "
+            f"meta_loss {row['meta/loss']:8.2f} |g| {row['meta/grad_norm']:.3g} "
+            f"cos {row['meta/dpg_cosine']:.3f} |pi| {row['train/abs_policy_action']:.2f} "
+            f"{row['wall_s']:.0f}s",
+            flush=True,
+        )
+    mg.save(args.alpha, state.alpha, cfg)
+    return {"log": log, "wall_s": time.time() - start}
+
+
+def eval_task(args, env_id: str, alphas: dict) -> dict:
+    env, env_params = registry.make(env_id)
+    cfg, hp = make_cfg(args, 1), make_hp(args)
+    eval_cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, num_envs=8))
+    steps = args.steps[env_id]
+    num_seeds = args.nav_seeds if env_id == "meta/nav2d" else args.seeds
+    seeds = jnp.arange(num_seeds) + 1000  # disjoint from the meta-training keys
+
+    def run(seed, alpha):
+        key_init, key_eval = jax.random.split(jax.random.key(seed))
+        if alpha == "random":  # a different random objective for every seed
+            alpha = mg.init_objective(
+                cfg, jax.random.fold_in(jax.random.key(args.random_seed), seed)
+            )
+        state = mg.init_agent(cfg, env, key_init, hp, env_params)
+        state, m = mg.train_agent(cfg, env, state, hp, steps, alpha)
+        greedy = mg.evaluate(eval_cfg, env, state.params, key_eval, env_params, TASKS[env_id])
+        tail = m["episode/return"][-steps // 10 :]
+        return greedy, jnp.nanmean(tail)
+
+    out = {}
+    for name, alpha in alphas.items():
+        start = time.time()
+        greedy, train_ret = jax.jit(jax.vmap(lambda s, a=alpha: run(s, a)))(seeds)
+        greedy, train_ret = np.asarray(greedy), np.asarray(train_ret)
+        out[name] = {
+            "greedy": greedy.tolist(),
+            "train_tail": train_ret.tolist(),
+            "greedy_mean": float(greedy.mean()),
+            "greedy_std": float(greedy.std()),
+            "train_tail_mean": float(train_ret.mean()),
+            "train_tail_std": float(train_ret.std()),
+            "wall_s": time.time() - start,
+        }
+        print(
+            f"{env_id:12s} {name:8s} greedy {greedy.mean():9.2f} ± {greedy.std():7.2f} "
+            f"train-tail {train_ret.mean():9.2f} ± {train_ret.std():7.2f} "
+            f"({out[name]['wall_s']:.0f}s) per seed {np.round(greedy, 2).tolist()}",
+            flush=True,
+        )
+    return out
+
+
+def eval_phase(args) -> dict:
+    cfg = make_cfg(args, 1)
+    alphas = {
+        "learned": mg.load(args.alpha, cfg),
+        "random": "random",
+        "dpg": None,
+    }
+    return {env_id: eval_task(args, env_id, alphas) for env_id in args.tasks}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--phase", choices=("meta", "eval", "all"), default="all")
+    p.add_argument("--agents", type=int, default=4)
+    p.add_argument("--meta-updates", type=int, default=15000)
+    p.add_argument("--chunk", type=int, default=500)
+    p.add_argument("--meta-seed", type=int, default=0)
+    p.add_argument("--random-seed", type=int, default=12345)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--nav-seeds", type=int, default=3)
+    p.add_argument("--pendulum-steps", type=int, default=10000)
+    p.add_argument("--nav-steps", type=int, default=5000)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--inner-lr", type=float, default=1e-3)
+    p.add_argument("--meta-lr", type=float, default=1e-2)
+    p.add_argument("--alpha", default="/tmp/metagenrl_alpha")
+    p.add_argument("--out", default="/tmp/metagenrl_results.json")
+    args = p.parse_args()
+    args.steps = {"Pendulum-v1": args.pendulum_steps, "meta/nav2d": args.nav_steps}
+    results = {"args": {k: v for k, v in vars(args).items()}}
+    if args.phase in ("meta", "all"):
+        results["meta"] = meta_phase(args)
+    if args.phase in ("eval", "all"):
+        results["eval"] = eval_phase(args)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Tests for jaxrl.meta.metagenrl: the learned objective and its meta-gradient."""
+
+from __future__ import annotations
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl.algorithms import td3
+from jaxrl.envs import registry
+from jaxrl.errors import ConfigError
+from jaxrl.meta import metagenrl as mg
+
+_apply = jax.jit(mg.objective_apply, static_argnums=0)
+
+
+def _cfg(**kw) -> mg.Config:
+    agent = td3.Config(hidden=(8,), batch_size=3, buffer_size=64, learning_starts=16)
+    return mg.Config(**{"agent": agent, "seq_len": 4, "lstm_size": 4, "head_hidden": 4, **kw})
+
+
+def _inputs(key, batch=3, length=5, dims=2, dtype=jnp.float32) -> mg.ObjectiveInputs:
+    k = jax.random.split(key, 5)
+
+    def normal(key, shape):
+        return jax.random.normal(key, shape, dtype)
+
+    return mg.ObjectiveInputs(
+        reward=normal(k[0], (batch, length)),
+        done=jnp.zeros((batch, length), dtype),
+        value=normal(k[1], (batch, length)),
+        q=normal(k[2], (batch, length)),
+        action=jnp.tanh(normal(k[3], (batch, length, dims))),
+        policy_action=jnp.tanh(normal(k[4], (batch, length, dims))),
+    )
+
+
+class ObjectiveTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_shapes(self):
+        cfg = _cfg()
+        alpha = mg.init_objective(cfg, jax.random.key(0))
+        y = self.variant(lambda a, x: mg.objective_apply(cfg, a, x))(
+            alpha, _inputs(jax.random.key(1), batch=3, length=5, dims=2)
+        )
+        chex.assert_shape(y, (3, 5, 2))
+        chex.assert_tree_all_finite(y)
+
+    def test_same_alpha_for_any_action_dim(self):
+        """Each dimension is its own sequence with shared weights: the outputs of a 2-D
+        input equal the outputs of each of its 1-D slices."""
+        cfg = _cfg()
+        alpha = mg.init_objective(cfg, jax.random.key(0))
+        x2 = _inputs(jax.random.key(1), dims=2)
+        y2 = _apply(cfg, alpha, x2)
+        for i in range(2):
+            x1 = x2.replace(
+                action=x2.action[..., i : i + 1], policy_action=x2.policy_action[..., i : i + 1]
+            )
+            np.testing.assert_allclose(_apply(cfg, alpha, x1)[..., 0], y2[..., i], atol=1e-6)
+        # The two dimensions have different inputs, so their outputs differ.
+        assert not np.allclose(y2[..., 0], y2[..., 1])
+
+    def test_reward_scale_and_offset_invariance(self):
+        cfg = _cfg()
+        alpha = mg.init_objective(cfg, jax.random.key(0))
+        x = _inputs(jax.random.key(1))
+        y = _apply(cfg, alpha, x)
+        scaled = x.replace(reward=20 * x.reward - 7, value=20 * x.value - 3, q=20 * x.q - 3)
+        np.testing.assert_allclose(_apply(cfg, alpha, scaled), y, atol=1e-4)
+
+    def test_backward_lstm_resets_at_episode_end(self):
+        """The LSTM runs backwards: outputs at t see inputs at t' >= t of the same episode.
+        With an episode end at t = 2, changing inputs at t = 3, 4 leaves outputs at t <= 2
+        unchanged; without the end it changes them."""
+        cfg = _cfg()
+        alpha = mg.init_objective(cfg, jax.random.key(0))
+        x = _inputs(jax.random.key(1), length=5)
+        x = x.replace(done=x.done.at[:, 2].set(1.0), value=jnp.zeros_like(x.value))
+        x = x.replace(q=jnp.zeros_like(x.q))  # keep the normalisation stats fixed below
+        changed_pi = x.policy_action.at[:, 3:].set(-x.policy_action[:, 3:])
+        y = _apply(cfg, alpha, x)
+        y_changed = _apply(cfg, alpha, x.replace(policy_action=changed_pi))
+        np.testing.assert_allclose(y_changed[:, :3], y[:, :3], atol=1e-6)
+        assert not np.allclose(y_changed[:, 3:], y[:, 3:])
+        # Without the episode end the change reaches back to earlier steps.
+        no_done = x.replace(done=jnp.zeros_like(x.done))
+        y0 = _apply(cfg, alpha, no_done)
+        y0_changed = _apply(cfg, alpha, no_done.replace(policy_action=changed_pi))
+        assert np.max(np.abs(y0_changed[:, :3] - y0[:, :3])) > 1e-5
+        # Changing inputs *before* the end changes outputs before it only (t <= 1 here).
+        y_early = mg.objective_apply(
+            cfg, alpha, x.replace(policy_action=x.policy_action.at[:, 1].set(0.3))
+        )
+        np.testing.assert_allclose(y_early[:, 2:], y[:, 2:], atol=1e-6)
+
+
+def _population(cfg, env, num_agents, key):
+    """Fresh agents and random replay windows ``[N, B, L]`` (no env rollout needed)."""
+    hp = mg.HParams.make()
+    agents = jax.vmap(lambda k: mg.init_agent(cfg, env, k, hp))(jax.random.split(key, num_agents))
+    b, t = cfg.agent.batch_size, cfg.seq_len
+    k = jax.random.split(jax.random.fold_in(key, 1), 4)
+    obs = jax.random.normal(k[0], (num_agents, b, t, 3))
+    done = (jax.random.uniform(k[1], (num_agents, b, t)) < 0.2).astype(jnp.float32)
+    window = mg.Item(
+        obs=obs,
+        action=jax.random.uniform(k[2], (num_agents, b, t, 1), minval=-1, maxval=1),
+        reward=jax.random.normal(k[3], (num_agents, b, t)),
+        terminated=jnp.zeros_like(done),
+        done=done,
+        next_obs=obs,
+    )
+    return agents.params, window
+
+
+def test_meta_gradient_nonzero_for_every_leaf():
+    cfg = _cfg()
+    env, _ = registry.make("Pendulum-v1")
+    params, windows = _population(cfg, env, 2, jax.random.key(0))
+    alpha = mg.init_objective(cfg, jax.random.key(1))
+    hp = mg.HParams.make(inner_lr=0.1)
+    grads = jax.jit(jax.grad(lambda a: mg.meta_loss(cfg, env, a, params, windows, hp)))(alpha)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert np.all(np.isfinite(g)), path
+        assert np.linalg.norm(g) > 0, path
+
+
+def test_meta_gradient_matches_finite_differences():
+    cfg = _cfg()
+    env, _ = registry.make("Pendulum-v1")
+    with jax.enable_x64(True):
+        params, windows = _population(cfg, env, 1, jax.random.key(0))
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+        windows = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), windows)
+        alpha = jax.tree.map(
+            lambda x: jnp.asarray(x, jnp.float64), mg.init_objective(cfg, jax.random.key(1))
+        )
+        hp = mg.HParams.make(inner_lr=0.5)
+        hp = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), hp)
+
+        value_and_grad = jax.jit(
+            jax.value_and_grad(lambda a: mg.meta_loss(cfg, env, a, params, windows, hp))
+        )
+
+        def f(a):
+            return value_and_grad(a)[0]
+
+        grads = value_and_grad(alpha)[1]
+        leaves, treedef = jax.tree.flatten(alpha)
+        dirs = [
+            jax.random.normal(k, x.shape, jnp.float64)
+            for k, x in zip(jax.random.split(jax.random.key(2), len(leaves)), leaves, strict=True)
+        ]
+        d = jax.tree.unflatten(treedef, dirs)
+        eps = 1e-5
+        plus = f(jax.tree.map(lambda a, v: a + eps * v, alpha, d))
+        minus = f(jax.tree.map(lambda a, v: a - eps * v, alpha, d))
+        fd = (plus - minus) / (2 * eps)
+        analytic = sum(jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grads), dirs, strict=True))
+        assert abs(float(analytic)) > 1e-6
+        np.testing.assert_allclose(float(fd), float(analytic), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_meta_training_moves_alpha_once_agents_are_ready():
+    cfg = _cfg(num_agents=2)
+    env, _ = registry.make("Pendulum-v1")
+    hp = mg.HParams.make()
+    state = mg.init(cfg, env, jax.random.key(0), hp)
+    # learning_starts = 16 steps: the first 15 updates leave alpha alone.
+    train = jax.jit(lambda s: mg.train(cfg, env, s, hp, 15))
+    early, _ = train(state)
+    chex.assert_trees_all_equal(early.alpha, state.alpha)
+    assert int(early.meta_steps) == 0
+    late, m = train(early)
+    assert int(late.meta_steps) == 15
+    assert not np.allclose(late.alpha["head2"]["w"], state.alpha["head2"]["w"])
+    chex.assert_tree_all_finite(late.alpha)
+    assert np.all(np.isfinite(m["meta/loss"]))
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = _cfg()
+    alpha = mg.init_objective(cfg, jax.random.key(3))
+    path = os.path.join(tmp_path, "alpha")
+    mg.save(path, alpha, cfg)
+    chex.assert_trees_all_equal(mg.load(path, cfg), alpha)
+    assert [f for f in os.listdir(os.path.dirname(path)) if ".tmp" in f] == []
+
+
+def test_load_errors(tmp_path):
+    cfg = _cfg()
+    tmp = str(tmp_path)
+    with pytest.raises(ConfigError):
+        mg.load(os.path.join(tmp, "missing"), cfg)
+    path = os.path.join(tmp, "alpha")
+    mg.save(path, mg.init_objective(cfg, jax.random.key(3)), cfg)
+    with pytest.raises(ConfigError, match="lstm_size"):
+        mg.load(path, _cfg(lstm_size=8))
+    with open(path + ".msgpack", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(ConfigError):
+        mg.load(path, cfg)
+    with open(path + ".json", "w") as f:
+        f.write("{not json")
+    with pytest.raises(ConfigError):
+        mg.load(path, cfg)
+    with open(path + ".json", "w") as f:
+        f.write('{"format": "jaxrl.lpg/1"}')
+    with pytest.raises(ConfigError, match="not a saved MetaGenRL objective"):
+        mg.load(path, cfg)
+
+
+def test_load_rejects_mismatched_shapes_in_file(tmp_path):
+    """A msgpack written for other sizes under a json claiming ours is rejected."""
+    cfg, other = _cfg(), _cfg(lstm_size=6)
+    tmp = str(tmp_path)
+    mg.save(os.path.join(tmp, "a"), mg.init_objective(cfg, jax.random.key(0)), cfg)
+    mg.save(os.path.join(tmp, "b"), mg.init_objective(other, jax.random.key(0)), other)
+    os.replace(os.path.join(tmp, "b.msgpack"), os.path.join(tmp, "a.msgpack"))
+    with pytest.raises(ConfigError):
+        mg.load(os.path.join(tmp, "a"), cfg)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError):
+        _cfg(seq_len=0)
+    with pytest.raises(ConfigError):
+        _cfg(seq_len=100)  # longer than the 64-step buffer
