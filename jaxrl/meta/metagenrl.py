@@ -95,7 +95,7 @@ class Config:
         seq_buffer(self)  # raises ConfigError for a window longer than the per-env capacity
 
 
-HPARAM_DEFAULTS = dict(inner_lr=1e-3, meta_learning_rate=1e-3, max_grad_norm=1.0)
+HPARAM_DEFAULTS = dict(inner_lr=1e-3, meta_learning_rate=1e-2, max_grad_norm=1.0)  # 1e-3 stalled
 
 
 class HParams(struct.PyTreeNode):
