@@ -75,8 +75,6 @@ def test_loss_gradients_reach_each_network_from_its_own_term(setup):
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads.target_critic))
 
 
-
-
 def test_warmup_then_delayed_actor_and_polyak_targets(setup):
     cfg, env, hp, state = setup
     learn = jax.jit(lambda s: td3.learn(cfg, env, s, hp))
