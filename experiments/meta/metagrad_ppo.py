@@ -15,6 +15,14 @@ Arms (each vmapped over ``--seeds`` seeds, one compiled program per arm):
 * ``fixed-default``: PPO with the default ``γ = 0.99, λ = 0.95``.
 * with ``--no-reuse``, the fixed arms again for the env steps of ``meta`` (more updates).
 
+``--algo a2c`` runs the same arms for A2C, built as PPO with one epoch of one minibatch
+(one gradient step per rollout, at ratio 1, so the clipped surrogate's gradient is the
+policy gradient) and Stable-Baselines3's A2C defaults: 16 envs x 5 steps, ``γ = 0.99``,
+``λ = 1`` (n-step returns), ``ent_coef = 0``, ``vf_coef = 0.5``, learning rate 7e-4,
+``max_grad_norm = 0.5``, no value clipping, no advantage normalisation, no annealing
+(Adam instead of SB3's RMSprop). ``λ = 1`` has no logit, so meta arms start from
+``min(λ, --meta-lambda-cap)`` (0.995 by default).
+
 ``--no-start-arms`` drops ``meta`` and ``fixed-start``. The score is the mean
 training-episode return over the last 10% of updates, per seed; the all-update mean is
 the area under the learning curve. Meta-from-default minus fixed-default is printed with
@@ -42,12 +50,18 @@ from jaxrl.meta import metagrad as mg
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--algo", choices=("ppo", "a2c"), default="ppo")
     p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="keys split(key(seed), seeds)")
     p.add_argument("--updates", type=int, default=150, help="inner PPO updates per run")
     p.add_argument("--k", type=int, default=1, help="inner updates per meta-step")
-    p.add_argument("--num-envs", type=int, default=4)
-    p.add_argument("--rollout-len", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=5e-4)
+    p.add_argument("--num-envs", type=int, default=None, help="ppo 4, a2c 16")
+    p.add_argument("--rollout-len", type=int, default=None, help="ppo 128, a2c 5")
+    p.add_argument("--learning-rate", type=float, default=None, help="ppo 5e-4, a2c 7e-4")
+    p.add_argument(
+        "--meta-lambda-cap", type=float, default=0.995,
+        help="meta arms start from min(λ, cap) (λ = 1 has no logit)",
+    )  # fmt: skip
     p.add_argument("--start-discount", type=float, default=0.9)
     p.add_argument("--start-lambda", type=float, default=0.5)
     p.add_argument("--ref-discount", type=float, default=0.99)
@@ -122,18 +136,34 @@ def main():
     args = parse_args()
     names = tuple(args.names.split(","))
     env, _ = envs.make(args.env)
+    a2c = args.algo == "a2c"
+    for name, ppo_value, a2c_value in (
+        ("num_envs", 4, 16), ("rollout_len", 128, 5), ("learning_rate", 5e-4, 7e-4)
+    ):  # fmt: skip
+        if getattr(args, name) is None:
+            setattr(args, name, a2c_value if a2c else ppo_value)
+    one_step = dict(num_epochs=1, num_minibatches=1, clip_value=False, normalize_advantages=False)
+    algo_cfg = one_step if a2c else {}
     cfg = ppo.Config(
         num_envs=args.num_envs, rollout_len=args.rollout_len, anneal_lr=False,
-        total_timesteps=args.num_envs * args.rollout_len * args.updates * 2,
+        total_timesteps=args.num_envs * args.rollout_len * args.updates * 2, **algo_cfg,
     )  # fmt: skip
+    common = dict(learning_rate=args.learning_rate)
+    if a2c:  # SB3 A2C: n-step returns (λ = 1), no entropy bonus
+        common |= dict(gae_lambda=1.0, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)
     start = dict(discount=args.start_discount, gae_lambda=args.start_lambda)
-    hp_start = ppo.HParams.make(learning_rate=args.learning_rate, **start)
-    hp_default = ppo.HParams.make(learning_rate=args.learning_rate)
+    hp_start = ppo.HParams.make(**common | start)
+    hp_default = ppo.HParams.make(**common)
     hp_ref = ppo.HParams.make(
-        learning_rate=args.learning_rate, discount=args.ref_discount, gae_lambda=args.ref_lambda
+        **common | dict(discount=args.ref_discount, gae_lambda=args.ref_lambda)
     )
+    # meta arms learning λ start from λ ≤ cap: λ = 1 is sigmoid(∞), not a finite logit
+    lam = lambda hp: min(float(hp.gae_lambda), args.meta_lambda_cap)
+    cap = lambda hp: hp.replace(gae_lambda=lam(hp)) if "gae_lambda" in names else hp
     ppo.check(cfg, hp_start), ppo.check(cfg, hp_ref)
-    keys = jax.random.split(jax.random.key(0), args.seeds)
+    show = lambda hp: {k: round(float(v), 6) for k, v in vars(hp).items()}
+    print(f"{args.algo}: {cfg}\n  default {show(hp_default)}\n  reference {show(hp_ref)}")
+    keys = jax.random.split(jax.random.key(args.seed), args.seeds)
     per_update = cfg.steps_per_update
     meta_updates = args.updates // args.k * args.k
     if args.reuse:  # every validation rollout but the last is the next update's data
@@ -143,9 +173,9 @@ def main():
     matched = meta_steps // per_update
     results = {"args": vars(args)}
 
-    meta_arms = {} if args.no_start_arms else {"meta": hp_start}
+    meta_arms = {} if args.no_start_arms else {"meta": cap(hp_start)}
     if args.meta_from_default:
-        meta_arms["meta-from-default"] = hp_default
+        meta_arms["meta-from-default"] = cap(hp_default)
     for arm, hp in meta_arms.items():
         t0 = time.time()
         metrics = run_meta(cfg, env, keys, hp, hp_ref, names, args)
