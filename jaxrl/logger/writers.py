@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 
-def _jsonable(x: Any) -> Any:
+def to_jsonable(x: Any) -> Any:
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [to_jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return to_jsonable(x.tolist())
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
@@ -51,7 +51,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(to_jsonable(data), indent=2) + "\n")
 
 
 class JsonlWriter:
@@ -78,7 +78,7 @@ class JsonlWriter:
             for r in range(num_runs):
                 row = {**run_labels[r], "update": update, "env_steps": update * steps_per_update}
                 row |= {name: metrics[name][r, c] for name in names}
-                lines.append(json.dumps(_jsonable(row)))
+                lines.append(json.dumps(to_jsonable(row)))
         with open(self.path, "a") as f:
             f.write("\n".join(lines) + "\n")
             f.flush()

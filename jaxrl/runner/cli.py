@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train an algorithm on an environment, many seeds at once")
-    train.add_argument("algo", help="algorithm name, e.g. ppo (see `jaxrl list`)")
+    train.add_argument("algo", nargs="?", help="algorithm name, e.g. ppo (see `jaxrl list`)")
     train.add_argument("--env", help="environment name, e.g. CartPole-v1 (see `jaxrl list`)")
     train.add_argument("--preset", help="named settings, e.g. ppo/pendulum (see `jaxrl list`)")
     train.add_argument("--num-seeds", type=int, default=1, help="runs vmapped in one program")
@@ -33,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.add_argument("--run-dir", type=Path, help="output directory (default runs/<...>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    train.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest checkpoint (its config.json decides "
+        "everything else)",
+    )  # fmt: skip
+    train.add_argument(
+        "--checkpoint-every", type=int, default=1, metavar="CHUNKS",
+        help="checkpoint the full state every CHUNKS chunks and at the end (0: never)",
+    )  # fmt: skip
     sub.add_parser("list", help="list algorithms, environments and presets")
     parser.add_argument("--version", action="version", version=f"jaxrl {__version__}")
     return parser
@@ -81,10 +90,46 @@ def _prepare(args):
     return algo, env, env_name, cfg, hp
 
 
+def _resume_args(args) -> argparse.Namespace:
+    """The arguments of the run in ``args.resume``, from its ``config.json``."""
+    import json
+
+    path = args.resume / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume {args.resume}: no config.json there (not a jaxrl run dir)")
+    try:
+        saved = json.loads(path.read_text())
+        algo, env = saved["algo"], saved["env"]
+        sets = [f"{k}={_set_value(v)}" for k, v in {**saved["config"], **saved["hparams"]}.items()]
+        num_seeds, seed = saved["num_seeds"], saved["seed"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"--resume {args.resume}: unreadable config.json ({err})") from None
+    if args.algo not in (None, algo):
+        raise ConfigError(f"--resume {args.resume} is a {algo} run, not {args.algo}")
+    return argparse.Namespace(
+        algo=algo, env=env, preset=None, num_seeds=num_seeds, seed=seed, total_timesteps=None,
+        set=sets, run_dir=args.resume, quiet=args.quiet, resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+    )  # fmt: skip
+
+
+def _set_value(value) -> str:
+    """A config.json value as ``--set`` text (lists of ints as ``64,64``)."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _train(args) -> int:
     from jaxrl.runner import config as config_lib
     from jaxrl.runner import loop, sweep
 
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.resume is not None:
+        args = _resume_args(args)
+    elif args.algo is None:
+        raise ConfigError("an algorithm name is required (or --resume RUN_DIR)")
     algo, env, env_name, cfg, hp = _prepare(args)
     requested = cfg.total_timesteps
     ran = cfg.num_updates * cfg.steps_per_update
@@ -100,28 +145,33 @@ def _train(args) -> int:
     from jaxrl.logger import writers
 
     runs = sweep.grid(hp, range(args.seed, args.seed + args.num_seeds))
-    writers.write_json(
-        run_dir / "config.json",
-        {
-            "jaxrl_version": __version__,
-            "algo": args.algo,
-            "env": env_name,
-            "preset": args.preset,
-            "num_seeds": args.num_seeds,
-            "seed": args.seed,
-            "env_steps_requested": requested,
-            "env_steps_per_run": ran,
-            "config": config_lib.config_dict(cfg),
-            "hparams": {k: float(v) for k, v in vars(hp).items()},
-        },
-    )
+    resume = args.resume is not None
+    if not resume:
+        writers.write_json(
+            run_dir / "config.json",
+            {
+                "jaxrl_version": __version__,
+                "algo": args.algo,
+                "env": env_name,
+                "preset": args.preset,
+                "num_seeds": args.num_seeds,
+                "seed": args.seed,
+                "env_steps_requested": requested,
+                "env_steps_per_run": ran,
+                "config": config_lib.config_dict(cfg),
+                "hparams": {k: float(v) for k, v in vars(hp).items()},
+            },
+        )
     result = loop.run(
         algo, env, cfg, runs, env_name=env_name, algo_name=args.algo, run_dir=run_dir,
-        quiet=args.quiet,
+        quiet=args.quiet, checkpoint_every=args.checkpoint_every, resume=resume,
     )  # fmt: skip
     if not args.quiet:
         print(format_table(result.summary))
-        print(f"run directory: {run_dir}  (config.json, metrics.jsonl, summary.json, curve.png)")
+        print(
+            f"run directory: {run_dir}  (config.json, metrics.jsonl, summary.json, curve.png, "
+            "checkpoints/)"
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ chunks unchanged, so chunking never changes the numbers.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl import distributed
+from jaxrl import __version__, distributed
+from jaxrl.checkpoint import io as checkpoint_io
 from jaxrl.envs.base import Env
+from jaxrl.errors import ConfigError
 from jaxrl.logger import metrics as metric_utils
 from jaxrl.logger import plots, writers
 from jaxrl.runner import sweep
@@ -72,6 +75,8 @@ def run(
     quiet: bool = False,
     target_chunks: int = TARGET_CHUNKS,
     devices: Sequence[jax.Device] | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
 ) -> Result:
     """Trains every run in ``runs`` for ``cfg.num_updates`` updates; returns a :class:`Result`.
 
@@ -80,7 +85,11 @@ def run(
     results are dropped.
 
     Writes ``metrics.jsonl``, ``summary.json`` and ``curve.png`` into ``run_dir`` if given
-    (``config.json`` is the caller's, written before compiling).
+    (``config.json`` is the caller's, written before compiling), and a checkpoint of the
+    whole batched state every ``checkpoint_every`` chunks (0: never) and at the end
+    (:mod:`jaxrl.checkpoint.io`). With ``resume=True`` the run continues from the newest
+    checkpoint in ``run_dir``: metric rows written after it are dropped and rewritten, and
+    the numbers equal those of an uninterrupted run (same program, same carried state).
     """
     num_updates = cfg.num_updates
     chunk = choose_chunk(num_updates, target_chunks)
@@ -92,6 +101,18 @@ def run(
     mesh = distributed.run_mesh(devices)
     keys, hps = distributed.pad_runs((runs.keys, runs.hps), len(devices))
     state = sweep.init_runs(algo, cfg, env, keys, hps)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ConfigError("resume needs the run directory to resume from")
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest(algo_name, env_name, cfg, runs)
+    done_updates, history = 0, {}
+    if resume:
+        template = jax.tree.map(lambda x: x[:num_runs], state)
+        restored, done_updates, _ = checkpoint_io.restore(run_dir, template, manifest)
+        state = distributed.pad_runs(restored, len(devices))
+        history = _truncate_metrics(run_dir / "metrics.jsonl", done_updates, runs)
     state, hps = distributed.shard_runs((state, hps), mesh)
     compiled = {chunk: train_fn(algo, cfg, env, chunk).lower(state, hps).compile()}
     if num_updates % chunk:
@@ -100,11 +121,11 @@ def run(
     jax.block_until_ready(state)
     compile_seconds = time.perf_counter() - t0
 
-    run_dir = Path(run_dir) if run_dir is not None else None
     writer = writers.JsonlWriter(run_dir / "metrics.jsonl") if run_dir else None
     bar = _progress(num_updates * steps_per_update * num_runs, quiet, f"{algo_name} {env_name}")
-    history: dict[str, list[np.ndarray]] = {}
-    done_updates = 0
+    if bar is not None and done_updates:
+        bar.update(done_updates * steps_per_update * num_runs)
+    chunks_done = 0
     t1 = time.perf_counter()
     while done_updates < num_updates:
         size = min(chunk, num_updates - done_updates)
@@ -121,6 +142,12 @@ def run(
         for name, value in metrics.items():
             history.setdefault(name, []).append(np.asarray(value))
         done_updates += size
+        chunks_done += 1
+        last = done_updates == num_updates
+        if run_dir and checkpoint_every and (last or chunks_done % checkpoint_every == 0):
+            checkpoint_io.save(
+                run_dir, done_updates, jax.tree.map(lambda x: x[:num_runs], state), manifest
+            )
         if bar is not None:
             latest = metric_utils.forward_fill(np.concatenate(history["episode/return"], 1))
             with np.errstate(all="ignore"):
@@ -159,6 +186,38 @@ def run(
         plots.learning_curve(run_dir / "curve.png", steps, returns, f"{algo_name} on {env_name}")
     state = jax.tree.map(lambda x: x[:num_runs], state)
     return Result(state, history_arr, summary, run_dir)
+
+
+def _manifest(algo_name: str, env_name: str, cfg: Any, runs: Runs) -> dict[str, Any]:
+    """What a checkpoint must agree on with the run that resumes it (JSON-normalised)."""
+    hparams = {k: np.asarray(v).tolist() for k, v in vars(runs.hps).items()}
+    manifest = {
+        "jaxrl_version": __version__,
+        "algo": algo_name,
+        "env": env_name,
+        "config": dataclasses.asdict(cfg),
+        "hparams": hparams,
+        "num_runs": len(runs),
+    }
+    return json.loads(json.dumps(writers.to_jsonable(manifest)))
+
+
+def _truncate_metrics(path: Path, done_updates: int, runs: Runs) -> dict[str, list[np.ndarray]]:
+    """Keeps the metric rows of updates ``<= done_updates`` (rewritten atomically) and
+    returns them as the loop's history: ``{name: [array [R, done_updates]]}``."""
+    rows = writers.read_jsonl(path) if path.exists() else []
+    rows = [r for r in rows if r["update"] <= done_updates]
+    writers.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    if not rows:
+        return {}
+    skip = {"update", "env_steps", *runs.labels[0]}
+    names = [n for n in rows[0] if n not in skip]
+    arrays = {n: np.full((len(runs), done_updates), np.nan, np.float32) for n in names}
+    for r in rows:
+        for n in names:
+            value = r[n]
+            arrays[n][r["run"], r["update"] - 1] = np.nan if value is None else value
+    return {n: [a] for n, a in arrays.items()}
 
 
 def _progress(total: int, quiet: bool, desc: str):

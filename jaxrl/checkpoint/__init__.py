@@ -1,0 +1,1 @@
+"""Checkpoints of a batch of runs (orbax-checkpoint) and exact resume."""

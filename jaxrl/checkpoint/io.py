@@ -1,0 +1,131 @@
+"""Checkpoints of a batch of runs: the full train state with orbax, plus a JSON manifest.
+
+A checkpoint is ``RUN_DIR/checkpoints/<update>/`` written by an orbax
+``CheckpointManager``: ``state`` holds every array of the batched ``State`` (parameters,
+optimiser state, PRNG keys as raw key data, env state, normaliser statistics, replay
+buffers, counters; leading run axis ``[R]``) and ``manifest`` is a JSON object (format
+tag, jaxrl version, algorithm, env, config, hyperparameters, update count). orbax writes
+into a temporary directory and renames it when complete, so a process killed while
+writing leaves the previous checkpoint intact; the two newest are kept.
+
+:func:`restore` checks the manifest against what the caller is about to run, then the
+arrays against a template ``State`` of the right shapes; every mismatch, a missing
+directory or a corrupt file is a :class:`~jaxrl.errors.ConfigError` naming the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from jaxrl.errors import ConfigError
+
+FORMAT = "jaxrl.checkpoint/1"
+SUBDIR = "checkpoints"
+KEEP = 2
+# Manifest fields that must agree between a checkpoint and the run that resumes it.
+MUST_MATCH = ("format", "algo", "env", "config", "hparams", "num_runs")
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_arrays(tree: Any) -> Any:
+    """Typed PRNG keys become their raw ``uint32`` key data (orbax stores plain arrays)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _from_arrays(tree: Any, template: Any) -> Any:
+    """Inverse of :func:`_to_arrays`, taking the key type from ``template``."""
+
+    def back(x, t):
+        return jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x
+
+    return jax.tree.map(back, tree, template)
+
+
+def _manager(run_dir: str | Path) -> ocp.CheckpointManager:
+    path = Path(run_dir).absolute() / SUBDIR
+    options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=True)
+    return ocp.CheckpointManager(path, options=options, item_names=("state", "manifest"))
+
+
+def save(run_dir: str | Path, step: int, state: Any, manifest: dict[str, Any]) -> None:
+    """Writes checkpoint ``step`` (updates done) of ``state`` and ``manifest``; blocks until
+    it is complete on disk."""
+    manifest = {"format": FORMAT, **manifest, "step": int(step)}
+    with _manager(run_dir) as mgr:
+        mgr.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_arrays(state)),
+                manifest=ocp.args.JsonSave(manifest),
+            ),
+        )
+        mgr.wait_until_finished()
+
+
+def latest_step(run_dir: str | Path) -> int | None:
+    """The newest complete checkpoint's update count, or ``None`` if there is none."""
+    if not (Path(run_dir) / SUBDIR).is_dir():
+        return None
+    with _manager(run_dir) as mgr:
+        return mgr.latest_step()
+
+
+def _check_manifest(saved: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise ConfigError(f"{where} is not a jaxrl checkpoint of format {FORMAT}")
+    for name in MUST_MATCH:
+        if name in expected and saved.get(name) != expected[name]:
+            raise ConfigError(
+                f"{where} was written for a different run: {name} is {saved.get(name)!r}, "
+                f"this run has {expected[name]!r}"
+            )
+
+
+def restore(
+    run_dir: str | Path, template: Any, expected: dict[str, Any]
+) -> tuple[Any, int, dict[str, Any]]:
+    """Loads the newest checkpoint of ``run_dir``.
+
+    Args:
+        run_dir: the run directory (its ``checkpoints/`` subdirectory is read).
+        template: a ``State`` with the shapes and dtypes of the runs (e.g. a fresh init).
+        expected: manifest fields of the run about to continue; those in ``MUST_MATCH``
+            must equal the checkpoint's.
+
+    Returns:
+        ``(state, step, manifest)``.
+
+    Raises:
+        ConfigError: no checkpoint, a manifest for another run, arrays of other shapes or
+            structure, or unreadable files.
+    """
+    step = latest_step(run_dir)
+    where = f"checkpoint {Path(run_dir) / SUBDIR}/{step}"
+    if step is None:
+        raise ConfigError(f"no checkpoint in {Path(run_dir) / SUBDIR} to resume from")
+    with _manager(run_dir) as mgr:
+        try:
+            manifest = mgr.restore(step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore()))[
+                "manifest"
+            ]
+        except Exception as err:  # orbax raises many types for unreadable files
+            raise ConfigError(f"{where} has an unreadable manifest: {err}") from None
+        _check_manifest(manifest, {"format": FORMAT, **expected}, where)
+        target = _to_arrays(template)
+        try:
+            arrays = mgr.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )["state"]
+        except Exception as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ConfigError(f"{where} does not fit this run (corrupt or incompatible): "
+                              f"{first_line}") from None  # fmt: skip
+    return _from_arrays(arrays, template), step, manifest

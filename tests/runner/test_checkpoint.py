@@ -1,0 +1,156 @@
+"""Checkpoints and exact resume: interrupted + resumed equals uninterrupted bitwise (PPO, and
+TD3 with its replay buffer); a write killed midway leaves the previous checkpoint usable;
+corrupt, truncated or incompatible checkpoints are one clear ConfigError."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl import envs
+from jaxrl.algorithms import ppo, td3
+from jaxrl.checkpoint import io as checkpoint_io
+from jaxrl.errors import ConfigError
+from jaxrl.runner import cli, loop, sweep
+
+PPO_CFG = dict(total_timesteps=8 * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
+TD3_CFG = dict(total_timesteps=48, hidden=(8, 8), batch_size=8, buffer_size=64, learning_starts=16)
+CASES = {"ppo": (ppo, "CartPole-v1", PPO_CFG), "td3": (td3, "Pendulum-v1", TD3_CFG)}
+
+
+def _arrays(tree):
+    as_data = lambda x: (
+        jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    )
+    return [np.asarray(as_data(x)) for x in jax.tree.leaves(tree)]
+
+
+def _interrupt_at_save(monkeypatch, n: int):
+    """Makes the ``n``-th checkpoint write die before it starts (as a kill would)."""
+    real, calls = checkpoint_io.save, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_io, "save", dying)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_interrupted_and_resumed_equals_uninterrupted_bitwise(name, tmp_path, monkeypatch):
+    algo, env_name, cfg_kw = CASES[name]
+    env, _ = envs.make(env_name)
+    cfg = algo.Config(**cfg_kw)
+    runs = sweep.grid(algo.HParams.make(), seeds=[0, 1, 2])
+    kw = dict(env_name=env_name, algo_name=name, quiet=True, target_chunks=4)
+    whole = loop.run(algo, env, cfg, runs, run_dir=tmp_path / "whole", **kw)
+
+    with monkeypatch.context() as m:
+        _interrupt_at_save(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(algo, env, cfg, runs, run_dir=tmp_path / "part", **kw)
+    done = checkpoint_io.latest_step(tmp_path / "part")
+    assert 0 < done < cfg.num_updates  # stopped midway; metrics were written past it
+    resumed = loop.run(algo, env, cfg, runs, run_dir=tmp_path / "part", resume=True, **kw)
+
+    for a, b in zip(_arrays(whole.state), _arrays(resumed.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    whole_rows = (tmp_path / "whole" / "metrics.jsonl").read_text()
+    assert whole_rows == (tmp_path / "part" / "metrics.jsonl").read_text()
+    np.testing.assert_array_equal(
+        whole.summary["final_return"]["per_run"], resumed.summary["final_return"]["per_run"]
+    )
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A finished tiny PPO run with checkpoints, and what resuming it needs."""
+    algo, env_name, cfg_kw = CASES["ppo"]
+    env, _ = envs.make(env_name)
+    cfg = algo.Config(**cfg_kw)
+    runs = sweep.grid(algo.HParams.make(), seeds=[0, 1])
+    run_dir = tmp_path_factory.mktemp("run")
+    kw = dict(env_name=env_name, algo_name="ppo", quiet=True, target_chunks=4)
+    result = loop.run(algo, env, cfg, runs, run_dir=run_dir, **kw)
+    return run_dir, env, cfg, runs, result
+
+
+def _restore(run_dir, env, cfg, runs, **manifest):
+    template = sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps)
+    expected = loop._manifest("ppo", "CartPole-v1", cfg, runs) | manifest
+    return checkpoint_io.restore(run_dir, template, expected)
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(saved_run, tmp_path):
+    run_dir, env, cfg, runs, result = saved_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    step = checkpoint_io.latest_step(copy)
+    # What a kill during orbax's write leaves: a temporary directory, never renamed.
+    partial = copy / "checkpoints" / f"{step + 8}.orbax-checkpoint-tmp-1234567"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\x00" * 10)
+    state, restored_step, _ = _restore(copy, env, cfg, runs)
+    assert restored_step == step == cfg.num_updates
+    for a, b in zip(_arrays(result.state), _arrays(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_incompatible_checkpoints_are_clear_errors(saved_run, tmp_path):
+    run_dir, env, cfg, runs, _ = saved_run
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        _restore(tmp_path, env, cfg, runs)
+    with pytest.raises(ConfigError, match="algo is 'ppo', this run has 'td3'"):
+        _restore(run_dir, env, cfg, runs, algo="td3")
+    with pytest.raises(ConfigError, match="num_runs"):
+        _restore(run_dir, env, cfg, runs, num_runs=5)
+    # Same manifest, other shapes: the arrays do not fit.
+    wide = ppo.Config(**{**PPO_CFG, "hidden": (32, 32)})
+    template = sweep.init_runs(ppo, wide, env, runs.keys, runs.hps)
+    expected = loop._manifest("ppo", "CartPole-v1", cfg, runs)
+    with pytest.raises(ConfigError, match="does not fit"):
+        checkpoint_io.restore(run_dir, template, expected)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "manifest"])
+def test_corrupt_or_truncated_checkpoints_are_clear_errors(saved_run, tmp_path, damage):
+    run_dir, env, cfg, runs, _ = saved_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    step_dir = copy / "checkpoints" / str(checkpoint_io.latest_step(copy))
+    if damage == "manifest":
+        next(p for p in (step_dir / "manifest").rglob("*") if p.is_file()).write_text("{not json")
+    else:
+        files = sorted(p for p in (step_dir / "state").rglob("*") if p.is_file())
+        biggest = max(files, key=lambda p: p.stat().st_size)
+        if damage == "truncate":
+            biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 3])
+        else:
+            biggest.unlink()
+    with pytest.raises(ConfigError):
+        _restore(copy, env, cfg, runs)
+
+
+def test_cli_resume_continues_a_killed_run(tmp_path, monkeypatch, capsys):
+    base = ["train", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--quiet"]
+    base += ["--total-timesteps", "1024", "--set", "num_envs=4", "--set", "rollout_len=16"]
+    base += ["--set", "hidden=8,8"]
+    assert cli.main([*base, "--run-dir", str(tmp_path / "whole")]) == 0
+    with monkeypatch.context() as m:
+        _interrupt_at_save(m, 4)
+        assert cli.main([*base, "--run-dir", str(tmp_path / "part")]) == 130
+    assert cli.main(["train", "--resume", str(tmp_path / "part"), "--quiet"]) == 0
+    read = lambda d: Path(d, "metrics.jsonl").read_text()
+    assert read(tmp_path / "whole") == read(tmp_path / "part")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert cli.main(["train", "td3", "--resume", str(tmp_path / "part")]) == 2
+    assert "is a ppo run, not td3" in capsys.readouterr().err
