@@ -196,15 +196,22 @@ def use_compile_cache() -> Path | None:
     """Keeps compiled programs in ``$XDG_CACHE_HOME/jaxrl/xla`` (default ``~/.cache``).
 
     A rerun with the same shapes (other seeds, other hyperparameter values) then loads
-    its programs instead of compiling them. A directory the user set through
-    ``JAX_COMPILATION_CACHE_DIR`` wins; returns the directory in use.
+    its programs instead of compiling them. ``JAXRL_COMPILE_CACHE=off`` turns the cache
+    off, ``JAXRL_COMPILE_CACHE=DIR`` moves it; a directory set through JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` wins over the default. Returns the directory in use.
     """
     import jax
 
-    if jax.config.jax_compilation_cache_dir:
+    choice = os.environ.get("JAXRL_COMPILE_CACHE", "")
+    if choice.lower() in ("off", "0", "false", "no"):
+        return None
+    if choice:
+        path = Path(choice)
+    elif jax.config.jax_compilation_cache_dir:
         return Path(jax.config.jax_compilation_cache_dir)
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = root / "jaxrl" / "xla"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        path = root / "jaxrl" / "xla"
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path
 

@@ -1,6 +1,7 @@
 """TD3: the clipped double-Q target by hand, delayed actor and Polyak targets, warm-up,
 vmapped equals looped, errors, and learning on a continuous probe."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +112,14 @@ def test_vmapped_equals_looped(setup):
         np.testing.assert_allclose(
             batched["train/critic_loss"][i], single["train/critic_loss"], rtol=1e-4, atol=1e-6
         )
+
+
+def test_one_program_for_every_hyperparameter_value(setup):
+    cfg, env, hp, state = setup
+    chex.clear_trace_counter()
+    step = jax.jit(chex.assert_max_traces(lambda s, h: td3.update(cfg, env, s, h), n=1))
+    for lr, tau in ((1e-4, 0.01), (1e-3, 0.5)):
+        step(state, hp.replace(learning_rate=jnp.float32(lr), tau=jnp.float32(tau)))
 
 
 def test_bad_settings_raise_before_compiling():
