@@ -66,6 +66,7 @@ def check_ranges(hp, ranges: Mapping[str, tuple[float, float]]) -> None:
 
 
 def check_positive_ints(cfg, names: tuple[str, ...]) -> None:
+    """Raises ``ConfigError`` unless every named ``cfg`` field is an int >= 1."""
     for name in names:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -93,4 +94,5 @@ def nan_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def ceil_div(a: int, b: int) -> int:
+    """Integer ``ceil(a / b)`` for positive ints."""
     return math.ceil(a / b)

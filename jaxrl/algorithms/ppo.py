@@ -180,6 +180,7 @@ def network(cfg: Config, env: Env) -> ActorCritic:
 
 
 def vec_env(cfg: Config, env: Env) -> Env:
+    """The training env stack: ``num_envs`` auto-reset copies, optional normalisation."""
     return make_vec_env(
         env,
         cfg.num_envs,

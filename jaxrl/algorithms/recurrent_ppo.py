@@ -196,6 +196,7 @@ class Batch(struct.PyTreeNode):
 
 
 def network(cfg: Config, env: Env) -> RecurrentActorCritic:
+    """The recurrent actor-critic for ``env``'s spaces (at the default params)."""
     space = env.action_space(env.default_params())
     if not hasattr(space, "n"):
         raise base.ConfigError(f"recurrent PPO needs discrete actions, got {space}")
@@ -212,6 +213,7 @@ def vec_env(cfg: Config, env: Env) -> Env:
 
 
 def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Array:
+    """``hp.learning_rate``, linearly annealed to 0 over ``cfg.num_updates`` if enabled."""
     if not cfg.anneal_lr:
         return hp.learning_rate
     frac = 1.0 - update_count.astype(jnp.float32) / cfg.num_updates

@@ -171,6 +171,7 @@ class State(struct.PyTreeNode):
 
 
 def action_space(env: Env) -> spaces.Box:
+    """``env``'s Box action space; a ConfigError for discrete actions."""
     space = env.action_space(env.default_params())
     if not isinstance(space, spaces.Box):
         raise base.ConfigError(f"TD3 needs a continuous (Box) action space; {env.name} has {space}")
@@ -178,24 +179,29 @@ def action_space(env: Env) -> spaces.Box:
 
 
 def action_dim(env: Env) -> int:
+    """Number of action components ``A`` of ``env``."""
     return math.prod(action_space(env).shape)
 
 
 def networks(cfg: Config, env: Env) -> tuple[DeterministicActor, TwinQ]:
+    """``(actor, twin critics)`` for ``env``, with the configured context if any."""
     dim = action_dim(env)
     ctx = dict(context_len=cfg.context_len, context_features=cfg.context_features)
     return DeterministicActor(dim, cfg.hidden, **ctx), TwinQ(dim, cfg.hidden, **ctx)
 
 
 def buffer(cfg: Config):
+    """The flat replay buffer: ``buffer_size`` transitions, ``batch_size`` per sample."""
     return buffers.flat_buffer(cfg.buffer_size, cfg.batch_size)
 
 
 def vec_env(cfg: Config, env: Env) -> Env:
+    """The training env stack: ``num_envs`` auto-reset copies with episode statistics."""
     return make_vec_env(env, cfg.num_envs)
 
 
 def optimizer(hp: HParams) -> optax.GradientTransformation:
+    """Adam at ``hp.learning_rate`` (actor and critics keep separate states)."""
     return optax.adam(hp.learning_rate)
 
 
@@ -300,6 +306,7 @@ def loss(
 
 
 def sample_batch(cfg: Config, env: Env, buffer_state, key: jax.Array) -> Batch:
+    """A uniform replay minibatch ``[B, ...]`` plus smoothing noise ``[B, A]``."""
     key_sample, key_noise = jax.random.split(key)
     transition = buffer(cfg).sample(buffer_state, key_sample).experience
     return Batch(transition, jax.random.normal(key_noise, transition.action.shape))

@@ -267,4 +267,5 @@ def make_vec_env(
 
 
 def is_discrete(env: Env, params) -> bool:
+    """Whether ``env`` has a Discrete action space."""
     return isinstance(env.action_space(params), spaces.Discrete)

@@ -17,6 +17,7 @@ import numpy as np
 
 
 def to_jsonable(x: Any) -> Any:
+    """Converts numpy and nested values to JSON types; non-finite floats become None."""
     if isinstance(x, Mapping):
         return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
@@ -51,6 +52,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Writes ``data`` as indented JSON atomically."""
     atomic_write_text(path, json.dumps(to_jsonable(data), indent=2) + "\n")
 
 
@@ -86,5 +88,6 @@ class JsonlWriter:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Reads a JSONL file into a list of dicts (one per non-empty line)."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -388,6 +388,7 @@ def evaluate(
 
 
 def meta_tx(hp: HParams) -> optax.GradientTransformation:
+    """The objective's optimiser: global-norm clipping then Adam, from traced ``hp``."""
     return optax.chain(
         optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(hp.meta_learning_rate)
     )

@@ -27,6 +27,7 @@ def kernel_init(ortho_init: bool, scale: float = float(np.sqrt(2.0))):
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation called ``name``; ValueError lists the valid names."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]

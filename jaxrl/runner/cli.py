@@ -217,6 +217,7 @@ def use_compile_cache() -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxrl`` command; returns the exit status."""
     from jaxrl.distributed.mesh import use_all_cpu_cores
 
     use_all_cpu_cores()  # before anything starts JAX: runs are spread over every core

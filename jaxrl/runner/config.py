@@ -116,4 +116,5 @@ def resolve(
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
+    """A ``Config`` as a plain dict (for config.json)."""
     return dataclasses.asdict(cfg)

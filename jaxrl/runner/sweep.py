@@ -26,6 +26,7 @@ class Runs(NamedTuple):
 
 
 def seed_key(seed: int) -> jax.Array:
+    """The PRNG key of seed ``seed``: ``fold_in(key(0), seed)``."""
     return jax.random.fold_in(jax.random.key(0), seed)
 
 
