@@ -1,4 +1,4 @@
-"""Command line: ``jaxrl train ALGO --env ENV ...`` and ``jaxrl list``.
+"""Command line: ``jaxrl train ALGO --env ENV ...``, ``sweep``, ``plot`` and ``list``.
 
 Every input problem (unknown algorithm, environment, preset or ``--set`` key, a value of
 the wrong type, an impossible setting) is reported as one line before anything
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         help="checkpoint the full state every CHUNKS chunks and at the end (0: never)",
     )  # fmt: skip
     sub.add_parser("list", help="list algorithms, environments and presets")
+    from jaxrl.runner import cli_plot, cli_sweep
+
+    cli_sweep.add_parser(sub)
+    cli_plot.add_parser(sub)
     parser.add_argument("--version", action="version", version=f"jaxrl {__version__}")
     return parser
 
@@ -226,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
+    if args.command in ("sweep", "plot"):
+        from jaxrl.runner import cli_plot, cli_sweep
+
+        return {"sweep": cli_sweep.run, "plot": cli_plot.run}[args.command](args)
     try:
         return _train(args)
     except ConfigError as err:
