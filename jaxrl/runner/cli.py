@@ -42,13 +42,61 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint-every", type=int, default=1, metavar="CHUNKS",
         help="checkpoint the full state every CHUNKS chunks and at the end (0: never)",
     )  # fmt: skip
+    _add_logging_flags(train)
     sub.add_parser("list", help="list algorithms, environments and presets")
-    from jaxrl.runner import cli_plot, cli_sweep
+    from jaxrl.runner import cli_eval, cli_plot, cli_sweep
 
     cli_sweep.add_parser(sub)
     cli_plot.add_parser(sub)
+    cli_eval.add_parser(sub)
     parser.add_argument("--version", action="version", version=f"jaxrl {__version__}")
     return parser
+
+
+LOGGING_DEFAULTS = dict(csv=False, tensorboard=False, wandb=False, eval_every=0, eval_episodes=10)
+
+
+def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--csv", action="store_true", help="also write csv/run###.csv")
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard logs to tb/ (tensorboardX)",
+    )
+    parser.add_argument(
+        "--wandb", action="store_true", help="also log to Weights & Biases, offline, in wandb/"
+    )
+    parser.add_argument(
+        "--eval-every", type=int, default=0, metavar="CHUNKS",
+        help="evaluate both policies every CHUNKS chunks into eval.jsonl (0: never)",
+    )  # fmt: skip
+    parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+
+
+def _extras(args, algo, cfg, env, run_dir: Path):
+    """The optional writers and periodic evaluator the flags ask for."""
+    from jaxrl.logger import writers
+    from jaxrl.runner.evaluate import PeriodicEval
+
+    extra = []
+    if args.csv:
+        extra.append(writers.CsvWriter(run_dir / "csv"))
+    try:
+        if args.tensorboard:
+            extra.append(writers.TensorBoardWriter(run_dir / "tb"))
+        if args.wandb:
+            extra.append(writers.WandbWriter(run_dir / "wandb", group=run_dir.name))
+    except ImportError as err:
+        raise ConfigError(str(err)) from None
+    if args.eval_every < 0:
+        raise ConfigError(f"--eval-every must be >= 0, got {args.eval_every}")
+    evaluator = None
+    if args.eval_every:
+        evaluator = PeriodicEval(
+            algo, cfg, env, num_episodes=args.eval_episodes, every=args.eval_every,
+            path=run_dir / "eval.jsonl",
+        )  # fmt: skip
+    return extra, evaluator
 
 
 def _list() -> None:
@@ -113,7 +161,8 @@ def _resume_args(args) -> argparse.Namespace:
     return argparse.Namespace(
         algo=algo, env=env, preset=None, num_seeds=num_seeds, seed=seed, total_timesteps=None,
         set=sets, run_dir=args.resume, quiet=args.quiet, resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=getattr(args, "checkpoint_every", 1),
+        **{name: getattr(args, name, default) for name, default in LOGGING_DEFAULTS.items()},
     )  # fmt: skip
 
 
@@ -145,6 +194,8 @@ def _train(args) -> int:
     run_dir = args.run_dir or Path("runs") / (
         f"{args.algo}-{env_name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    if args.resume is None:
+        loop.check_fresh_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from jaxrl.logger import writers
 
@@ -166,9 +217,11 @@ def _train(args) -> int:
                 "hparams": {k: float(v) for k, v in vars(hp).items()},
             },
         )
+    extra_writers, evaluator = _extras(args, algo, cfg, env, run_dir)
     result = loop.run(
         algo, env, cfg, runs, env_name=env_name, algo_name=args.algo, run_dir=run_dir,
         quiet=args.quiet, checkpoint_every=args.checkpoint_every, resume=resume,
+        extra_writers=extra_writers, evaluator=evaluator,
     )  # fmt: skip
     if not args.quiet:
         print(format_table(result.summary))
@@ -230,10 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
-    if args.command in ("sweep", "plot"):
-        from jaxrl.runner import cli_plot, cli_sweep
+    if args.command in ("sweep", "plot", "eval"):
+        from jaxrl.runner import cli_eval, cli_plot, cli_sweep
 
-        return {"sweep": cli_sweep.run, "plot": cli_plot.run}[args.command](args)
+        commands = {"sweep": cli_sweep.run, "plot": cli_plot.run, "eval": cli_eval.run}
+        return commands[args.command](args)
     try:
         return _train(args)
     except ConfigError as err:

@@ -319,6 +319,7 @@ def _sweep(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / (
         f"sweep-{args.algo}-{env_name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    loop.check_fresh_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     writers.write_json(
         run_dir / "config.json",

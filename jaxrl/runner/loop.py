@@ -77,6 +77,8 @@ def run(
     devices: Sequence[jax.Device] | None = None,
     checkpoint_every: int = 1,
     resume: bool = False,
+    extra_writers: Sequence[Any] = (),
+    evaluator: Any = None,
 ) -> Result:
     """Trains every run in ``runs`` for ``cfg.num_updates`` updates; returns a :class:`Result`.
 
@@ -90,6 +92,11 @@ def run(
     (:mod:`jaxrl.checkpoint.io`). With ``resume=True`` the run continues from the newest
     checkpoint in ``run_dir``: metric rows written after it are dropped and rewritten, and
     the numbers equal those of an uninterrupted run (same program, same carried state).
+
+    ``extra_writers`` (e.g. :class:`writers.CsvWriter`, ``TensorBoardWriter``,
+    ``WandbWriter``) get the same ``write_chunk`` calls as ``metrics.jsonl`` and are closed
+    at the end. ``evaluator`` (:class:`jaxrl.runner.evaluate.PeriodicEval`) evaluates every
+    run when ``evaluator.due(chunks_done, last)``.
     """
     num_updates = cfg.num_updates
     chunk = choose_chunk(num_updates, target_chunks)
@@ -105,6 +112,13 @@ def run(
     if resume and run_dir is None:
         raise ConfigError("resume needs the run directory to resume from")
     if run_dir is not None:
+        if not resume:
+            for name in ("metrics.jsonl", "checkpoints"):
+                if (run_dir / name).exists():
+                    raise ConfigError(
+                        f"run directory {run_dir} already holds a run ({name}); "
+                        "resume it or choose another directory"
+                    )
         run_dir.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(algo_name, env_name, cfg, runs)
     done_updates, history = 0, {}
@@ -113,6 +127,10 @@ def run(
         restored, done_updates, _ = checkpoint_io.restore(run_dir, template, manifest)
         state = distributed.pad_runs(restored, len(devices))
         history = _truncate_metrics(run_dir / "metrics.jsonl", done_updates, runs)
+        eval_path = getattr(evaluator, "path", None)
+        if eval_path is not None and Path(eval_path).exists():  # drop evaluations past it too
+            rows = [r for r in writers.read_jsonl(eval_path) if r["update"] <= done_updates]
+            writers.atomic_write_text(eval_path, "".join(json.dumps(r) + "\n" for r in rows))
     state, hps = distributed.shard_runs((state, hps), mesh)
     compiled = {chunk: train_fn(algo, cfg, env, chunk).lower(state, hps).compile()}
     if num_updates % chunk:
@@ -122,6 +140,7 @@ def run(
     compile_seconds = time.perf_counter() - t0
 
     writer = writers.JsonlWriter(run_dir / "metrics.jsonl") if run_dir else None
+    all_writers = ([writer] if writer else []) + list(extra_writers)
     bar = _progress(num_updates * steps_per_update * num_runs, quiet, f"{algo_name} {env_name}")
     if bar is not None and done_updates:
         bar.update(done_updates * steps_per_update * num_runs)
@@ -132,8 +151,8 @@ def run(
         state, metrics = compiled[size](state, hps)
         metrics = jax.device_get(metrics)  # the host sync: one per chunk
         metrics = {name: value[:num_runs] for name, value in metrics.items()}
-        if writer:
-            writer.write_chunk(
+        for w in all_writers:
+            w.write_chunk(
                 metrics,
                 first_update=done_updates,
                 steps_per_update=steps_per_update,
@@ -144,6 +163,11 @@ def run(
         done_updates += size
         chunks_done += 1
         last = done_updates == num_updates
+        if evaluator is not None and evaluator.due(chunks_done, last):
+            evaluator(
+                state, hps, update=done_updates, steps_per_update=steps_per_update,
+                run_labels=runs.labels,
+            )  # fmt: skip
         if run_dir and checkpoint_every and (last or chunks_done % checkpoint_every == 0):
             checkpoint_io.save(
                 run_dir, done_updates, jax.tree.map(lambda x: x[:num_runs], state), manifest
@@ -158,6 +182,8 @@ def run(
     run_seconds = time.perf_counter() - t1
     if bar is not None:
         bar.close()
+    for w in extra_writers:
+        w.close()
 
     history_arr = {name: np.concatenate(parts, axis=1) for name, parts in history.items()}
     final = metric_utils.final_return(history_arr["episode/return"], history_arr["episode/count"])
@@ -186,6 +212,17 @@ def run(
         plots.learning_curve(run_dir / "curve.png", steps, returns, f"{algo_name} on {env_name}")
     state = jax.tree.map(lambda x: x[:num_runs], state)
     return Result(state, history_arr, summary, run_dir)
+
+
+def check_fresh_run_dir(run_dir: str | Path) -> None:
+    """Raises ``ConfigError`` if ``run_dir`` already holds a run (its metrics would mix)."""
+    run_dir = Path(run_dir)
+    taken = [n for n in ("config.json", "metrics.jsonl", "checkpoints") if (run_dir / n).exists()]
+    if taken:
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run ({', '.join(taken)}); "
+            "continue it with --resume, or choose another --run-dir"
+        )
 
 
 def _manifest(algo_name: str, env_name: str, cfg: Any, runs: Runs) -> dict[str, Any]:

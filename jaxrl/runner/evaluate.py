@@ -1,0 +1,265 @@
+"""Evaluation rollouts that count whole episodes exactly, and periodic evaluation in training.
+
+:func:`evaluate` runs ``num_episodes`` copies of the raw env side by side (``vmap``), each
+for exactly its first episode, from fresh resets drawn with an evaluation key (never the
+training key). A copy's return is the undiscounted sum of its rewards from reset until its
+first ``done`` (termination *or* the env's own time-limit truncation, which is the end of
+an episode as the task defines it). Rewards after that are masked out, so no copy
+contributes half an episode or a second one, and no return is cut at a rollout length
+(the failure of Brax issue #516). Should an episode still be running after ``max_steps``
+steps (a safety bound on the loop, not a time limit), its return is ``NaN``: an error the
+caller sees, never a silently truncated number.
+
+The policy is the algorithm's own network: for a distribution policy (PPO) the
+``deterministic`` policy is the distribution's mode (Categorical argmax, Gaussian mean,
+tanh of the Gaussian mean for squashed heads) and the stochastic one samples; for a
+deterministic actor (TD3) the greedy action, or with ``deterministic=False`` the training
+behaviour policy ``clip(mu + sigma N(0, 1))`` with ``sigma = hp.exploration_noise``.
+Continuous actions are clipped to the action bounds, as in training (``ClipAction``).
+Observation normalisation statistics, when the agent trained with them, are frozen and
+applied (``obs_stats``; :func:`obs_stats` finds them in a ``State``'s env state).
+
+Nothing here calls ``jit``: :class:`PeriodicEval` and ``jaxrl eval`` do.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl.envs.base import Env
+from jaxrl.envs.wrappers import ClipAction, NormalizeObs, NormalizeObsState, RunningStats
+from jaxrl.errors import ConfigError
+
+DEFAULT_MAX_STEPS = 100_000
+# Evaluation keys descend from their own root, apart from training's ``key(0)`` root
+# (jaxrl.runner.sweep.seed_key), so evaluation episodes never reuse training env seeds.
+EVAL_ROOT = 0x5EED_E7A1
+
+
+def eval_key(seed: int, run_seed: int | jax.Array, update: int | jax.Array = 0) -> jax.Array:
+    """The evaluation key of run seed ``run_seed`` at ``update`` under evaluation seed ``seed``."""
+    key = jax.random.fold_in(jax.random.key(EVAL_ROOT), seed)
+    return jax.random.fold_in(jax.random.fold_in(key, run_seed), update)
+
+
+def _mode(dist: distrax.Distribution) -> jax.Array:
+    if isinstance(dist, distrax.Transformed):  # e.g. tanh-squashed Gaussian: tanh(mean)
+        return dist.bijector.forward(_mode(dist.distribution))
+    return dist.mode()
+
+
+def policy_fn(
+    algo: ModuleType, cfg: Any, env: Env, deterministic: bool, hp: Any = None
+) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """``(params, obs [E, *obs_shape], key) -> actions [E, ...]`` for ``algo``'s policy.
+
+    Distribution policies are recognised by ``algo.network(cfg, env)`` returning
+    ``(dist, value)``; deterministic actors by ``algo.act(cfg, env, params, obs)``.
+    """
+    if hasattr(algo, "network"):
+        net = algo.network(cfg, env)
+
+        def act(params, obs, key):
+            dist, _ = net.apply(params, obs)
+            return _mode(dist) if deterministic else dist.sample(seed=key)
+
+        return act
+    if hasattr(algo, "act") and len(inspect.signature(algo.act).parameters) == 4:
+        if deterministic:
+            return lambda params, obs, key: algo.act(cfg, env, params, obs)
+        if hp is None or not hasattr(hp, "exploration_noise"):
+            raise ConfigError(
+                f"stochastic evaluation of {algo.__name__} needs hp.exploration_noise"
+            )
+        from jaxrl.networks.continuous import scale_action
+
+        def act_noisy(params, obs, key):
+            actor, _ = algo.networks(cfg, env)
+            mean = actor.apply(params.actor, obs)
+            noisy = mean + hp.exploration_noise * jax.random.normal(key, mean.shape)
+            low, high = algo.action_space(env).bounds()
+            return scale_action(jnp.clip(noisy, -1.0, 1.0), low, high)
+
+        return act_noisy
+    raise ConfigError(f"{algo.__name__} has no policy evaluate() knows how to run")
+
+
+def obs_stats(env_state: Any) -> RunningStats | None:
+    """The observation-normalisation statistics inside a wrapped env state, or ``None``."""
+    s = env_state
+    while s is not None:
+        if isinstance(s, NormalizeObsState):
+            return s.stats
+        s = getattr(s, "env_state", None)
+    return None
+
+
+def evaluate(
+    algo: ModuleType,
+    cfg: Any,
+    env: Env,
+    params: Any,
+    key: jax.Array,
+    num_episodes: int,
+    deterministic: bool,
+    env_params: Any = None,
+    max_steps: int | None = None,
+    *,
+    obs_stats: RunningStats | None = None,
+    hp: Any = None,
+) -> jax.Array:
+    """Returns of exactly ``num_episodes`` complete episodes: ``[num_episodes]`` float32.
+
+    Args:
+        algo: the algorithm module (its network defines the policy, see :func:`policy_fn`).
+        cfg, env: the static config and the *raw* env (no auto-reset, no vectorisation).
+        params: the policy parameters of one run (``State.params``).
+        key: evaluation PRNG key (see :func:`eval_key`); episode ``i`` resets with
+            ``split(key_reset, num_episodes)[i]``.
+        num_episodes, deterministic, max_steps: static. ``max_steps`` (default
+            ``DEFAULT_MAX_STEPS``) bounds the loop; an episode not ended by then is ``NaN``.
+        env_params: the env's params (default ``env.default_params()``).
+        obs_stats: frozen normalisation statistics if the agent trained on normalised obs.
+        hp: the run's HParams (needed only by a deterministic actor's stochastic policy).
+
+    Returns:
+        ``[num_episodes]``: each episode's undiscounted return, ``NaN`` if unfinished.
+    """
+    env_params = env.default_params() if env_params is None else env_params
+    max_steps = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
+    act = policy_fn(algo, cfg, env, deterministic, hp)
+    raw = ClipAction(env)
+    normalizer = NormalizeObs(env)
+
+    def observe(obs):
+        return obs if obs_stats is None else normalizer._normalize(obs, obs_stats)
+
+    key_reset, key = jax.random.split(key)
+    reset_keys = jax.random.split(key_reset, num_episodes)
+    obs, state = jax.vmap(raw.reset, in_axes=(0, None))(reset_keys, env_params)
+    zeros = jnp.zeros((num_episodes,), jnp.float32)
+    carry = (jnp.zeros((), jnp.int32), key, state, obs, zeros, jnp.zeros((num_episodes,), bool))
+
+    def cond(c):
+        t, _, _, _, _, done = c
+        return jnp.logical_and(t < max_steps, jnp.logical_not(jnp.all(done)))
+
+    def body(c):
+        t, key, state, obs, ret, done = c
+        key, key_act, key_env = jax.random.split(key, 3)
+        action = act(params, observe(obs), key_act)
+        env_keys = jax.random.split(key_env, num_episodes)
+        obs, state, step = jax.vmap(raw.step, in_axes=(0, 0, 0, None))(
+            env_keys, state, action, env_params
+        )
+        # An env that has finished keeps stepping (cheaper than freezing its state), but
+        # its rewards no longer count: each copy contributes exactly its first episode.
+        ret = jnp.where(done, ret, ret + step.reward.astype(jnp.float32))
+        return t + 1, key, state, obs, ret, jnp.logical_or(done, step.done)
+
+    _, _, _, _, ret, done = jax.lax.while_loop(cond, body, carry)
+    return jnp.where(done, ret, jnp.nan)
+
+
+def evaluate_runs(
+    algo: ModuleType,
+    cfg: Any,
+    env: Env,
+    state: Any,
+    hps: Any,
+    keys: jax.Array,
+    num_episodes: int,
+    deterministic: bool,
+    max_steps: int | None = None,
+) -> jax.Array:
+    """:func:`evaluate` vmapped over a batch of runs: ``State``/``HParams``/keys with a leading
+    ``[R]`` axis -> returns ``[R, num_episodes]``. Each run uses its own ``env_params`` and
+    observation statistics when its ``State`` has them."""
+
+    def one(s, h, k):
+        return evaluate(
+            algo, cfg, env, s.params, k, num_episodes, deterministic,
+            getattr(s, "env_params", None), max_steps,
+            obs_stats=obs_stats(getattr(s, "env_state", None)), hp=h,
+        )  # fmt: skip
+
+    return jax.vmap(one)(state, hps, keys)
+
+
+class PeriodicEval:
+    """Evaluation inside training: every ``every`` chunks, both policies, ``num_episodes`` each.
+
+    Compiled once (first call); writes one row per run to ``eval.jsonl`` (if ``path``) with
+    ``eval/return_deterministic`` and ``eval/return_stochastic`` (means over episodes) and
+    their standard deviations. Keys come from :func:`eval_key` (``seed``, the run's seed,
+    the update count), separate from the training env seeds.
+    """
+
+    def __init__(
+        self,
+        algo: ModuleType,
+        cfg: Any,
+        env: Env,
+        *,
+        num_episodes: int = 10,
+        every: int = 1,
+        max_steps: int | None = None,
+        seed: int = 0,
+        path: str | Path | None = None,
+    ):
+        if num_episodes < 1 or every < 1:
+            raise ConfigError("evaluation needs num_episodes >= 1 and every >= 1")
+        self.every, self.seed = every, seed
+        self.path = Path(path) if path is not None else None
+
+        def both(state, hps, keys):
+            return {
+                mode: evaluate_runs(algo, cfg, env, state, hps, keys, num_episodes, det, max_steps)
+                for mode, det in (("deterministic", True), ("stochastic", False))
+            }
+
+        self._fn = jax.jit(both)
+
+    def due(self, chunks_done: int, last: bool) -> bool:
+        return last or chunks_done % self.every == 0
+
+    def __call__(
+        self,
+        state: Any,
+        hps: Any,
+        *,
+        update: int,
+        steps_per_update: int,
+        run_labels: Sequence[dict[str, Any]],
+    ) -> dict[str, np.ndarray]:
+        """Evaluates every run (``State``/``HParams`` ``[R]``); returns ``{metric: [R]}``."""
+        from jaxrl.logger import writers
+
+        num_runs = len(run_labels)
+        state, hps = jax.tree.map(lambda x: x[:num_runs], (state, hps))
+        seeds = jnp.asarray([label.get("seed", label["run"]) for label in run_labels])
+        keys = jax.vmap(lambda s: eval_key(self.seed, s, update))(seeds)
+        returns = jax.device_get(self._fn(state, hps, keys))
+        out = {}
+        with np.errstate(all="ignore"):
+            for mode, r in returns.items():
+                out[f"eval/return_{mode}"] = np.mean(r, axis=1)
+                out[f"eval/return_{mode}_std"] = np.std(r, axis=1)
+        if self.path is not None:
+            metrics = {name: value[:, None] for name, value in out.items()}
+            writers.JsonlWriter(self.path).write_chunk(
+                metrics,
+                first_update=update - 1,
+                steps_per_update=steps_per_update,
+                run_labels=list(run_labels),
+            )
+        return out

@@ -1,0 +1,213 @@
+"""Evaluation counts whole episodes exactly, uses the right policy, and ``jaxrl eval`` works."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl.algorithms import ppo, td3
+from jaxrl.envs import spaces
+from jaxrl.envs.base import Env, Step
+from jaxrl.envs.probe import (
+    ContinuousTarget,
+    ProbeParams,
+    ProbeState,
+    RewardFromObs,
+    TimeLimitChain,
+)
+from jaxrl.errors import ConfigError
+from jaxrl.runner import cli_eval, loop, sweep
+from jaxrl.runner.evaluate import PeriodicEval, eval_key, evaluate, policy_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableLength(Env):
+    """Episodes of a random length ``L`` in 1..6 (shown in the obs); reward ``t`` at step ``t``.
+
+    The return of an episode is ``1 + 2 + ... + L = L (L + 1) / 2``, known from the reset obs.
+    """
+
+    def default_params(self):
+        return ProbeParams()
+
+    def reset(self, key, params):
+        length = jax.random.randint(key, (), 1, 7)
+        obs = length.astype(jnp.float32)[None]
+        return obs, ProbeState(obs, jnp.zeros((), jnp.int32))
+
+    def step(self, key, state, action, params):
+        time = state.time + 1
+        terminated = time >= state.obs[0].astype(jnp.int32)
+        step = Step(time.astype(jnp.float32), terminated, jnp.zeros((), bool), state.obs)
+        return state.obs, ProbeState(state.obs, time), step
+
+    def observation_space(self, params):
+        return spaces.Box(0.0, 7.0, (1,))
+
+    def action_space(self, params):
+        return spaces.Discrete(2)
+
+
+def _ppo(env, **overrides):
+    cfg = ppo.Config(num_envs=4, rollout_len=8, num_minibatches=2, total_timesteps=32, **overrides)
+    hp = ppo.HParams.make()
+    return cfg, hp, ppo.init(cfg, env, jax.random.key(0), hp)
+
+
+def test_variable_length_episodes_are_counted_exactly_once_each():
+    env = VariableLength()
+    cfg, _, state = _ppo(env)
+    key = jax.random.key(3)
+    got = jax.jit(lambda p, k: evaluate(ppo, cfg, env, p, k, 50, False))(state.params, key)
+    # The episode lengths evaluate() drew: the same reset keys, reproduced here.
+    key_reset, _ = jax.random.split(key)
+    lengths = jax.vmap(lambda k: jax.random.randint(k, (), 1, 7))(jax.random.split(key_reset, 50))
+    lengths = np.asarray(lengths)
+    assert len(set(lengths.tolist())) > 3  # lengths really vary
+    np.testing.assert_array_equal(np.asarray(got), lengths * (lengths + 1) / 2)
+
+
+def test_time_limit_truncation_ends_an_episode_and_the_loop_bound_gives_nan():
+    env = TimeLimitChain()
+    cfg, _, state = _ppo(env)
+    params7 = ProbeParams(jnp.asarray(7, jnp.int32))
+    full = evaluate(ppo, cfg, env, state.params, jax.random.key(0), 5, True, params7)
+    np.testing.assert_array_equal(np.asarray(full), np.full(5, 7.0))
+    # An episode still running when the loop bound hits is an error (NaN), not a return of 6.
+    cut = evaluate(ppo, cfg, env, state.params, jax.random.key(0), 5, True, params7, max_steps=6)
+    assert np.all(np.isnan(np.asarray(cut)))
+
+
+def test_jit_and_no_jit_agree_and_eval_keys_differ_from_training_keys():
+    env = VariableLength()
+    cfg, _, state = _ppo(env)
+    key = eval_key(0, 1, 5)
+    fn = lambda p, k: evaluate(ppo, cfg, env, p, k, 16, False)  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(fn(state.params, key)), jax.jit(fn)(state.params, key))
+    assert not np.array_equal(
+        jax.random.key_data(key), jax.random.key_data(sweep.seed_key(1))
+    )  # evaluation has its own key root
+    other_update = eval_key(0, 1, 6)
+    assert not np.array_equal(jax.random.key_data(key), jax.random.key_data(other_update))
+
+
+def test_deterministic_ppo_is_the_categorical_argmax():
+    env = RewardFromObs()
+    cfg, _, state = _ppo(env)
+    obs = jnp.asarray([[1.0], [-1.0], [0.5]])
+    dist, _ = ppo.network(cfg, env).apply(state.params, obs)
+    act = policy_fn(ppo, cfg, env, deterministic=True)
+    got = act(state.params, obs, jax.random.key(0))
+    np.testing.assert_array_equal(got, np.argmax(np.asarray(dist.logits), -1))
+
+
+def test_deterministic_ppo_gaussian_is_the_mean_and_clipped():
+    env = ContinuousTarget()
+    cfg, _, state = _ppo(env)
+    obs = jnp.asarray([[0.3], [-0.7]])
+    dist, _ = ppo.network(cfg, env).apply(state.params, obs)
+    got = policy_fn(ppo, cfg, env, deterministic=True)(state.params, obs, jax.random.key(0))
+    np.testing.assert_allclose(got, dist.mean(), rtol=1e-6)
+    # The return uses the mean action clipped to [-2, 2]: reward -(a - o)^2 per one-step episode.
+    key = jax.random.key(4)
+    rets = evaluate(ppo, cfg, env, state.params, key, 8, True)
+    key_reset, _ = jax.random.split(key)
+    o = jax.vmap(lambda k: env.reset(k, env.default_params())[0])(jax.random.split(key_reset, 8))
+    a = jnp.clip(ppo.network(cfg, env).apply(state.params, o)[0].mean(), -2.0, 2.0)
+    np.testing.assert_allclose(rets, -jnp.sum(jnp.square(a - o), -1), rtol=1e-5)
+
+
+def test_td3_greedy_returns_match_the_actor():
+    env = ContinuousTarget()
+    cfg = td3.Config(num_envs=2, total_timesteps=64, buffer_size=64, batch_size=8)
+    hp = td3.HParams.make()
+    state = td3.init(cfg, env, jax.random.key(1), hp)
+    key = jax.random.key(2)
+    rets = evaluate(td3, cfg, env, state.params, key, 6, True)
+    key_reset, _ = jax.random.split(key)
+    o = jax.vmap(lambda k: env.reset(k, env.default_params())[0])(jax.random.split(key_reset, 6))
+    a = td3.act(cfg, env, state.params, o)
+    np.testing.assert_allclose(rets, -jnp.sum(jnp.square(a - o), -1), rtol=1e-5)
+    noisy = evaluate(td3, cfg, env, state.params, key, 6, False, hp=hp)
+    assert not np.allclose(noisy, rets)  # the behaviour policy adds exploration noise
+    with pytest.raises(ConfigError):
+        evaluate(td3, cfg, env, state.params, key, 6, False)  # no hp: no noise scale
+
+
+def test_trained_ppo_deterministic_policy_is_optimal_on_reward_from_obs():
+    env = RewardFromObs()
+    cfg = ppo.Config(num_envs=8, rollout_len=16, num_minibatches=2, total_timesteps=8 * 16 * 30)
+    hp = ppo.HParams.make(learning_rate=1e-2)
+    state = ppo.init(cfg, env, jax.random.key(0), hp)
+    state, _ = jax.jit(lambda s: ppo.train(cfg, env, s, hp, cfg.num_updates))(state)
+    run = jax.jit(lambda p, k, d: evaluate(ppo, cfg, env, p, k, 200, d), static_argnums=2)
+    det = np.asarray(run(state.params, jax.random.key(9), True))
+    sto = np.asarray(run(state.params, jax.random.key(9), False))
+    assert det.shape == (200,) and np.all(det == 1.0)  # every episode right: exactly 1 each
+    assert 0.5 < sto.mean() <= 1.0
+
+
+def _args(parser_argv):
+    parser = argparse.ArgumentParser(prog="jaxrl")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli_eval.add_parser(sub)
+    return parser.parse_args(parser_argv)
+
+
+@pytest.fixture(scope="module")
+def trained_run_dir(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg, hp, _ = _ppo(TimeLimitChain())
+    runs = sweep.grid(hp, [3, 4])
+    config = {
+        "algo": "ppo", "env": "probe/time_limit_chain", "num_seeds": 2, "seed": 3,
+        "config": dataclasses.asdict(cfg), "hparams": {k: float(v) for k, v in vars(hp).items()},
+    }  # fmt: skip
+    (run_dir / "config.json").write_text(json.dumps(config))
+    loop.run(
+        ppo, TimeLimitChain(), cfg, runs, env_name="probe/time_limit_chain", algo_name="ppo",
+        run_dir=run_dir, quiet=True,
+    )  # fmt: skip
+    return run_dir
+
+
+def test_cli_eval_writes_exact_returns_per_seed(trained_run_dir, capsys):
+    args = _args(["eval", str(trained_run_dir), "--episodes", "7", "--deterministic"])
+    assert cli_eval.run(args) == 0
+    out = json.loads((trained_run_dir / "eval.json").read_text())
+    assert [r["seed"] for r in out["runs"]] == [3, 4]
+    for r in out["runs"]:
+        assert r["returns"] == [10.0] * 7  # TimeLimitChain: 10 steps of reward 1
+        assert r["mean"] == 10.0
+    assert out["deterministic"] is True and out["episodes"] == 7
+    printed = capsys.readouterr().out
+    assert "seed" in printed and "10.0" in printed
+
+
+def test_cli_eval_errors_are_one_line(tmp_path, trained_run_dir):
+    with pytest.raises(ConfigError, match="config.json"):
+        cli_eval.run(_args(["eval", str(tmp_path)]))
+    (tmp_path / "config.json").write_text((trained_run_dir / "config.json").read_text())
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        cli_eval.run(_args(["eval", str(tmp_path)]))
+    with pytest.raises(ConfigError, match="episodes"):
+        cli_eval.run(_args(["eval", str(trained_run_dir), "--episodes", "0"]))
+
+
+def test_periodic_eval_writes_rows(tmp_path):
+    env = TimeLimitChain()
+    cfg, hp, _ = _ppo(env)
+    runs = sweep.grid(hp, [0, 1])
+    state = sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps)
+    ev = PeriodicEval(ppo, cfg, env, num_episodes=3, path=tmp_path / "eval.jsonl")
+    out = ev(state, runs.hps, update=4, steps_per_update=32, run_labels=runs.labels)
+    np.testing.assert_array_equal(out["eval/return_deterministic"], [10.0, 10.0])
+    rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [(r["run"], r["update"], r["env_steps"]) for r in rows] == [(0, 4, 128), (1, 4, 128)]
+    assert rows[0]["eval/return_stochastic"] == 10.0
