@@ -142,6 +142,24 @@ def _prepare(args):
     return algo, env, env_name, cfg, hp
 
 
+def run_config(args, env_name: str, cfg, hp) -> dict:
+    """What ``config.json`` records of a run; ``--resume`` and ``jaxrl eval`` rebuild from it."""
+    from jaxrl.runner import config as config_lib
+
+    return {
+        "jaxrl_version": __version__,
+        "algo": args.algo,
+        "env": env_name,
+        "preset": args.preset,
+        "num_seeds": args.num_seeds,
+        "seed": args.seed,
+        "env_steps_requested": cfg.total_timesteps,
+        "env_steps_per_run": cfg.num_updates * cfg.steps_per_update,
+        "config": config_lib.config_dict(cfg),
+        "hparams": {k: float(v) for k, v in vars(hp).items()},
+    }
+
+
 def _resume_args(args) -> argparse.Namespace:
     """The arguments of the run in ``args.resume``, from its ``config.json``."""
     import json
@@ -174,7 +192,6 @@ def _set_value(value) -> str:
 
 
 def _train(args) -> int:
-    from jaxrl.runner import config as config_lib
     from jaxrl.runner import loop, sweep
 
     if args.checkpoint_every < 0:
@@ -202,21 +219,7 @@ def _train(args) -> int:
     runs = sweep.grid(hp, range(args.seed, args.seed + args.num_seeds))
     resume = args.resume is not None
     if not resume:
-        writers.write_json(
-            run_dir / "config.json",
-            {
-                "jaxrl_version": __version__,
-                "algo": args.algo,
-                "env": env_name,
-                "preset": args.preset,
-                "num_seeds": args.num_seeds,
-                "seed": args.seed,
-                "env_steps_requested": requested,
-                "env_steps_per_run": ran,
-                "config": config_lib.config_dict(cfg),
-                "hparams": {k: float(v) for k, v in vars(hp).items()},
-            },
-        )
+        writers.write_json(run_dir / "config.json", run_config(args, env_name, cfg, hp))
     extra_writers, evaluator = _extras(args, algo, cfg, env, run_dir)
     result = loop.run(
         algo, env, cfg, runs, env_name=env_name, algo_name=args.algo, run_dir=run_dir,

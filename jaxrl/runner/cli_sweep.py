@@ -309,9 +309,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from jaxrl import __version__
     from jaxrl.logger import writers
-    from jaxrl.runner import config as config_lib
     from jaxrl.runner import loop
 
     algo, env, env_name, cfg, hp = _validate(args)
@@ -321,19 +319,12 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     loop.check_fresh_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    from jaxrl.runner.cli import run_config
+
     writers.write_json(
         run_dir / "config.json",
         {
-            "jaxrl_version": __version__,
-            "algo": args.algo,
-            "env": env_name,
-            "preset": args.preset,
-            "num_seeds": args.num_seeds,
-            "seed": args.seed,
-            "env_steps_requested": cfg.total_timesteps,
-            "env_steps_per_run": cfg.num_updates * cfg.steps_per_update,
-            "config": config_lib.config_dict(cfg),
-            "hparams": {k: float(v) for k, v in vars(hp).items()},
+            **run_config(args, env_name, cfg, hp),
             "sweep": {
                 "grid": parse_grid(args.grid),
                 "random": {k: list(v) for k, v in parse_ranges(args.random).items()},
