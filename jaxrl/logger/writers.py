@@ -104,6 +104,21 @@ def _member_name(label: Mapping[str, Any]) -> str:
     return f"run{int(label['run']):03d}"
 
 
+def _member_rows(metrics: Mapping[str, np.ndarray], first_update: int):
+    """Per run member ``r`` of a chunk ``{name: [R, C]}``: ``(r, [(update, {name: value})])``
+    for the chunk's ``C`` updates, names sorted."""
+    names = sorted(metrics)
+    num_runs, num_updates = np.shape(metrics[names[0]])[:2]
+    for r in range(num_runs):
+        yield (
+            r,
+            [
+                (first_update + c + 1, {n: metrics[n][r, c] for n in names})
+                for c in range(num_updates)
+            ],
+        )
+
+
 class CsvWriter:
     """One CSV per run member: ``DIR/run000.csv`` ... (``DIR`` is usually ``RUN_DIR/csv``).
 
@@ -130,8 +145,7 @@ class CsvWriter:
         import io
 
         names = sorted(metrics)
-        num_runs, num_updates = np.shape(metrics[names[0]])[:2]
-        for r in range(num_runs):
+        for r, updates in _member_rows(metrics, first_update):
             label = run_labels[r]
             header = [*label, "update", "env_steps", *names]
             path = self.directory / f"{_member_name(label)}.csv"
@@ -152,9 +166,8 @@ class CsvWriter:
                 atomic_write_text(path, kept)
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
-            for c in range(num_updates):
-                update = first_update + c + 1
-                values = [to_jsonable(metrics[n][r, c]) for n in names]
+            for update, row in updates:
+                values = [to_jsonable(row[n]) for n in names]
                 values = ["" if v is None else repr(v) if isinstance(v, float) else v
                           for v in values]  # fmt: skip
                 w.writerow([*label.values(), update, update * steps_per_update, *values])
@@ -219,17 +232,13 @@ class TensorBoardWriter:
         steps_per_update: int,
         run_labels: list[dict[str, Any]],
     ) -> None:
-        names = sorted(metrics)
-        num_runs, num_updates = np.shape(metrics[names[0]])[:2]
         purge = (first_update + 1) * steps_per_update if first_update else None
-        for r in range(num_runs):
+        for r, updates in _member_rows(metrics, first_update):
             w = self._writer(run_labels[r], purge)
-            for c in range(num_updates):
-                step = (first_update + c + 1) * steps_per_update
-                for n in names:
-                    value = float(metrics[n][r, c])
-                    if math.isfinite(value):
-                        w.add_scalar(n, value, step)
+            for update, row in updates:
+                for n, value in row.items():
+                    if math.isfinite(float(value)):
+                        w.add_scalar(n, float(value), update * steps_per_update)
             w.flush()
 
     def close(self) -> None:
@@ -279,14 +288,10 @@ class WandbWriter:
         steps_per_update: int,
         run_labels: list[dict[str, Any]],
     ) -> None:
-        names = sorted(metrics)
-        num_runs, num_updates = np.shape(metrics[names[0]])[:2]
-        for r in range(num_runs):
+        for r, updates in _member_rows(metrics, first_update):
             run = self._run(run_labels[r])
-            for c in range(num_updates):
-                update = first_update + c + 1
-                row = {n: float(metrics[n][r, c]) for n in names}
-                row = {n: v for n, v in row.items() if math.isfinite(v)}
+            for update, row in updates:
+                row = {n: float(v) for n, v in row.items() if math.isfinite(float(v))}
                 run.log({**row, "update": update}, step=update * steps_per_update)
 
     def close(self) -> None:
