@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import types
 
-from jaxrl.algorithms import ppo, td3
+from jaxrl.algorithms import dqn, ppo, rainbow, td3
 
-ALGORITHMS: dict[str, types.ModuleType] = {"ppo": ppo, "td3": td3}
+ALGORITHMS: dict[str, types.ModuleType] = {
+    "dqn": dqn,
+    "ppo": ppo,
+    "rainbow": rainbow,
+    "td3": td3,
+}
 
 
 def get(name: str) -> types.ModuleType:

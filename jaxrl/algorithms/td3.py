@@ -429,3 +429,26 @@ def act(cfg: Config, env: Env, params: Params, obs: jax.Array) -> jax.Array:
     actor, _ = networks(cfg, env)
     low, high = action_space(env).bounds()
     return scale_action(actor.apply(params.actor, obs), low, high)
+
+
+def policy(
+    cfg: Config,
+    env: Env,
+    params: Params,
+    obs: jax.Array,
+    key: jax.Array,
+    deterministic: bool,
+    hp: HParams | None = None,
+) -> jax.Array:
+    """Evaluation policy for ``obs [E, D]``: the greedy action, or (``deterministic=False``)
+    the training behaviour ``clip(mu(s) + sigma N(0, 1))`` with ``sigma = hp.exploration_noise``,
+    scaled to the env's bounds."""
+    if deterministic:
+        return act(cfg, env, params, obs)
+    if hp is None:
+        raise base.ConfigError("stochastic evaluation of td3 needs hp.exploration_noise")
+    actor, _ = networks(cfg, env)
+    mean = actor.apply(params.actor, obs)
+    noisy = jnp.clip(mean + hp.exploration_noise * jax.random.normal(key, mean.shape), -1.0, 1.0)
+    low, high = action_space(env).bounds()
+    return scale_action(noisy, low, high)

@@ -14,7 +14,8 @@ The policy is the algorithm's own network: for a distribution policy (PPO) the
 ``deterministic`` policy is the distribution's mode (Categorical argmax, Gaussian mean,
 tanh of the Gaussian mean for squashed heads) and the stochastic one samples; for a
 deterministic actor (TD3) the greedy action, or with ``deterministic=False`` the training
-behaviour policy ``clip(mu + sigma N(0, 1))`` with ``sigma = hp.exploration_noise``.
+behaviour policy ``clip(mu + sigma N(0, 1))`` with ``sigma = hp.exploration_noise``; for a
+Q-learner (DQN family) the greedy action, or epsilon-greedy at the final ``hp.eps_end``.
 Continuous actions are clipped to the action bounds, as in training (``ClipAction``).
 Observation normalisation statistics, when the agent trained with them, are frozen and
 applied (``obs_stats``; :func:`obs_stats` finds them in a ``State``'s env state).
@@ -24,7 +25,6 @@ Nothing here calls ``jit``: :class:`PeriodicEval` and ``jaxrl eval`` do.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -62,9 +62,12 @@ def policy_fn(
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """``(params, obs [E, *obs_shape], key) -> actions [E, ...]`` for ``algo``'s policy.
 
-    Distribution policies are recognised by ``algo.network(cfg, env)`` returning
-    ``(dist, value)``; deterministic actors by ``algo.act(cfg, env, params, obs)``.
+    Algorithms with a ``policy(cfg, env, params, obs, key, deterministic, hp)`` (TD3, the
+    DQN family) act through it; distribution policies are recognised by
+    ``algo.network(cfg, env)`` returning ``(dist, value)``.
     """
+    if hasattr(algo, "policy"):
+        return lambda params, obs, key: algo.policy(cfg, env, params, obs, key, deterministic, hp)
     if hasattr(algo, "network"):
         net = algo.network(cfg, env)
 
@@ -73,23 +76,6 @@ def policy_fn(
             return _mode(dist) if deterministic else dist.sample(seed=key)
 
         return act
-    if hasattr(algo, "act") and len(inspect.signature(algo.act).parameters) == 4:
-        if deterministic:
-            return lambda params, obs, key: algo.act(cfg, env, params, obs)
-        if hp is None or not hasattr(hp, "exploration_noise"):
-            raise ConfigError(
-                f"stochastic evaluation of {algo.__name__} needs hp.exploration_noise"
-            )
-        from jaxrl.networks.continuous import scale_action
-
-        def act_noisy(params, obs, key):
-            actor, _ = algo.networks(cfg, env)
-            mean = actor.apply(params.actor, obs)
-            noisy = mean + hp.exploration_noise * jax.random.normal(key, mean.shape)
-            low, high = algo.action_space(env).bounds()
-            return scale_action(jnp.clip(noisy, -1.0, 1.0), low, high)
-
-        return act_noisy
     raise ConfigError(f"{algo.__name__} has no policy evaluate() knows how to run")
 
 

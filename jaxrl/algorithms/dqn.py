@@ -1,0 +1,556 @@
+"""The DQN family as one Q-learning core whose options compose (DQN .. Rainbow).
+
+DQN (Mnih et al. 2015) with a target network; each switch in :class:`Config` adds one
+published improvement, and Rainbow (Hessel et al. 2018) is all of them at once:
+
+* ``double``: Double DQN, the online network picks the next action, the target net rates it.
+* ``dueling``: a value and a centred advantage stream (Wang et al. 2016).
+* ``n_step``: n-step returns, cut at the first episode end inside the window.
+* ``prioritised``: proportional prioritised replay with importance weights whose exponent
+  ``beta`` anneals from ``hp.per_beta`` to 1 over the run (Schaul et al. 2016).
+* ``distribution="c51"``: categorical returns on ``num_atoms`` fixed atoms in
+  ``[v_min, v_max]`` with rlax's projection (Bellemare et al. 2017); ``"qr"``: quantile
+  regression with ``num_atoms`` quantiles (Dabney et al. 2018).
+* ``noisy``: factorised Gaussian noisy layers in the head replace epsilon-greedy
+  exploration (Fortunato et al. 2018).
+
+Replay holds per-env streams of transitions; learning samples windows of ``n_step``
+consecutive steps (:mod:`jaxrl.replay.buffers`, a pytree in the state), so 1-step and
+n-step learning share one path. The target network moves to
+``(1 - tau) target + tau online`` every ``target_update_period`` gradient steps:
+``tau = 1`` is DQN's periodic copy, a small ``tau`` with period 1 is Polyak averaging.
+Truncated episodes bootstrap from the pre-reset observation, terminated ones do not.
+
+The pieces (:func:`collect`, :func:`sample_batch`, :func:`per_example_loss`,
+:func:`gradient_step`, :func:`learn`) are public: Ape-X drives :func:`collect` with one
+epsilon per actor and stale actor parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxrl.algorithms import base
+from jaxrl.envs import spaces
+from jaxrl.envs.base import Env
+from jaxrl.envs.wrappers import make_vec_env
+from jaxrl.losses import q as qloss
+from jaxrl.networks.q import QNetwork
+from jaxrl.replay import buffers
+from jaxrl.types import Metrics
+from jaxrl.utils import tree
+
+TORSOS = ("mlp", "minatar")
+LOSSES = ("huber", "l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Static settings: sizes, counts and the switches that pick the variant."""
+
+    total_timesteps: int = 100_000  # env steps per run, over all envs
+    num_envs: int = 10
+    train_freq: int = 1  # env steps per env per update
+    gradient_steps: int = 1  # gradient steps per update
+    buffer_size: int = 50_000
+    batch_size: int = 64
+    learning_starts: int = 1_000  # env steps of uniform random actions before learning
+    target_update_period: int = 500  # gradient steps between target updates
+    hidden: tuple[int, ...] = (64, 64)
+    torso: str = "mlp"
+    activation: str = "relu"
+    loss: str = "huber"  # TD-error regression for distribution="none"
+    double: bool = False
+    dueling: bool = False
+    n_step: int = 1
+    prioritised: bool = False
+    priority_exponent: float = 0.6  # alpha of proportional prioritisation
+    distribution: str = "none"  # "none" | "c51" | "qr"
+    num_atoms: int = 51  # C51 atoms or QR quantiles
+    v_min: float = -10.0  # C51 support
+    v_max: float = 10.0
+    noisy: bool = False
+
+    def __post_init__(self):
+        base.check_positive_ints(
+            self,
+            (
+                "total_timesteps", "num_envs", "train_freq", "gradient_steps", "buffer_size",
+                "batch_size", "target_update_period", "n_step", "num_atoms",
+            ),
+        )  # fmt: skip
+        for name, value, valid in (
+            ("torso", self.torso, TORSOS),
+            ("loss", self.loss, LOSSES),
+            ("distribution", self.distribution, qloss.DISTRIBUTIONS),
+        ):
+            if value not in valid:
+                raise base.ConfigError(f"{name} must be one of {valid}, got {value!r}")
+        if self.learning_starts < 0:
+            raise base.ConfigError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        if self.priority_exponent < 0:
+            raise base.ConfigError(f"priority_exponent must be >= 0, got {self.priority_exponent}")
+        if self.distribution == "c51" and not self.v_min < self.v_max:
+            raise base.ConfigError(f"need v_min < v_max, got {self.v_min} and {self.v_max}")
+        if self.distribution == "c51" and self.num_atoms < 2:
+            raise base.ConfigError("c51 needs num_atoms >= 2")
+        per_env = self.buffer_size // self.num_envs
+        if per_env < max(self.n_step, 2):
+            raise base.ConfigError(
+                f"buffer_size // num_envs = {per_env} steps per env is too short for "
+                f"n_step = {self.n_step}"
+            )
+        if self.batch_size > self.buffer_size:
+            raise base.ConfigError(
+                f"batch_size = {self.batch_size} exceeds buffer_size = {self.buffer_size}"
+            )
+        if self.total_timesteps < self.steps_per_update:
+            raise base.ConfigError(
+                f"total_timesteps = {self.total_timesteps} is less than one update "
+                f"(num_envs * train_freq = {self.steps_per_update})"
+            )
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.train_freq
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.steps_per_update
+
+
+HPARAM_DEFAULTS = dict(
+    learning_rate=1e-3,
+    discount=0.99,
+    tau=1.0,  # 1: periodic copy; small with target_update_period=1: Polyak
+    eps_start=1.0,
+    eps_end=0.05,
+    eps_fraction=0.5,  # of total_timesteps over which epsilon decays linearly
+    per_beta=0.4,  # initial importance-weight exponent, annealed to 1
+    max_grad_norm=10.0,
+    adam_eps=1e-8,
+)
+HPARAM_RANGES = dict(
+    learning_rate=(0.0, 1.0),
+    discount=(0.0, 1.0),
+    tau=(0.0, 1.0),
+    eps_start=(0.0, 1.0),
+    eps_end=(0.0, 1.0),
+    eps_fraction=(1e-6, 1.0),
+    per_beta=(0.0, 1.0),
+    max_grad_norm=(1e-6, 1e9),
+    adam_eps=(0.0, 1.0),
+)
+
+
+class HParams(struct.PyTreeNode):
+    """Traced hyperparameters, each a float32 array (scalar, or ``[R]`` for a sweep)."""
+
+    learning_rate: jax.Array
+    discount: jax.Array
+    tau: jax.Array
+    eps_start: jax.Array
+    eps_end: jax.Array
+    eps_fraction: jax.Array
+    per_beta: jax.Array
+    max_grad_norm: jax.Array
+    adam_eps: jax.Array
+
+    @classmethod
+    def make(cls, **overrides) -> HParams:
+        return base.make_hparams(cls, HPARAM_DEFAULTS, overrides)
+
+
+def check(cfg: Config, hp: HParams) -> None:
+    """Raises ConfigError for hyperparameters outside their ranges (before compiling)."""
+    base.check_ranges(hp, HPARAM_RANGES)
+
+
+class Params(struct.PyTreeNode):
+    """Online and target network parameters."""
+
+    online: dict
+    target: dict
+
+
+class Transition(struct.PyTreeNode):
+    """One env step as stored in replay (per env; batched ``[N, ...]`` when collected)."""
+
+    obs: jax.Array
+    action: jax.Array  # int32
+    reward: jax.Array
+    terminated: jax.Array  # float 0/1: no bootstrap
+    done: jax.Array  # float 0/1: the episode ended here (terminated or truncated)
+    next_obs: jax.Array  # the observation reached, before any auto-reset
+
+
+class Batch(struct.PyTreeNode):
+    """A learner minibatch: windows ``[B, n_step]`` of transitions, importance weights
+    ``[B]`` (ones without prioritisation), their buffer indices ``[B]`` and a key for the
+    noisy layers."""
+
+    window: Transition
+    weights: jax.Array
+    indices: jax.Array
+    noise_key: jax.Array
+
+
+class State(struct.PyTreeNode):
+    """Everything one run carries between updates (arrays only)."""
+
+    params: Params
+    opt_state: optax.OptState
+    buffer: object  # flashbax trajectory-buffer state of Transition items
+    env_state: object
+    obs: jax.Array  # [num_envs, *obs_shape]
+    env_params: object
+    key: jax.Array
+    env_steps: jax.Array  # int32: env steps taken so far (all envs)
+    grad_steps: jax.Array  # int32: gradient steps taken so far
+    update_count: jax.Array  # int32
+
+
+def num_actions(env: Env) -> int:
+    """The number of discrete actions; ConfigError for other action spaces."""
+    space = env.action_space(env.default_params())
+    if not isinstance(space, spaces.Discrete):
+        raise base.ConfigError(
+            f"the DQN family needs discrete actions; {type(env).__name__} has {space}"
+        )
+    return int(space.n)
+
+
+def atoms(cfg: Config) -> jax.Array:
+    """The C51 support ``[num_atoms]`` (linearly spaced in ``[v_min, v_max]``)."""
+    return jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms)
+
+
+def network(cfg: Config, env: Env) -> QNetwork:
+    """The Q-network: ``[..., A]`` values, or ``[..., A, num_atoms]`` for c51/qr."""
+    return QNetwork(
+        num_actions=num_actions(env),
+        hidden=cfg.hidden,
+        torso=cfg.torso,
+        activation=cfg.activation,
+        dueling=cfg.dueling,
+        noisy=cfg.noisy,
+        num_atoms=1 if cfg.distribution == "none" else cfg.num_atoms,
+    )
+
+
+def apply(cfg: Config, env: Env, params: dict, obs: jax.Array, key: jax.Array | None):
+    """Network output for ``obs [..., *obs_shape]``; noisy layers draw noise from ``key``
+    (``None``: their mean weights)."""
+    rngs = {"noise": key} if (cfg.noisy and key is not None) else {}
+    return network(cfg, env).apply(params, obs, rngs=rngs)
+
+
+def q_values(cfg: Config, env: Env, params: dict, obs: jax.Array, key: jax.Array | None):
+    """Expected action values ``[..., A]``."""
+    return qloss.expected_q(apply(cfg, env, params, obs, key), cfg.distribution, atoms(cfg))
+
+
+def buffer(cfg: Config):
+    """Per-env streams of transitions, sampled as windows of ``n_step`` steps."""
+    sizes = dict(
+        num_envs=cfg.num_envs,
+        capacity=cfg.buffer_size,
+        batch_size=cfg.batch_size,
+        sequence_length=cfg.n_step,
+        period=1,
+    )
+    if cfg.prioritised:
+        return buffers.prioritised_sequence_buffer(**sizes, priority_exponent=cfg.priority_exponent)
+    return buffers.sequence_buffer(**sizes)
+
+
+def vec_env(cfg: Config, env: Env) -> Env:
+    """The training env stack: ``num_envs`` auto-reset copies with episode statistics."""
+    return make_vec_env(env, cfg.num_envs)
+
+
+def optimizer(hp: HParams) -> optax.GradientTransformation:
+    """Adam at ``hp.learning_rate`` after clipping the global gradient norm."""
+    return optax.chain(
+        optax.clip_by_global_norm(hp.max_grad_norm),
+        optax.adam(hp.learning_rate, eps=hp.adam_eps),
+    )
+
+
+def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
+    """Initial state: a fresh network (target equal to it), Adam, empty replay, reset envs."""
+    env_params = env.default_params() if env_params is None else env_params
+    key, key_net, key_noise, key_env = jax.random.split(key, 4)
+    obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
+    rngs = {"params": key_net, "noise": key_noise}
+    online = network(cfg, env).init(rngs, obs)
+    item = Transition(
+        obs[0], jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), obs[0]
+    )
+    zero = jnp.zeros((), jnp.int32)
+    return State(
+        params=Params(online, online),
+        opt_state=optimizer(hp).init(online),
+        buffer=buffer(cfg).init(item),
+        env_state=env_state,
+        obs=obs,
+        env_params=env_params,
+        key=key,
+        env_steps=zero,
+        grad_steps=zero,
+        update_count=zero,
+    )
+
+
+def epsilon(cfg: Config, hp: HParams, env_steps: jax.Array) -> jax.Array:
+    """Exploration rate: 1 before ``learning_starts``, then linear from ``eps_start`` to
+    ``eps_end`` over ``eps_fraction * total_timesteps`` env steps; 0 with noisy nets."""
+    frac = env_steps.astype(jnp.float32) / (hp.eps_fraction * cfg.total_timesteps)
+    eps = hp.eps_end + (hp.eps_start - hp.eps_end) * jnp.clip(1.0 - frac, 0.0, 1.0)
+    eps = jnp.zeros_like(eps) if cfg.noisy else eps
+    return jnp.where(env_steps < cfg.learning_starts, 1.0, eps)
+
+
+def explore(
+    cfg: Config, env: Env, params: dict, obs: jax.Array, eps: jax.Array, key: jax.Array
+) -> jax.Array:
+    """Epsilon-greedy actions ``[N]`` for ``obs [N, ...]`` with ``eps`` scalar or ``[N]``
+    (noisy nets act on freshly drawn noise)."""
+    key_noise, key_coin, key_random = jax.random.split(key, 3)
+    q = q_values(cfg, env, params, obs, key_noise)
+    n = obs.shape[0]
+    greedy = jnp.argmax(q, axis=-1).astype(jnp.int32)
+    random = jax.random.randint(key_random, (n,), 0, q.shape[-1], jnp.int32)
+    explore_here = jax.random.uniform(key_coin, (n,)) < jnp.broadcast_to(eps, (n,))
+    return jnp.where(explore_here, random, greedy)
+
+
+def collect(
+    cfg: Config,
+    env: Env,
+    state: State,
+    hp: HParams,
+    params: dict | None = None,
+    eps: jax.Array | None = None,
+) -> tuple[State, Transition, dict]:
+    """Steps every env ``cfg.train_freq`` times epsilon-greedily.
+
+    ``params`` (default: the online network) and ``eps`` (default: :func:`epsilon`,
+    scalar or one per env ``[N]``) let a caller act with stale parameters or per-actor
+    exploration (Ape-X). Returns transitions ``[T, N, ...]`` and env info.
+    """
+    venv = vec_env(cfg, env)
+    params = state.params.online if params is None else params
+
+    def env_step(carry, _):
+        st, key = carry
+        key, key_act, key_env = jax.random.split(key, 3)
+        e = epsilon(cfg, hp, st.env_steps) if eps is None else eps
+        action = explore(cfg, env, params, st.obs, e, key_act)
+        next_obs, env_state, step = venv.step(key_env, st.env_state, action, st.env_params)
+        out = Transition(
+            st.obs,
+            action,
+            step.reward,
+            step.terminated.astype(jnp.float32),
+            step.done.astype(jnp.float32),
+            step.final_obs,
+        )
+        st = st.replace(env_state=env_state, obs=next_obs, env_steps=st.env_steps + cfg.num_envs)
+        return (st, key), (out, step.done, step.info)
+
+    (state, key), (transitions, done, info) = jax.lax.scan(
+        env_step, (state, state.key), None, cfg.train_freq
+    )
+    return state.replace(key=key), transitions, dict(info, done=done)
+
+
+def store(cfg: Config, buffer_state, transitions: Transition):
+    """Adds transitions ``[T, N, ...]`` to the per-env streams."""
+    return buffer(cfg).add(buffer_state, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), transitions))
+
+
+def per_beta(cfg: Config, hp: HParams, env_steps: jax.Array) -> jax.Array:
+    """Importance-weight exponent, linear from ``hp.per_beta`` to 1 over the run."""
+    frac = jnp.minimum(env_steps.astype(jnp.float32) / cfg.total_timesteps, 1.0)
+    return hp.per_beta + (1.0 - hp.per_beta) * frac
+
+
+def sample_batch(cfg: Config, env: Env, buffer_state, key: jax.Array, beta: jax.Array) -> Batch:
+    """A minibatch of ``[B, n_step]`` windows, with importance weights if prioritised."""
+    del env
+    key_sample, key_noise = jax.random.split(key)
+    sample = buffer(cfg).sample(buffer_state, key_sample)
+    if cfg.prioritised:
+        weights = buffers.importance_weights(
+            sample.probabilities, buffers.num_items(buffer_state), beta
+        )
+        indices = sample.indices
+    else:
+        weights = jnp.ones((cfg.batch_size,))
+        indices = jnp.zeros((cfg.batch_size,), jnp.int32)
+    return Batch(sample.experience, weights, indices, key_noise)
+
+
+def per_example_loss(
+    cfg: Config, env: Env, online: dict, target: dict, batch: Batch, hp: HParams
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-window losses ``[B]``, new priorities ``[B]`` and the mean Q of taken actions.
+
+    The target is the n-step return of each window plus the discounted value of its
+    bootstrap state; the variant's loss is rlax's (Huber/L2 TD, C51 cross-entropy, or QR
+    quantile Huber). Priorities are ``|TD|`` (scalar) or the distributional loss.
+    """
+    w = batch.window
+    returns, boot, last = qloss.n_step_bootstrap(w.reward, w.done, w.terminated, hp.discount)
+    obs, action = w.obs[:, 0], w.action[:, 0]
+    next_obs = qloss.take_last(w.next_obs, last)
+    key_tm1, key_t, key_sel = jax.random.split(batch.noise_key, 3)
+    out_tm1 = apply(cfg, env, online, obs, key_tm1)
+    out_t = apply(cfg, env, target, next_obs, key_t)
+    out_sel = apply(cfg, env, online, next_obs, key_sel) if cfg.double else out_t
+    out_sel = jax.lax.stop_gradient(out_sel)
+    support = atoms(cfg)
+    q_tm1 = qloss.expected_q(out_tm1, cfg.distribution, support)
+    q_taken = jnp.take_along_axis(q_tm1, action[:, None], axis=1)[:, 0]
+    if cfg.distribution == "none":
+        td = qloss.scalar_td_error(out_tm1, action, returns, boot, out_t, out_sel)
+        return qloss.regression(td, cfg.loss), jnp.abs(td), q_taken
+    if cfg.distribution == "c51":
+        selector = qloss.expected_q(out_sel, "c51", support)
+        losses = qloss.categorical_loss(support, out_tm1, action, returns, boot, out_t, selector)
+    else:
+        losses = qloss.quantile_loss(out_tm1, action, returns, boot, out_t, out_sel)
+    return losses, jax.lax.stop_gradient(losses), q_taken
+
+
+def weighted_loss(
+    cfg: Config, env: Env, online: dict, target: dict, batch: Batch, hp: HParams
+) -> tuple[jax.Array, tuple[jax.Array, Metrics]]:
+    """Importance-weighted mean of :func:`per_example_loss`, differentiable in ``online``
+    only. Returns ``(loss, (priorities [B], metrics))``."""
+    losses, priorities, q = per_example_loss(
+        cfg, env, online, jax.lax.stop_gradient(target), batch, hp
+    )
+    value = jnp.mean(batch.weights * losses)
+    return value, (priorities, {"train/loss": value, "train/q": jnp.mean(q)})
+
+
+def loss(
+    cfg: Config, env: Env, params: Params, batch: Batch, hp: HParams
+) -> tuple[jax.Array, Metrics]:
+    """The contract's loss: :func:`weighted_loss` of the online net against the target."""
+    value, (_, metrics) = weighted_loss(cfg, env, params.online, params.target, batch, hp)
+    return value, metrics
+
+
+def polyak(target, online, tau: jax.Array):
+    """``(1 - tau) target + tau online`` leafwise."""
+    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+def gradient_step(
+    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, ready: jax.Array
+) -> tuple[State, Metrics, jax.Array]:
+    """One Adam step on :func:`loss`, the periodic target update and, if prioritised, the
+    new priorities of the sampled windows; a no-op where ``ready`` is false.
+
+    Returns ``(state, metrics, priorities [B])``.
+    """
+
+    (_, (priorities, metrics)), grads = jax.value_and_grad(weighted_loss, argnums=2, has_aux=True)(
+        cfg, env, state.params.online, state.params.target, batch, hp
+    )
+    updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params.online)
+    online = optax.apply_updates(state.params.online, updates)
+    grad_steps = state.grad_steps + 1
+    target = tree.select(
+        grad_steps % cfg.target_update_period == 0,
+        polyak(state.params.target, online, hp.tau),
+        state.params.target,
+    )
+    buffer_state = state.buffer
+    if cfg.prioritised:
+        buffer_state = buffer(cfg).set_priorities(buffer_state, batch.indices, priorities + 1e-6)
+    new = state.replace(
+        params=Params(online, target), opt_state=opt_state, buffer=buffer_state,
+        grad_steps=grad_steps,
+    )  # fmt: skip
+    metrics = metrics | {"train/grad_norm": optax.global_norm(grads)}
+    return tree.select(ready, new, state), metrics, priorities
+
+
+def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+    """``cfg.gradient_steps`` :func:`gradient_step` s (no-ops before ``learning_starts``)."""
+    ready = jnp.logical_and(
+        state.env_steps >= cfg.learning_starts, buffer(cfg).can_sample(state.buffer)
+    )
+    beta = per_beta(cfg, hp, state.env_steps)
+
+    def step(st, key):
+        batch = sample_batch(cfg, env, st.buffer, key, beta)
+        st, metrics, _ = gradient_step(cfg, env, st, batch, hp, ready)
+        return st, metrics
+
+    key, key_steps = jax.random.split(state.key)
+    state, metrics = jax.lax.scan(
+        step, state.replace(key=key), jax.random.split(key_steps, cfg.gradient_steps)
+    )
+    return state, jax.tree.map(jnp.mean, metrics)
+
+
+def episode_metrics(info: dict) -> Metrics:
+    """Mean return and length of the episodes that ended (NaN if none) and their count."""
+    done = info["done"].astype(jnp.float32)
+    return {
+        "episode/return": base.nan_mean(info["episode_return"], done),
+        "episode/length": base.nan_mean(info["episode_length"], done),
+        "episode/count": jnp.sum(done),
+    }
+
+
+def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+    """One iteration: collect ``train_freq`` steps per env, store them, learn."""
+    eps = epsilon(cfg, hp, state.env_steps)
+    state, transitions, info = collect(cfg, env, state, hp)
+    state = state.replace(buffer=store(cfg, state.buffer, transitions))
+    state, metrics = learn(cfg, env, state, hp)
+    metrics |= episode_metrics(info) | {"train/epsilon": eps}
+    return state.replace(update_count=state.update_count + 1), metrics
+
+
+def train(
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+) -> tuple[State, Metrics]:
+    """``num_updates`` iterations as one scan; metrics stacked ``[num_updates]``."""
+    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+
+
+def act(cfg: Config, env: Env, params: Params, obs: jax.Array) -> jax.Array:
+    """Greedy actions ``[...]`` for observations ``[..., *obs_shape]`` (noisy layers at
+    their mean weights)."""
+    return jnp.argmax(q_values(cfg, env, params.online, obs, None), axis=-1).astype(jnp.int32)
+
+
+def policy(
+    cfg: Config,
+    env: Env,
+    params: Params,
+    obs: jax.Array,
+    key: jax.Array,
+    deterministic: bool,
+    hp: HParams | None = None,
+) -> jax.Array:
+    """Evaluation policy for ``obs [E, ...]``: greedy, or (``deterministic=False``)
+    epsilon-greedy at the final rate ``hp.eps_end`` (noisy nets: fresh noise, no epsilon)."""
+    if deterministic:
+        return act(cfg, env, params, obs)
+    if hp is None:
+        raise base.ConfigError("stochastic evaluation of the DQN family needs hp.eps_end")
+    eps = jnp.zeros(()) if cfg.noisy else hp.eps_end
+    return explore(cfg, env, params.online, obs, eps, key)
