@@ -75,6 +75,7 @@ class Config:
     v_min: float = -10.0  # C51 support
     v_max: float = 10.0
     noisy: bool = False
+    anneal_lr: bool = False  # linear decay of the learning rate to 0 over total_timesteps
 
     def __post_init__(self):
         base.check_positive_ints(
@@ -274,11 +275,19 @@ def vec_env(cfg: Config, env: Env) -> Env:
     return make_vec_env(env, cfg.num_envs)
 
 
-def optimizer(hp: HParams) -> optax.GradientTransformation:
-    """Adam at ``hp.learning_rate`` after clipping the global gradient norm."""
+def learning_rate(cfg: Config, hp: HParams, env_steps: jax.Array) -> jax.Array:
+    """``hp.learning_rate``, linearly annealed to 0 over ``total_timesteps`` if enabled."""
+    if not cfg.anneal_lr:
+        return hp.learning_rate
+    frac = 1.0 - env_steps.astype(jnp.float32) / cfg.total_timesteps
+    return hp.learning_rate * jnp.maximum(frac, 0.0)
+
+
+def optimizer(hp: HParams, lr: jax.Array | None = None) -> optax.GradientTransformation:
+    """Adam at ``lr`` (default ``hp.learning_rate``) after clipping the global gradient norm."""
     return optax.chain(
         optax.clip_by_global_norm(hp.max_grad_norm),
-        optax.adam(hp.learning_rate, eps=hp.adam_eps),
+        optax.adam(hp.learning_rate if lr is None else lr, eps=hp.adam_eps),
     )
 
 
@@ -466,7 +475,8 @@ def gradient_step(
     (_, (priorities, metrics)), grads = jax.value_and_grad(weighted_loss, argnums=2, has_aux=True)(
         cfg, env, state.params.online, state.params.target, batch, hp
     )
-    updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params.online)
+    lr = learning_rate(cfg, hp, state.env_steps)
+    updates, opt_state = optimizer(hp, lr).update(grads, state.opt_state, state.params.online)
     online = optax.apply_updates(state.params.online, updates)
     grad_steps = state.grad_steps + 1
     target = tree.select(

@@ -1,6 +1,8 @@
 """The DQN core: its loss by hand (n-step, double, terminations and truncations), every
 variant on Andy Jones's probes, jit == no-jit, vmapped == looped, and clear errors."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,3 +215,27 @@ def test_bad_hparams_and_continuous_actions_are_clear_errors():
     env, _ = registry.make("probe/continuous_target")
     with pytest.raises(ConfigError, match="discrete actions"):
         dqn.init(dqn.Config(**PROBE_CFG), env, jax.random.key(0), dqn.HParams.make())
+
+
+@pytest.mark.learning
+def test_double_dueling_dqn_solves_cartpole_within_1e5_steps():
+    """Issue 5's check, 4 fixed seeds, 1e5 env steps each: the final greedy policies
+    average >= 450 over 16 evaluation episodes each.
+
+    The config is Rejax's own DQN CartPole config (the ``dqn/cartpole`` preset plus
+    ``double`` and ``dueling``, as Rejax's ``ddqn: true`` and ``DuelingQNetwork``): plain
+    DQN with the preset averages 477 over 8 seeds but only 439 on these 4
+    (experiments/dqn/RESULTS.md), too close to the bar for a test that must not flake."""
+    from jaxrl.runner import config as run_config
+    from jaxrl.runner import evaluate
+
+    cfg, hp = run_config.resolve(dqn, run_config.load_preset("dqn/cartpole"), {}, None)
+    cfg = dataclasses.replace(cfg, double=True, dueling=True)
+    env, env_params = registry.make("CartPole-v1")
+    keys = jax.random.split(jax.random.key(0), 4)
+    state = jax.vmap(lambda k: dqn.init(cfg, env, k, hp, env_params))(keys)
+    state, _ = jax.jit(jax.vmap(lambda s: dqn.train(cfg, env, s, hp, cfg.num_updates)))(state)
+    returns = jax.jit(
+        jax.vmap(lambda p, k: evaluate.evaluate(dqn, cfg, env, p, k, 16, True, env_params))
+    )(state.params, jax.random.split(jax.random.key(1), 4))
+    assert float(jnp.mean(returns)) >= 450, np.asarray(jnp.mean(returns, axis=1))
