@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import types
 
-from jaxrl.algorithms import dqn, ppo, rainbow, td3
+from jaxrl.algorithms import apex, dqn, ppo, rainbow, td3
 
 ALGORITHMS: dict[str, types.ModuleType] = {
+    "apex": apex,
     "dqn": dqn,
     "ppo": ppo,
     "rainbow": rainbow,

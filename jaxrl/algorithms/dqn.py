@@ -484,15 +484,23 @@ def gradient_step(
         polyak(state.params.target, online, hp.tau),
         state.params.target,
     )
+    # Select only what a step changes: selecting the whole state would copy the replay
+    # storage on every gradient step.
+    learned = (Params(online, target), opt_state, grad_steps)
+    params, opt_state, grad_steps = tree.select(
+        ready, learned, (state.params, state.opt_state, state.grad_steps)
+    )
     buffer_state = state.buffer
     if cfg.prioritised:
-        buffer_state = buffer(cfg).set_priorities(buffer_state, batch.indices, priorities + 1e-6)
+        updated = buffer(cfg).set_priorities(buffer_state, batch.indices, priorities + 1e-6)
+        buffer_state = buffer_state.replace(
+            sum_tree_state=tree.select(ready, updated.sum_tree_state, buffer_state.sum_tree_state)
+        )
     new = state.replace(
-        params=Params(online, target), opt_state=opt_state, buffer=buffer_state,
-        grad_steps=grad_steps,
-    )  # fmt: skip
+        params=params, opt_state=opt_state, buffer=buffer_state, grad_steps=grad_steps
+    )
     metrics = metrics | {"train/grad_norm": optax.global_norm(grads)}
-    return tree.select(ready, new, state), metrics, priorities
+    return new, metrics, priorities
 
 
 def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
