@@ -13,14 +13,23 @@ import numpy as np
 import pytest
 
 from jaxrl import envs
-from jaxrl.algorithms import ppo, td3
+from jaxrl.algorithms import ppo, rainbow, td3
 from jaxrl.checkpoint import io as checkpoint_io
 from jaxrl.errors import ConfigError
 from jaxrl.runner import cli, loop, sweep
 
 PPO_CFG = dict(total_timesteps=8 * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
 TD3_CFG = dict(total_timesteps=48, hidden=(8, 8), batch_size=8, buffer_size=64, learning_starts=16)
-CASES = {"ppo": (ppo, "CartPole-v1", PPO_CFG), "td3": (td3, "Pendulum-v1", TD3_CFG)}
+# Rainbow: a prioritised sum tree, n-step windows and noisy-net keys in the state.
+RAINBOW_CFG = dict(
+    total_timesteps=96, num_envs=2, hidden=(8, 8), batch_size=8, buffer_size=64,
+    learning_starts=16, num_atoms=11,
+)  # fmt: skip
+CASES = {
+    "ppo": (ppo, "CartPole-v1", PPO_CFG),
+    "rainbow": (rainbow, "CartPole-v1", RAINBOW_CFG),
+    "td3": (td3, "Pendulum-v1", TD3_CFG),
+}
 
 
 def _arrays(tree):
