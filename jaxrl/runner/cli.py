@@ -44,9 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_logging_flags(train)
     sub.add_parser("list", help="list algorithms, environments and presets")
-    from jaxrl.runner import cli_eval, cli_plot, cli_sweep
+    from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sweep
 
     cli_sweep.add_parser(sub)
+    cli_pbt.add_parser(sub)
     cli_plot.add_parser(sub)
     cli_eval.add_parser(sub)
     parser.add_argument("--version", action="version", version=f"jaxrl {__version__}")
@@ -286,10 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
-    if args.command in ("sweep", "plot", "eval"):
-        from jaxrl.runner import cli_eval, cli_plot, cli_sweep
+    if args.command in ("sweep", "pbt", "plot", "eval"):
+        from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sweep
 
         commands = {"sweep": cli_sweep.run, "plot": cli_plot.run, "eval": cli_eval.run}
+        commands["pbt"] = cli_pbt.run
         return commands[args.command](args)
     try:
         return _train(args)
