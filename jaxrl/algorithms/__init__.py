@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import types
 
-from jaxrl.algorithms import apex, dqn, ppo, rainbow, td3
+from jaxrl.algorithms import apex, dqn, ppo, r2d2, rainbow, td3
 
 ALGORITHMS: dict[str, types.ModuleType] = {
     "apex": apex,
     "dqn": dqn,
     "ppo": ppo,
+    "r2d2": r2d2,
     "rainbow": rainbow,
     "td3": td3,
 }
