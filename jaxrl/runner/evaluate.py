@@ -66,6 +66,11 @@ def policy_fn(
     DQN family) act through it; distribution policies are recognised by
     ``algo.network(cfg, env)`` returning ``(dist, value)``.
     """
+    if hasattr(algo, "initial_carry"):
+        raise ConfigError(
+            f"{algo.__name__} is recurrent: evaluate() runs stateless policies; use "
+            f"{algo.__name__}.evaluate, which carries the recurrent state"
+        )
     if hasattr(algo, "policy"):
         return lambda params, obs, key: algo.policy(cfg, env, params, obs, key, deterministic, hp)
     if hasattr(algo, "network"):
