@@ -96,20 +96,13 @@ class Config:
             raise base.ConfigError(
                 f"priority_exponent must be in [0, 1], got {self.priority_exponent}"
             )
-        if self.batch_size > self.buffer_size:
-            raise base.ConfigError(
-                f"batch_size = {self.batch_size} exceeds buffer_size = {self.buffer_size}"
-            )
+        base.check_batch_fits(self)
         if self.steps_per_update > self.buffer_size:
             raise base.ConfigError(
                 f"one update adds num_actors * train_freq = {self.steps_per_update} "
                 f"transitions, more than buffer_size = {self.buffer_size}"
             )
-        if self.total_timesteps < self.steps_per_update:
-            raise base.ConfigError(
-                f"total_timesteps = {self.total_timesteps} is less than one update "
-                f"(num_actors * train_freq = {self.steps_per_update})"
-            )
+        base.check_budget(self, "num_actors * train_freq")
         core_config(self)  # the core's own checks (torso, activation, loss names)
 
     @property

@@ -96,3 +96,21 @@ def nan_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 def ceil_div(a: int, b: int) -> int:
     """Integer ``ceil(a / b)`` for positive ints."""
     return math.ceil(a / b)
+
+
+def check_budget(cfg, per_update: str) -> None:
+    """Raises ``ConfigError`` if ``cfg.total_timesteps`` is less than one update.
+
+    ``per_update`` names how ``cfg.steps_per_update`` is made, e.g. ``"num_envs * train_freq"``.
+    """
+    if cfg.total_timesteps < cfg.steps_per_update:
+        raise ConfigError(
+            f"total_timesteps = {cfg.total_timesteps} is less than one update "
+            f"({per_update} = {cfg.steps_per_update})"
+        )
+
+
+def check_batch_fits(cfg) -> None:
+    """Raises ``ConfigError`` if ``cfg.batch_size`` exceeds ``cfg.buffer_size``."""
+    if cfg.batch_size > cfg.buffer_size:
+        raise ConfigError(f"batch_size = {cfg.batch_size} exceeds buffer_size = {cfg.buffer_size}")

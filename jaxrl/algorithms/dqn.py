@@ -106,15 +106,8 @@ class Config:
                 f"buffer_size // num_envs = {per_env} steps per env is too short for "
                 f"n_step = {self.n_step}"
             )
-        if self.batch_size > self.buffer_size:
-            raise base.ConfigError(
-                f"batch_size = {self.batch_size} exceeds buffer_size = {self.buffer_size}"
-            )
-        if self.total_timesteps < self.steps_per_update:
-            raise base.ConfigError(
-                f"total_timesteps = {self.total_timesteps} is less than one update "
-                f"(num_envs * train_freq = {self.steps_per_update})"
-            )
+        base.check_batch_fits(self)
+        base.check_budget(self, "num_envs * train_freq")
 
     @property
     def steps_per_update(self) -> int:

@@ -73,11 +73,7 @@ class Config:
             raise base.ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.torso not in ("mlp", "cnn"):
             raise base.ConfigError(f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
-        if self.total_timesteps < self.steps_per_update:
-            raise base.ConfigError(
-                f"total_timesteps = {self.total_timesteps} is less than one update "
-                f"(num_envs * rollout_len = {self.steps_per_update})"
-            )
+        base.check_budget(self, "num_envs * rollout_len")
 
     @property
     def steps_per_update(self) -> int:

@@ -134,11 +134,7 @@ class Config:
                 f"buffer_size // num_envs (rounded down to a multiple of period) = {per_env} "
                 f"steps per env is shorter than sequence_length = {self.sequence_length}"
             )
-        if self.total_timesteps < self.steps_per_update:
-            raise base.ConfigError(
-                f"total_timesteps = {self.total_timesteps} is less than one update "
-                f"(num_envs * train_freq = {self.steps_per_update})"
-            )
+        base.check_budget(self, "num_envs * train_freq")
 
     @property
     def steps_per_update(self) -> int:

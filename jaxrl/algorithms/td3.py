@@ -70,15 +70,8 @@ class Config:
         )  # fmt: skip
         if self.learning_starts < 0 or self.context_len < 0:
             raise base.ConfigError("learning_starts and context_len must be >= 0")
-        if self.batch_size > self.buffer_size:
-            raise base.ConfigError(
-                f"batch_size = {self.batch_size} exceeds buffer_size = {self.buffer_size}"
-            )
-        if self.total_timesteps < self.steps_per_update:
-            raise base.ConfigError(
-                f"total_timesteps = {self.total_timesteps} is less than one update "
-                f"(num_envs * train_freq = {self.steps_per_update})"
-            )
+        base.check_batch_fits(self)
+        base.check_budget(self, "num_envs * train_freq")
 
     @property
     def steps_per_update(self) -> int:
