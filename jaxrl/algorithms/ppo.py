@@ -24,10 +24,10 @@ import optax
 from flax import struct
 
 from jaxrl.algorithms import base
+from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import make_vec_env
 from jaxrl.losses import policy as policy_losses
-from jaxrl.losses.returns import episode_gae
 from jaxrl.losses.value import value_loss
 from jaxrl.networks import ActorCritic
 from jaxrl.types import Metrics
@@ -255,72 +255,21 @@ def loss(
     return total, metrics
 
 
-class Rollout(struct.PyTreeNode):
-    """Time-major rollout ``[T, N, ...]``."""
-
-    obs: jax.Array
-    action: jax.Array
-    log_prob: jax.Array
-    value: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
-    truncated: jax.Array
-    final_obs: jax.Array
-    info: dict
+Rollout = rollout_lib.Rollout
 
 
 def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
-    """Rolls the current policy out for ``cfg.rollout_len`` steps of every env.
-
-    Only the actor runs inside the step loop; the critic's values of all ``T x N``
-    observations are one batched pass afterwards (the same parameters, fewer, larger
-    matrix products).
-    """
-    venv, net = vec_env(cfg, env), network(cfg, env)
-
-    def env_step(carry, _):
-        env_state, obs, key = carry
-        key, key_act, key_env = jax.random.split(key, 3)
-        dist = net.apply(state.params, obs, method="policy")
-        action = dist.sample(seed=key_act)
-        log_prob = dist.log_prob(action)
-        action = jax.lax.stop_gradient(action)  # actions are data, not a reparameterised path
-        next_obs, env_state, step = venv.step(key_env, env_state, action, state.env_params)
-        out = Rollout(
-            obs, action, log_prob, None, step.reward, step.terminated, step.truncated,
-            step.final_obs, step.info,
-        )  # fmt: skip
-        return (env_state, next_obs, key), out
-
-    (env_state, obs, key), rollout = jax.lax.scan(
-        env_step, (state.env_state, state.obs, state.key), None, cfg.rollout_len
-    )
-    rollout = rollout.replace(value=net.apply(state.params, rollout.obs, method="value"))
-    return state.replace(env_state=env_state, obs=obs, key=key), rollout
+    """Rolls the current policy out for ``cfg.rollout_len`` steps of every env."""
+    return rollout_lib.collect(vec_env(cfg, env), network(cfg, env), state, cfg.rollout_len)
 
 
 def make_batch(cfg: Config, env: Env, params: dict, rollout: Rollout, hp: HParams) -> Batch:
-    """GAE on the rollout, bootstrapping from the pre-reset observation of every step.
-
-    Where no episode ended, ``final_obs`` is the next observation, so ``V(final_obs)`` is
-    the bootstrap value everywhere: one batched critic pass, and truncations bootstrap
-    from the state the time limit cut, while terminations do not bootstrap at all.
-    """
-    bootstrap_value = network(cfg, env).apply(params, rollout.final_obs, method="value")
-    advantage, target = episode_gae(
-        rollout.reward,
-        rollout.value,
-        bootstrap_value,
-        rollout.terminated,
-        rollout.truncated,
-        hp.discount,
-        hp.gae_lambda,
+    """Truncation-aware GAE on the rollout (``rollout.advantages``), flattened to ``[B]``."""
+    advantage, target = rollout_lib.advantages(
+        network(cfg, env), params, rollout, hp.discount, hp.gae_lambda
     )
-    flat = lambda x: x.reshape((cfg.steps_per_update, *x.shape[2:]))
-    return jax.tree.map(
-        flat,
-        Batch(rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantage, target),
-    )
+    batch = Batch(rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantage, target)
+    return rollout_lib.flatten(batch, cfg.steps_per_update)
 
 
 LossFn = Callable[[Config, Env, dict, Batch, HParams], tuple[jax.Array, Metrics]]
@@ -362,14 +311,10 @@ def update(
     kl_beta = state.kl_beta
     if cfg.objective == "kl":
         kl_beta = policy_losses.adapt_kl_beta(kl_beta, metrics["train/approx_kl"], hp.kl_target)
-    done = jnp.logical_or(rollout.terminated, rollout.truncated).astype(jnp.float32)
     metrics |= {
         "train/learning_rate": learning_rate(cfg, hp, state.update_count),
         "train/kl_beta": state.kl_beta,
-        "episode/return": base.nan_mean(rollout.info["episode_return"], done),
-        "episode/length": base.nan_mean(rollout.info["episode_length"], done),
-        "episode/count": jnp.sum(done),
-    }
+    } | rollout_lib.episode_metrics(rollout)
     state = state.replace(
         params=params,
         opt_state=opt_state,
