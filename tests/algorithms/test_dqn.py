@@ -51,8 +51,16 @@ def _expected_q(name, discount):
     }[name]
 
 
+# Plain DQN and Rainbow (every option at once) run by default; each single option is
+# opt-in with --runslow (35 more compiled runs, about four minutes on two cores).
+DEFAULT_VARIANTS = ("dqn", "rainbow")
+
+
 @pytest.mark.learning
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(
+    "variant",
+    [v if v in DEFAULT_VARIANTS else pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS],
+)
 @pytest.mark.parametrize("probe_name", probe.JONES_PROBES)
 def test_every_variant_passes_the_probes(variant, probe_name):
     env, _ = registry.make(f"probe/{probe_name}")
