@@ -287,13 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
-    if args.command in ("sweep", "pbt", "plot", "eval"):
-        from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sweep
-
-        commands = {"sweep": cli_sweep.run, "plot": cli_plot.run, "eval": cli_eval.run}
-        commands["pbt"] = cli_pbt.run
-        return commands[args.command](args)
     try:
+        if args.command in ("sweep", "pbt", "plot", "eval"):
+            from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sweep
+
+            commands = {"sweep": cli_sweep.run, "plot": cli_plot.run, "eval": cli_eval.run}
+            commands["pbt"] = cli_pbt.run
+            return commands[args.command](args)
         return _train(args)
     except ConfigError as err:
         print(f"jaxrl: error: {err}", file=sys.stderr)

@@ -9,6 +9,10 @@ Outputs in the run directory, besides those of ``loop.run`` (``metrics.jsonl`` w
 setting in every row, ``summary.json``, ``curve.png``, checkpoints): ``config.json``,
 ``results.md`` (per setting: mean, std, IQM with a 95% bootstrap CI of the final return),
 ``results.json`` (the same numbers) and ``results.png``.
+
+``jaxrl sweep --resume RUN_DIR`` rebuilds the sweep from ``RUN_DIR/config.json`` (the same
+settings, seeds and random draws), continues it from the newest checkpoint and writes the
+same numbers an uninterrupted sweep writes.
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sweep", help="grid or random search over traced hyperparameters, one program"
     )
-    p.add_argument("algo", help="algorithm name, e.g. ppo (see `jaxrl list`)")
+    p.add_argument("algo", nargs="?", help="algorithm name, e.g. ppo (see `jaxrl list`)")
     p.add_argument("--env", help="environment name, e.g. CartPole-v1 (see `jaxrl list`)")
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR",
+        help="continue the interrupted sweep in RUN_DIR from its newest checkpoint",
+    )  # fmt: skip
     p.add_argument("--preset", help="named settings, e.g. ppo/cartpole (see `jaxrl list`)")
     p.add_argument(
         "--grid", action="append", default=[], metavar="NAME=V1,V2,...",
@@ -308,15 +316,60 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, list[dict]]:
+    """The arguments of the sweep in ``args.resume`` and its run labels, from ``config.json``."""
+    import json
+
+    from jaxrl.runner.cli import _set_value
+
+    path = args.resume / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume {args.resume}: no config.json there (not a jaxrl run dir)")
+    try:
+        saved = json.loads(path.read_text())
+        spec = saved["sweep"]
+        swept = set(spec["grid"]) | set(spec["random"])
+        fixed = {**saved["config"], **saved["hparams"]}
+        sets = [f"{k}={_set_value(v)}" for k, v in fixed.items() if k not in swept]
+        grid = [f"{k}={','.join(repr(float(v)) for v in vs)}" for k, vs in spec["grid"].items()]
+        ranges = [
+            f"{k}={float(lo)!r}:{float(hi)!r}:{'log' if log else 'lin'}"
+            for k, (lo, hi, log) in spec["random"].items()
+        ]
+        rebuilt = argparse.Namespace(
+            algo=saved["algo"], env=saved["env"], preset=None, grid=grid, random=ranges,
+            num_samples=spec["num_samples"], search_seed=spec["search_seed"],
+            num_seeds=saved["num_seeds"], seed=saved["seed"], total_timesteps=None, set=sets,
+            run_dir=args.resume, resume=args.resume, quiet=args.quiet,
+            checkpoint_every=args.checkpoint_every, bootstrap_reps=args.bootstrap_reps,
+        )  # fmt: skip
+        labels = spec["runs"]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f"--resume {args.resume}: not a sweep's config.json ({err})") from None
+    if args.algo not in (None, rebuilt.algo):
+        raise ConfigError(f"--resume {args.resume} is a {rebuilt.algo} sweep, not {args.algo}")
+    return rebuilt, labels
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from jaxrl.logger import writers
     from jaxrl.runner import loop
 
+    saved_labels = None
+    if args.resume is not None:
+        args, saved_labels = _resume_args(args)
+    elif args.algo is None:
+        raise ConfigError("an algorithm name is required (or --resume RUN_DIR)")
     algo, env, env_name, cfg, hp = _validate(args)
     runs, names = _build_runs(args, algo, cfg, hp)
     run_dir = args.run_dir or Path("runs") / (
         f"sweep-{args.algo}-{env_name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    resume = saved_labels is not None
+    if resume:
+        if json_normal(runs.labels) != json_normal(saved_labels):
+            raise ConfigError(f"--resume {run_dir}: the rebuilt runs differ from config.json's")
+        return _finish(args, algo, env, env_name, cfg, runs, names, run_dir, resume=True)
     loop.check_fresh_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from jaxrl.runner.cli import run_config
@@ -335,12 +388,27 @@ def _sweep(args: argparse.Namespace) -> int:
             },
         },
     )
+    return _finish(args, algo, env, env_name, cfg, runs, names, run_dir, resume=False)
+
+
+def json_normal(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def _finish(args, algo, env, env_name, cfg, runs, names, run_dir: Path, resume: bool) -> int:
+    """Trains (or continues) the sweep's runs, then writes its results table and plot."""
+    from jaxrl.logger import writers
+    from jaxrl.runner import loop
+
     if not args.quiet:
         print(f"sweep: {len(runs)} runs ({len(runs) // args.num_seeds} settings x "
               f"{args.num_seeds} seeds) in one program")  # fmt: skip
     result = loop.run(
         algo, env, cfg, runs, env_name=env_name, algo_name=args.algo, run_dir=run_dir,
-        quiet=args.quiet, checkpoint_every=args.checkpoint_every,
+        quiet=args.quiet, checkpoint_every=args.checkpoint_every, resume=resume,
     )  # fmt: skip
     final = np.asarray(result.summary["final_return"]["per_run"], np.float64)
     rows = summarise(final, runs.labels, names, args.bootstrap_reps)

@@ -224,3 +224,39 @@ def test_plot_of_a_missing_dir_is_one_line(tmp_path, capsys):
     assert _main(["plot", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics.jsonl" in err[0]
+
+
+def test_interrupted_sweep_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch, capsys):
+    """A random search killed at its third checkpoint write, then ``--resume``d, writes the
+    same metrics and results table as the sweep that was never interrupted."""
+    from jaxrl.checkpoint import io as checkpoint_io
+    from jaxrl.runner import cli
+
+    argv = [
+        *BASE, "--random", "learning_rate=1e-4:1e-2:log", "--num-samples", "2",
+        "--num-seeds", "2", "--total-timesteps", "512", *TINY, "--quiet",
+        "--bootstrap-reps", "200",
+    ]  # fmt: skip
+    assert cli.main([*argv, "--run-dir", str(tmp_path / "whole")]) == 0
+    real_save, calls = checkpoint_io.save, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint_io, "save", dying)
+        assert cli.main([*argv, "--run-dir", str(tmp_path / "part")]) == 130
+    assert not (tmp_path / "part" / "results.json").exists()
+    assert cli.main(["sweep", "--resume", str(tmp_path / "part"), "--quiet"]) == 0
+    for name in ("metrics.jsonl", "results.json", "results.md"):
+        assert (tmp_path / "whole" / name).read_text() == (tmp_path / "part" / name).read_text()
+    capsys.readouterr()
+    assert cli.main(["sweep", "td3", "--resume", str(tmp_path / "part")]) == 2
+    assert "is a ppo sweep, not td3" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"algo": "ppo"}')
+    assert cli.main(["sweep", "--resume", str(tmp_path / "run")]) == 2
+    assert "not a sweep's config.json" in capsys.readouterr().err
