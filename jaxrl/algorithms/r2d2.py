@@ -475,6 +475,39 @@ def act(
     return carry, jnp.argmax(q[0], axis=-1).astype(jnp.int32)
 
 
+def policy_carry(cfg: Config, num_episodes: int):
+    """The zero LSTM state of ``num_episodes`` evaluation episodes (``jaxrl.runner.evaluate``)."""
+    return initial_carry(cfg, (num_episodes,))
+
+
+def recurrent_policy(
+    cfg: Config,
+    env: Env,
+    params: Params,
+    carry,
+    obs: jax.Array,
+    key: jax.Array,
+    deterministic: bool,
+    hp: HParams | None = None,
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    """Evaluation policy for ``obs [E, ...]`` from the LSTM ``carry``: greedy, or
+    (``deterministic=False``) epsilon-greedy at ``hp.eps_end``; returns ``(carry, action [E])``.
+
+    Each evaluation episode starts from :func:`policy_carry` and is played to its end, so no
+    step resets the carry.
+    """
+    carry, greedy = act(cfg, env, params, carry, obs, jnp.zeros(obs.shape[:1], bool))
+    if deterministic:
+        return carry, greedy
+    if hp is None:
+        raise base.ConfigError("stochastic evaluation of R2D2 needs hp.eps_end")
+    key_explore, key_action = jax.random.split(key)
+    num_actions = env.action_space(env.default_params()).n
+    random_action = jax.random.randint(key_action, greedy.shape, 0, num_actions, jnp.int32)
+    explore = jax.random.uniform(key_explore, greedy.shape) < hp.eps_end
+    return carry, jnp.where(explore, random_action, greedy)
+
+
 def collect(
     cfg: Config, env: Env, state: State, hp: HParams, params: dict | None = None
 ) -> tuple[State, Transition, dict]:
@@ -601,7 +634,7 @@ def evaluate(
     """Greedy recurrent play in ``num_envs`` auto-reset envs for ``num_steps`` steps.
 
     Returns ``(mean return of the episodes that ended (NaN if none), their count)``.
-    (``jaxrl.runner.evaluate`` drives feed-forward policies only.)
+    (``jaxrl.runner.evaluate`` plays exact episodes through :func:`recurrent_policy`.)
     """
     env_params = env.default_params() if env_params is None else env_params
     venv = dqn.vec_env(dataclasses.replace(cfg, num_envs=num_envs), env)

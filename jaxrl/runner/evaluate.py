@@ -59,29 +59,43 @@ def _mode(dist: distrax.Distribution) -> jax.Array:
 
 def policy_fn(
     algo: ModuleType, cfg: Any, env: Env, deterministic: bool, hp: Any = None
-) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """``(params, obs [E, *obs_shape], key) -> actions [E, ...]`` for ``algo``'s policy.
+) -> Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, jax.Array]]:
+    """``(params, carry, obs [E, *obs_shape], key) -> (carry, actions [E, ...])`` for ``algo``.
 
-    Algorithms with a ``policy(cfg, env, params, obs, key, deterministic, hp)`` (TD3, the
-    DQN family) act through it; distribution policies are recognised by
-    ``algo.network(cfg, env)`` returning ``(dist, value)``.
+    Recurrent algorithms (R2D2) provide ``recurrent_policy(cfg, env, params, carry, obs, key,
+    deterministic, hp)`` and ``policy_carry(cfg, num_episodes)``, and the carry is their
+    recurrent state; for the others it is ``()``. Algorithms with a ``policy(cfg, env,
+    params, obs, key, deterministic, hp)`` (TD3, the DQN family) act through it;
+    distribution policies are recognised by ``algo.network(cfg, env)`` returning
+    ``(dist, value)``.
     """
-    if hasattr(algo, "initial_carry"):
-        raise ConfigError(
-            f"{algo.__name__} is recurrent: evaluate() runs stateless policies; use "
-            f"{algo.__name__}.evaluate, which carries the recurrent state"
+    if hasattr(algo, "recurrent_policy"):
+        return lambda params, carry, obs, key: algo.recurrent_policy(
+            cfg, env, params, carry, obs, key, deterministic, hp
         )
+    if hasattr(algo, "initial_carry"):
+        raise ConfigError(f"{algo.__name__} is recurrent but has no recurrent_policy to evaluate")
     if hasattr(algo, "policy"):
-        return lambda params, obs, key: algo.policy(cfg, env, params, obs, key, deterministic, hp)
+        return lambda params, carry, obs, key: (
+            carry,
+            algo.policy(cfg, env, params, obs, key, deterministic, hp),
+        )
     if hasattr(algo, "network"):
         net = algo.network(cfg, env)
 
-        def act(params, obs, key):
+        def act(params, carry, obs, key):
             dist, _ = net.apply(params, obs)
-            return _mode(dist) if deterministic else dist.sample(seed=key)
+            return carry, _mode(dist) if deterministic else dist.sample(seed=key)
 
         return act
     raise ConfigError(f"{algo.__name__} has no policy evaluate() knows how to run")
+
+
+def policy_carry(algo: ModuleType, cfg: Any, num_episodes: int) -> Any:
+    """The initial policy carry of ``num_episodes`` episodes (``()`` for stateless policies)."""
+    if hasattr(algo, "policy_carry"):
+        return algo.policy_carry(cfg, num_episodes)
+    return ()
 
 
 def obs_stats(env_state: Any) -> RunningStats | None:
@@ -111,7 +125,7 @@ def evaluate(
     """Returns of exactly ``num_episodes`` complete episodes: ``[num_episodes]`` float32.
 
     Args:
-        algo: the algorithm module (its network defines the policy, see :func:`policy_fn`).
+        algo: the algorithm module (its policy, recurrent or not: see :func:`policy_fn`).
         cfg, env: the static config and the *raw* env (no auto-reset, no vectorisation).
         params: the policy parameters of one run (``State.params``).
         key: evaluation PRNG key (see :func:`eval_key`); episode ``i`` resets with
@@ -138,16 +152,18 @@ def evaluate(
     reset_keys = jax.random.split(key_reset, num_episodes)
     obs, state = jax.vmap(raw.reset, in_axes=(0, None))(reset_keys, env_params)
     zeros = jnp.zeros((num_episodes,), jnp.float32)
-    carry = (jnp.zeros((), jnp.int32), key, state, obs, zeros, jnp.zeros((num_episodes,), bool))
+    policy_state = policy_carry(algo, cfg, num_episodes)
+    done = jnp.zeros((num_episodes,), bool)
+    carry = (jnp.zeros((), jnp.int32), key, state, obs, policy_state, zeros, done)
 
     def cond(c):
-        t, _, _, _, _, done = c
+        t, done = c[0], c[-1]
         return jnp.logical_and(t < max_steps, jnp.logical_not(jnp.all(done)))
 
     def body(c):
-        t, key, state, obs, ret, done = c
+        t, key, state, obs, policy_state, ret, done = c
         key, key_act, key_env = jax.random.split(key, 3)
-        action = act(params, observe(obs), key_act)
+        policy_state, action = act(params, policy_state, observe(obs), key_act)
         env_keys = jax.random.split(key_env, num_episodes)
         obs, state, step = jax.vmap(raw.step, in_axes=(0, 0, 0, None))(
             env_keys, state, action, env_params
@@ -155,9 +171,9 @@ def evaluate(
         # An env that has finished keeps stepping (cheaper than freezing its state), but
         # its rewards no longer count: each copy contributes exactly its first episode.
         ret = jnp.where(done, ret, ret + step.reward.astype(jnp.float32))
-        return t + 1, key, state, obs, ret, jnp.logical_or(done, step.done)
+        return t + 1, key, state, obs, policy_state, ret, jnp.logical_or(done, step.done)
 
-    _, _, _, _, ret, done = jax.lax.while_loop(cond, body, carry)
+    *_, ret, done = jax.lax.while_loop(cond, body, carry)
     return jnp.where(done, ret, jnp.nan)
 
 

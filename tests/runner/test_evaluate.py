@@ -103,7 +103,8 @@ def test_deterministic_ppo_is_the_categorical_argmax():
     obs = jnp.asarray([[1.0], [-1.0], [0.5]])
     dist, _ = ppo.network(cfg, env).apply(state.params, obs)
     act = policy_fn(ppo, cfg, env, deterministic=True)
-    got = act(state.params, obs, jax.random.key(0))
+    carry, got = act(state.params, (), obs, jax.random.key(0))
+    assert carry == ()
     np.testing.assert_array_equal(got, np.argmax(np.asarray(dist.logits), -1))
 
 
@@ -112,7 +113,7 @@ def test_deterministic_ppo_gaussian_is_the_mean_and_clipped():
     cfg, _, state = _ppo(env)
     obs = jnp.asarray([[0.3], [-0.7]])
     dist, _ = ppo.network(cfg, env).apply(state.params, obs)
-    got = policy_fn(ppo, cfg, env, deterministic=True)(state.params, obs, jax.random.key(0))
+    _, got = policy_fn(ppo, cfg, env, deterministic=True)(state.params, (), obs, jax.random.key(0))
     np.testing.assert_allclose(got, dist.mean(), rtol=1e-6)
     # The return uses the mean action clipped to [-2, 2]: reward -(a - o)^2 per one-step episode.
     key = jax.random.key(4)
@@ -211,3 +212,47 @@ def test_periodic_eval_writes_rows(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [(r["run"], r["update"], r["env_steps"]) for r in rows] == [(0, 4, 128), (1, 4, 128)]
     assert rows[0]["eval/return_stochastic"] == 10.0
+
+
+def test_recurrent_r2d2_evaluation_carries_the_lstm_state_through_each_episode():
+    """``evaluate`` on R2D2 equals a hand-played loop that threads the LSTM state from a zero
+    start; a policy that forgot its state between steps would act differently."""
+    from jaxrl.algorithms import r2d2
+    from jaxrl.envs import registry
+
+    env, env_params = registry.make("CartPole-v1")
+    cfg = r2d2.Config(
+        total_timesteps=2_000, num_envs=4, buffer_size=512, batch_size=8, sequence_length=8,
+        burn_in=2, period=4, n_step=3, learning_starts=64, hidden=(16,), lstm_features=16,
+    )  # fmt: skip
+    hp = r2d2.HParams.make()
+    # Init key 4: a network whose greedy action depends on its LSTM state on CartPole (some
+    # random networks push right whatever they remember, which would make the check empty).
+    params = r2d2.init(cfg, env, jax.random.key(4), hp).params
+    key, episodes, steps = jax.random.key(5), 3, 500
+    rets = evaluate(r2d2, cfg, env, params, key, episodes, True, env_params, steps)
+
+    act = jax.jit(lambda c, o, r: r2d2.act(cfg, env, params, c, o, r))
+    env_step = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    key_reset, key = jax.random.split(key)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.random.split(key_reset, episodes), env_params
+    )
+    carry = r2d2.policy_carry(cfg, episodes)
+    no_reset, every_step = jnp.zeros((episodes,), bool), jnp.ones((episodes,), bool)
+    expected, done, forgetful_differs = np.zeros(episodes), np.zeros(episodes, bool), False
+    for _ in range(steps):
+        key, _, key_env = jax.random.split(key, 3)
+        _, forgetful = act(r2d2.policy_carry(cfg, episodes), obs, every_step)
+        carry, action = act(carry, obs, no_reset)
+        forgetful_differs |= bool(np.any(np.asarray(forgetful != action) & ~done))
+        obs, state, step = env_step(jax.random.split(key_env, episodes), state, action, env_params)
+        expected += np.where(done, 0.0, np.asarray(step.reward))
+        done |= np.asarray(step.done)
+        if done.all():
+            break
+    assert done.all()
+    np.testing.assert_allclose(rets, expected)
+    assert forgetful_differs
+    with pytest.raises(ConfigError, match="eps_end"):
+        evaluate(r2d2, cfg, env, params, key, episodes, False, env_params, steps)
