@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import types
 
-from jaxrl.algorithms import apex, dqn, ppo, r2d2, rainbow, td3
+from jaxrl.algorithms import a2c, acer, apex, dqn, ppo, r2d2, rainbow, td3, vpg
 
 ALGORITHMS: dict[str, types.ModuleType] = {
+    "a2c": a2c,
+    "acer": acer,
     "apex": apex,
     "dqn": dqn,
     "ppo": ppo,
     "r2d2": r2d2,
     "rainbow": rainbow,
     "td3": td3,
+    "vpg": vpg,
 }
 
 

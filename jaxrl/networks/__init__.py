@@ -2,6 +2,7 @@
 
 from jaxrl.networks.actor_critic import ActorCritic
 from jaxrl.networks.heads import CategoricalHead, GaussianHead, TanhGaussianHead, ValueHead
+from jaxrl.networks.policy_q import PolicyQNetwork
 from jaxrl.networks.torsos import CNN, MLP
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "ActorCritic",
     "CategoricalHead",
     "GaussianHead",
+    "PolicyQNetwork",
     "TanhGaussianHead",
     "ValueHead",
 ]
