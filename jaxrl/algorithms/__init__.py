@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import types
 
-from jaxrl.algorithms import a2c, acer, apex, dqn, ppo, r2d2, rainbow, td3, vpg
+from jaxrl.algorithms import a2c, acer, apex, dqn, impala, ppo, r2d2, rainbow, td3, vpg
 
 ALGORITHMS: dict[str, types.ModuleType] = {
     "a2c": a2c,
     "acer": acer,
     "apex": apex,
     "dqn": dqn,
+    "impala": impala,
     "ppo": ppo,
     "r2d2": r2d2,
     "rainbow": rainbow,
