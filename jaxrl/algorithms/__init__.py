@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 
-from jaxrl.algorithms import a2c, acer, apex, dqn, impala, ppo, r2d2, rainbow, td3, vpg
+from jaxrl.algorithms import a2c, acer, apex, dqn, impala, ppo, r2d2, rainbow, td3, trpo, vpg
 
 ALGORITHMS: dict[str, types.ModuleType] = {
     "a2c": a2c,
@@ -16,6 +16,7 @@ ALGORITHMS: dict[str, types.ModuleType] = {
     "r2d2": r2d2,
     "rainbow": rainbow,
     "td3": td3,
+    "trpo": trpo,
     "vpg": vpg,
 }
 
