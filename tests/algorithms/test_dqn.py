@@ -1,7 +1,6 @@
 """The DQN core: its loss by hand (n-step, double, terminations and truncations), every
 variant on Andy Jones's probes, jit == no-jit, vmapped == looped, and clear errors."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -226,19 +225,18 @@ def test_bad_hparams_and_continuous_actions_are_clear_errors():
 
 
 @pytest.mark.learning
-def test_double_dueling_dqn_solves_cartpole_within_1e5_steps():
-    """Issue 5's check, 4 fixed seeds, 1e5 env steps each: the final greedy policies
+def test_dqn_solves_cartpole_within_1e5_steps():
+    """Issue 5's check, 4 fixed seeds, 1e5 env steps each: plain DQN's final greedy policies
     average >= 450 over 16 evaluation episodes each.
 
-    The config is Rejax's own DQN CartPole config (the ``dqn/cartpole`` preset plus
-    ``double`` and ``dueling``, as Rejax's ``ddqn: true`` and ``DuelingQNetwork``): plain
-    DQN with the preset averages 477 over 8 seeds but only 439 on these 4
-    (experiments/dqn/RESULTS.md), too close to the bar for a test that must not flake."""
+    The ``dqn/cartpole`` preset is Rejax's DQN CartPole config with learning-rate annealing,
+    lr 2e-3 and epsilon decayed over the first quarter. Over 56 other seeds it averages 474
+    and 4 of them collapse late (to 104-177; experiments/dqn/RESULTS.md), so a seed set can
+    fail this bar; these four reach 500."""
     from jaxrl.runner import config as run_config
     from jaxrl.runner import evaluate
 
     cfg, hp = run_config.resolve(dqn, run_config.load_preset("dqn/cartpole"), {}, None)
-    cfg = dataclasses.replace(cfg, double=True, dueling=True)
     env, env_params = registry.make("CartPole-v1")
     keys = jax.random.split(jax.random.key(0), 4)
     state = jax.vmap(lambda k: dqn.init(cfg, env, k, hp, env_params))(keys)
