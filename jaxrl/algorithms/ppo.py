@@ -11,6 +11,12 @@ orthogonal initialisation, learning-rate annealing, gradient clipping and advant
 normalisation. Traced ``HParams`` hold every number one might sweep or differentiate;
 the optimiser is rebuilt from them inside the traced update, so one compiled program
 serves a vmapped grid of seeds x hyperparameters and ``jax.grad`` reaches them.
+
+The paper's first four optimisations also have traced gates in ``HParams``
+(``clip_value_on``, ``scale_reward_on``, ``ortho_init_on``, ``anneal_lr_on``, float32 in
+[0, 1], default 1). Where the Config switch compiles a feature in, its gate blends it:
+``on · feature + (1 − on) · without`` (:func:`blend`), so gate 1 is the switch on and
+gate 0 is the switch off, exactly, and all 2^4 combinations x seeds run as one program.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from jaxrl.networks import ActorCritic
 from jaxrl.types import Metrics
 
 OBJECTIVES = ("clip", "kl")
+# Traced gates of the Config switches clip_value, scale_reward, ortho_init, anneal_lr:
+GATES = ("clip_value_on", "scale_reward_on", "ortho_init_on", "anneal_lr_on")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +106,7 @@ HPARAM_DEFAULTS = dict(
     max_grad_norm=0.5,
     kl_target=0.01,
     kl_beta=1.0,
+    **dict.fromkeys(GATES, 1.0),
 )
 HPARAM_RANGES = dict(
     learning_rate=(0.0, 1.0),
@@ -109,6 +118,7 @@ HPARAM_RANGES = dict(
     max_grad_norm=(0.0, 1e9),
     kl_target=(0.0, 1e3),
     kl_beta=(0.0, 1e6),
+    **dict.fromkeys(GATES, (0.0, 1.0)),
 )
 
 
@@ -124,6 +134,11 @@ class HParams(struct.PyTreeNode):
     max_grad_norm: jax.Array
     kl_target: jax.Array  # objective="kl" only: the target KL per update
     kl_beta: jax.Array  # objective="kl" only: the initial penalty coefficient
+    # Gates in [0, 1] of switches that are on in Config (1: on, 0: off; see blend):
+    clip_value_on: jax.Array
+    scale_reward_on: jax.Array
+    ortho_init_on: jax.Array
+    anneal_lr_on: jax.Array
 
     @classmethod
     def make(cls, **overrides) -> HParams:
@@ -160,6 +175,15 @@ class Batch(struct.PyTreeNode):
     target: jax.Array
 
 
+def blend(on: jax.Array, feature, without):
+    """``on · feature + (1 − on) · without``, leaf by leaf over two same-shaped pytrees.
+
+    ``on`` is a scalar gate in [0, 1]; at 1 the result is ``feature`` and at 0 ``without``,
+    bit for bit (for finite leaves), so a traced gate stands in for a static switch.
+    """
+    return jax.tree.map(lambda a, b: on * a + (1.0 - on) * b, feature, without)
+
+
 def network(cfg: Config, env: Env) -> ActorCritic:
     """The actor-critic for ``env``'s spaces (taken at the env's default params)."""
     params = env.default_params()
@@ -186,12 +210,18 @@ def vec_env(cfg: Config, env: Env) -> Env:
     )
 
 
-def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Array:
-    """``hp.learning_rate``, linearly annealed to 0 over ``cfg.num_updates`` if enabled."""
+def learning_rate(
+    cfg: Config, hp: HParams, update_count: jax.Array, anneal_on: jax.Array | float = 1.0
+) -> jax.Array:
+    """``hp.learning_rate``, linearly annealed to 0 over ``cfg.num_updates`` if enabled.
+
+    ``anneal_on`` (scalar in [0, 1]) gates the annealing: the multiplier is
+    ``anneal_on · frac + (1 − anneal_on)``; PPO and TRPO pass ``hp.anneal_lr_on``.
+    """
     if not cfg.anneal_lr:
         return hp.learning_rate
     frac = 1.0 - update_count.astype(jnp.float32) / cfg.num_updates
-    return hp.learning_rate * jnp.maximum(frac, 0.0)
+    return hp.learning_rate * blend(anneal_on, jnp.maximum(frac, 0.0), 1.0)
 
 
 def optimizer(cfg: Config, hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
@@ -202,12 +232,46 @@ def optimizer(cfg: Config, hp: HParams, lr: jax.Array) -> optax.GradientTransfor
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), adam)
 
 
+def init_params(
+    cfg: Config, env: Env, key: jax.Array, obs: jax.Array, ortho_init_on: jax.Array | float = 1.0
+) -> dict:
+    """The network's initial params for ``obs [N, *obs_shape]``.
+
+    With ``cfg.ortho_init``, both initialisations are drawn from the same ``key`` and
+    blended: ``ortho_init_on · orthogonal + (1 − ortho_init_on) · default (lecun)``.
+    """
+    params = network(cfg, env).init(key, obs)
+    if not cfg.ortho_init:
+        return params
+    default = network(dataclasses.replace(cfg, ortho_init=False), env).init(key, obs)
+    return blend(ortho_init_on, params, default)
+
+
+def gated_value_loss(
+    value: jax.Array,
+    old_value: jax.Array,
+    target: jax.Array,
+    clip_eps: jax.Array,
+    clip: bool,
+    clip_on: jax.Array,
+) -> jax.Array:
+    """The value loss with its static ``clip`` switch gated by a traced ``clip_on``.
+
+    :func:`jaxrl.losses.value.value_loss`; when ``clip``, ``clip_on · clipped +
+    (1 − clip_on) · unclipped``. ``value``, ``old_value``, ``target``: ``[B]``.
+    """
+    loss = value_loss(value, old_value, target, clip_eps, clip)
+    if not clip:
+        return loss
+    return blend(clip_on, loss, value_loss(value, old_value, target, clip_eps, False))
+
+
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
     """Initial state: fresh network, optimiser state and reset envs."""
     env_params = env.default_params() if env_params is None else env_params
     key, key_net, key_env = jax.random.split(key, 3)
     obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
-    params = network(cfg, env).init(key_net, obs)
+    params = init_params(cfg, env, key_net, obs, hp.ortho_init_on)
     opt_state = optimizer(cfg, hp, hp.learning_rate).init(params)
     return State(
         params=params,
@@ -241,7 +305,9 @@ def loss(
     else:
         pg_loss, _ = policy_losses.kl_penalty_loss(log_prob, batch.log_prob, advantage, hp.kl_beta)
         clip_fraction = jnp.mean(jnp.abs(jnp.exp(log_prob - batch.log_prob) - 1) > hp.clip_eps)
-    v_loss = value_loss(value, batch.value, batch.target, hp.clip_eps, cfg.clip_value)
+    v_loss = gated_value_loss(
+        value, batch.value, batch.target, hp.clip_eps, cfg.clip_value, hp.clip_value_on
+    )
     entropy = jnp.mean(dist.entropy())
     total = pg_loss + hp.vf_coef * v_loss - hp.ent_coef * entropy
     metrics = {
@@ -264,7 +330,14 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
 
 
 def make_batch(cfg: Config, env: Env, params: dict, rollout: Rollout, hp: HParams) -> Batch:
-    """Truncation-aware GAE on the rollout (``rollout.advantages``), flattened to ``[B]``."""
+    """Truncation-aware GAE on the rollout (``rollout.advantages``), flattened to ``[B]``.
+
+    With ``cfg.scale_reward`` the rewards are ``hp.scale_reward_on · scaled + (1 − on) ·
+    raw`` (the raw ones from ``rollout.info["raw_reward"]``).
+    """
+    if cfg.scale_reward:
+        reward = blend(hp.scale_reward_on, rollout.reward, rollout.info["raw_reward"])
+        rollout = rollout.replace(reward=reward)
     advantage, target = rollout_lib.advantages(
         network(cfg, env), params, rollout, hp.discount, hp.gae_lambda
     )
@@ -286,7 +359,8 @@ def update(
     state, rollout = collect(cfg, env, state)
     batch = make_batch(cfg, env, state.params, rollout, hp)
     loss_hp = hp.replace(kl_beta=state.kl_beta)
-    tx = optimizer(cfg, hp, learning_rate(cfg, hp, state.update_count))
+    lr = learning_rate(cfg, hp, state.update_count, hp.anneal_lr_on)
+    tx = optimizer(cfg, hp, lr)
     grad_fn = jax.grad(lambda p, b: loss_fn(cfg, env, p, b, loss_hp), has_aux=True)
 
     def sgd_step(carry, minibatch):
@@ -312,7 +386,7 @@ def update(
     if cfg.objective == "kl":
         kl_beta = policy_losses.adapt_kl_beta(kl_beta, metrics["train/approx_kl"], hp.kl_target)
     metrics |= {
-        "train/learning_rate": learning_rate(cfg, hp, state.update_count),
+        "train/learning_rate": lr,
         "train/kl_beta": state.kl_beta,
     } | rollout_lib.episode_metrics(rollout)
     state = state.replace(

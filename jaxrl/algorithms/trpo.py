@@ -25,6 +25,10 @@ Config switches share their names, meanings and code with :mod:`~jaxrl.algorithm
 The env stack (:func:`ppo.vec_env`), network (:func:`ppo.network`), critic optimiser
 (:func:`ppo.optimizer`, :func:`ppo.learning_rate`) are PPO's, read from this Config.
 The flat-vector machinery (FVP, CG, step size, line search) is :mod:`jaxrl.losses.natural`.
+
+As in PPO, the traced gates ``clip_value_on``, ``scale_reward_on``, ``ortho_init_on`` and
+``anneal_lr_on`` (``HParams``, in [0, 1], default 1) blend each of those four features in
+where its Config switch is on (:func:`ppo.blend`): gate 1 is the switch on, gate 0 off.
 """
 
 from __future__ import annotations
@@ -42,7 +46,6 @@ from jaxrl.algorithms import base, ppo
 from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.envs.base import Env
 from jaxrl.losses import natural
-from jaxrl.losses import value as value_losses
 from jaxrl.networks import ActorCritic
 from jaxrl.types import Metrics
 
@@ -122,6 +125,7 @@ HPARAM_DEFAULTS = dict(
     ent_coef=0.0,
     max_grad_norm=0.5,  # clip_grad_norm only (critic)
     vf_clip_eps=0.2,  # clip_value only
+    **dict.fromkeys(ppo.GATES, 1.0),
 )
 HPARAM_RANGES = dict(
     learning_rate=(0.0, 1.0),
@@ -133,6 +137,7 @@ HPARAM_RANGES = dict(
     ent_coef=(0.0, 1e3),
     max_grad_norm=(0.0, 1e9),
     vf_clip_eps=(0.0, 1e3),
+    **dict.fromkeys(ppo.GATES, (0.0, 1.0)),
 )
 
 
@@ -148,6 +153,11 @@ class HParams(struct.PyTreeNode):
     ent_coef: jax.Array  # entropy bonus inside the surrogate
     max_grad_norm: jax.Array
     vf_clip_eps: jax.Array
+    # Gates in [0, 1] of switches that are on in Config (1: on, 0: off; see ppo.blend):
+    clip_value_on: jax.Array
+    scale_reward_on: jax.Array
+    ortho_init_on: jax.Array
+    anneal_lr_on: jax.Array
 
     @classmethod
     def make(cls, **overrides) -> HParams:
@@ -203,7 +213,7 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
     env_params = env.default_params() if env_params is None else env_params
     key, key_net, key_env = jax.random.split(key, 3)
     obs, env_state = ppo.vec_env(cfg, env).reset(key_env, env_params)
-    params = network(cfg, env).init(key_net, obs)
+    params = ppo.init_params(cfg, env, key_net, obs, hp.ortho_init_on)
     opt_state = ppo.optimizer(cfg, hp, hp.learning_rate).init(split_params(params)[1])
     return State(
         params=params,
@@ -258,11 +268,15 @@ def value_loss(
 ) -> tuple[jax.Array, Metrics]:
     """Critic regression ``½ mean((V − target)²)`` (PPO2's clipped form if ``clip_value``).
 
+    The clipped form is gated by ``hp.clip_value_on`` (:func:`ppo.gated_value_loss`).
+
     ``params`` may be the whole ActorCritic or its critic half; ``batch`` leaves ``[B, ...]``.
     """
     chex.assert_rank([batch.value, batch.target], 1)
     v = network(cfg, env).apply(params, batch.obs, method="value")
-    loss = value_losses.value_loss(v, batch.value, batch.target, hp.vf_clip_eps, cfg.clip_value)
+    loss = ppo.gated_value_loss(
+        v, batch.value, batch.target, hp.vf_clip_eps, cfg.clip_value, hp.clip_value_on
+    )
     return loss, {"train/value_loss": loss}
 
 
@@ -411,7 +425,7 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
     params, pg_metrics = policy_step(cfg, env, state.params, batch, hp)
     actor, critic = split_params(params)
     key, key_critic = jax.random.split(state.key)
-    lr = ppo.learning_rate(cfg, hp, state.update_count)
+    lr = ppo.learning_rate(cfg, hp, state.update_count, hp.anneal_lr_on)
     critic, opt_state, v_metrics = fit_critic(
         cfg, env, critic, state.opt_state, batch, hp, lr, key_critic
     )

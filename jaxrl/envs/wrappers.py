@@ -170,7 +170,8 @@ class ScaleReward(Wrapper):
     """Divides rewards by the running std of the discounted return (Engstrom et al. 2020).
 
     Keeps ``G_t = discount * G_{t-1} + r_t`` per env (reset at episode end) and
-    scales ``r_t / sqrt(Var[G] + eps)``; rewards are not centred.
+    scales ``r_t / sqrt(Var[G] + eps)``; rewards are not centred. The unscaled reward
+    stays in ``Step.info["raw_reward"]`` (``[N]``), for agents that blend the two.
     """
 
     discount: float = 0.99
@@ -188,7 +189,9 @@ class ScaleReward(Wrapper):
         stats = state.stats.update(ret)
         reward = step.reward / jnp.sqrt(stats.var + self.epsilon)
         ret = jnp.where(step.done, 0.0, ret)
-        return obs, ScaleRewardState(env_state, ret, stats), step.replace(reward=reward)
+        info = dict(step.info) | {"raw_reward": step.reward}
+        step = step.replace(reward=reward, info=info)
+        return obs, ScaleRewardState(env_state, ret, stats), step
 
 
 class HistoryState(struct.PyTreeNode):
