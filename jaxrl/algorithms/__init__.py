@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import types
 
-from jaxrl.algorithms import a2c, acer, apex, dqn, impala, ppo, r2d2, rainbow, td3, trpo, vpg
+from jaxrl.algorithms import (
+    a2c,
+    acer,
+    apex,
+    ddpg,
+    dqn,
+    impala,
+    ppo,
+    r2d2,
+    rainbow,
+    sac,
+    td3,
+    trpo,
+    vpg,
+)
 
 ALGORITHMS: dict[str, types.ModuleType] = {
     "a2c": a2c,
     "acer": acer,
     "apex": apex,
+    "ddpg": ddpg,
     "dqn": dqn,
     "impala": impala,
     "ppo": ppo,
     "r2d2": r2d2,
     "rainbow": rainbow,
+    "sac": sac,
     "td3": td3,
     "trpo": trpo,
     "vpg": vpg,

@@ -29,6 +29,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -38,7 +39,7 @@ from jaxrl.algorithms import base
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import make_vec_env
-from jaxrl.networks.continuous import DeterministicActor, TwinQ, scale_action
+from jaxrl.networks.continuous import DeterministicActor, QNetwork, TwinQ, scale_action
 from jaxrl.replay import buffers
 from jaxrl.types import Metrics
 from jaxrl.utils import tree
@@ -59,13 +60,15 @@ class Config:
     hidden: tuple[int, ...] = (256, 256)
     context_len: int = 0  # > 0: networks read a GRU context of the last transitions
     context_features: int = 32
+    num_critics: int = 2  # 1: a single critic (DDPG); the target takes the min over them
+    target_smoothing: bool = True  # False: no target-policy noise (DDPG)
 
     def __post_init__(self):
         base.check_positive_ints(
             self,
             (
                 "total_timesteps", "num_envs", "train_freq", "gradient_steps", "buffer_size",
-                "batch_size", "policy_delay", "context_features",
+                "batch_size", "policy_delay", "context_features", "num_critics",
             ),
         )  # fmt: skip
         if self.learning_starts < 0 or self.context_len < 0:
@@ -176,11 +179,40 @@ def action_dim(env: Env) -> int:
     return math.prod(action_space(env).shape)
 
 
-def networks(cfg: Config, env: Env) -> tuple[DeterministicActor, TwinQ]:
-    """``(actor, twin critics)`` for ``env``, with the configured context if any."""
+class QEnsemble(nn.Module):
+    """``num`` independent :class:`QNetwork` s: ``(obs, action) -> q [num, ...]``."""
+
+    action_dim: int
+    hidden: tuple[int, ...] = (256, 256)
+    num: int = 1
+    context_len: int = 0
+    context_features: int = 32
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            QNetwork,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num,
+        )
+        return ensemble(self.action_dim, self.hidden, self.context_len, self.context_features)(
+            obs, action
+        )
+
+
+def networks(cfg: Config, env: Env) -> tuple[DeterministicActor, nn.Module]:
+    """``(actor, critics)`` for ``env``, with the configured context if any; the critics
+    return ``q [cfg.num_critics, ...]`` (:class:`TwinQ` for two)."""
     dim = action_dim(env)
     ctx = dict(context_len=cfg.context_len, context_features=cfg.context_features)
-    return DeterministicActor(dim, cfg.hidden, **ctx), TwinQ(dim, cfg.hidden, **ctx)
+    if cfg.num_critics == 2:
+        critic = TwinQ(dim, cfg.hidden, **ctx)
+    else:
+        critic = QEnsemble(dim, cfg.hidden, cfg.num_critics, **ctx)
+    return DeterministicActor(dim, cfg.hidden, **ctx), critic
 
 
 def buffer(cfg: Config):
@@ -262,17 +294,74 @@ def collect(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Tr
     return state.replace(key=key), transitions, dict(info, done=done)
 
 
+ExploreFn = Callable[[object, jax.Array, jax.Array], tuple[jax.Array, jax.Array, object]]
+DoneFn = Callable[[object, jax.Array], object]
+
+
+def collect_with(
+    cfg: Config,
+    env: Env,
+    state,
+    explore_fn: ExploreFn,
+    done_fn: DoneFn | None = None,
+) -> tuple[object, Transition, dict]:
+    """:func:`collect` with another behaviour policy (DDPG's OU noise, SAC, discrete SAC).
+
+    ``explore_fn(state, obs [N, D], key) -> (stored action [N, ...], env action [N, ...],
+    state)`` picks the actions (and may update noise carried in ``state``);
+    ``done_fn(state, done [N]) -> state`` runs after each env step (e.g. to reset that
+    noise at episode ends). Returns transitions ``[T, N, ...]`` and info, like :func:`collect`.
+    """
+    venv = vec_env(cfg, env)
+
+    def env_step(carry, _):
+        st, key = carry
+        key, key_act, key_env = jax.random.split(key, 3)
+        action, env_action, st = explore_fn(st, st.obs, key_act)
+        next_obs, env_state, step = venv.step(key_env, st.env_state, env_action, st.env_params)
+        terminated = step.terminated.astype(jnp.float32)
+        out = Transition(st.obs, action, step.reward, terminated, step.final_obs)
+        st = st.replace(env_state=env_state, obs=next_obs, env_steps=st.env_steps + cfg.num_envs)
+        if done_fn is not None:
+            st = done_fn(st, step.done)
+        return (st, key), (out, step.done, step.info)
+
+    (state, key), (transitions, done, info) = jax.lax.scan(
+        env_step, (state, state.key), None, cfg.train_freq
+    )
+    return state.replace(key=key), transitions, dict(info, done=done)
+
+
+def store(cfg: Config, state, transitions: Transition):
+    """Adds transitions ``[T, N, ...]`` to ``state.buffer``."""
+    flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), transitions)
+    return state.replace(buffer=buffer(cfg).add(state.buffer, flat))
+
+
+def episode_metrics(info: dict) -> Metrics:
+    """Mean return and length of the episodes that ended in ``info`` (NaN if none)."""
+    done = info["done"].astype(jnp.float32)
+    return {
+        "episode/return": base.nan_mean(info["episode_return"], done),
+        "episode/length": base.nan_mean(info["episode_length"], done),
+        "episode/count": jnp.sum(done),
+    }
+
+
 def critic_loss(
     cfg: Config, env: Env, critic_params: dict, params: Params, batch: Batch, hp: HParams
 ) -> tuple[jax.Array, Metrics]:
-    """Sum over the twins of the mean squared error to the clipped double-Q target."""
+    """Sum over the critics of the mean squared error to the clipped double-Q target
+    (without target-policy noise when ``cfg.target_smoothing`` is off)."""
     actor, critic = networks(cfg, env)
     tr = batch.transition
-    noise = jnp.clip(hp.policy_noise * batch.target_noise, -hp.noise_clip, hp.noise_clip)
-    next_action = jnp.clip(actor.apply(params.target_actor, tr.next_obs) + noise, -1.0, 1.0)
+    next_action = actor.apply(params.target_actor, tr.next_obs)
+    if cfg.target_smoothing:
+        noise = jnp.clip(hp.policy_noise * batch.target_noise, -hp.noise_clip, hp.noise_clip)
+        next_action = jnp.clip(next_action + noise, -1.0, 1.0)
     next_q = jnp.min(critic.apply(params.target_critic, tr.next_obs, next_action), axis=0)
     target = tr.reward + hp.discount * (1.0 - tr.terminated) * next_q
-    q = critic.apply(critic_params, tr.obs, tr.action)  # [2, B]
+    q = critic.apply(critic_params, tr.obs, tr.action)  # [num_critics, B]
     loss = jnp.sum(jnp.mean(jnp.square(q - jax.lax.stop_gradient(target)[None]), axis=-1))
     return loss, {"train/critic_loss": loss, "train/q": jnp.mean(q)}
 
