@@ -1,7 +1,6 @@
 """The DQN core: its loss by hand (n-step, double, terminations and truncations), every
 variant on Andy Jones's probes, jit == no-jit, vmapped == looped, and clear errors."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
