@@ -7,6 +7,7 @@ import types
 from jaxrl.algorithms import (
     a2c,
     acer,
+    acktr,
     apex,
     ddpg,
     dqn,
@@ -23,6 +24,7 @@ from jaxrl.algorithms import (
 ALGORITHMS: dict[str, types.ModuleType] = {
     "a2c": a2c,
     "acer": acer,
+    "acktr": acktr,
     "apex": apex,
     "ddpg": ddpg,
     "dqn": dqn,

@@ -1,0 +1,1 @@
+"""Optimisers that optax lacks: K-FAC natural gradients (:mod:`jaxrl.optim.kfac`)."""
