@@ -3,6 +3,7 @@
     python experiments/meta/rl2_bandits.py r1                      # baselines vs Duan's table
     python experiments/meta/rl2_bandits.py r2 --pulls 10 --updates 600 --seeds 2
     python experiments/meta/rl2_bandits.py r2 --pulls 100 --updates 400 --seeds 1  # + R3
+    python experiments/meta/rl2_bandits.py r3 --pulls 100 --trials 100000  # R3's bar vs baselines
     python experiments/meta/rl2_bandits.py r4 --task dependent_easy --updates 300
     python experiments/meta/rl2_bandits.py r4 --task dependent_uniform --updates 600
 
@@ -16,6 +17,7 @@ import json
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrl.algorithms import recurrent_ppo as rp
@@ -129,9 +131,68 @@ def r2(args, task="independent", include_time=False):
     print(json.dumps(summary), flush=True)
 
 
+def explore_then_commit(key, probs, num_pulls: int, per_arm: int):
+    """Pulls every arm ``per_arm`` times in turn, then the best posterior mean (Beta(1, 1)).
+
+    ``probs [B, k]``; returns ``(total_reward [B], best_arm [n, B])`` like :func:`bb.run`.
+    """
+    num_trials, num_arms = probs.shape
+    best_p = probs.max(axis=1)
+
+    def pull(carry, inputs):
+        counts, successes = carry
+        t, key = inputs
+        key_tie, key_rew = jax.random.split(key)
+        mean = (successes + 1.0) / (counts + 2.0)
+        tie = jax.random.uniform(key_tie, mean.shape) * 1e-6
+        greedy = jnp.argmax(mean + tie, axis=1)
+        action = jnp.where(t < per_arm * num_arms, t % num_arms, greedy)
+        p = jnp.take_along_axis(probs, action[:, None], axis=1)[:, 0]
+        reward = jax.random.bernoulli(key_rew, p).astype(jnp.float32)
+        one_hot = jax.nn.one_hot(action, num_arms, dtype=jnp.float32)
+        return (counts + one_hot, successes + one_hot * reward[:, None]), (reward, p >= best_p)
+
+    zeros = jnp.zeros((num_trials, num_arms), jnp.float32)
+    inputs = (jnp.arange(num_pulls), jax.random.split(key, num_pulls))
+    _, (rewards, best) = jax.lax.scan(pull, (zeros, zeros), inputs)
+    return rewards.sum(axis=0), best
+
+
+def r3(args):
+    """Best-arm share in the last 20 pulls against total reward, for baseline families.
+
+    R3 asks an RL^2 agent, trained to maximise total reward, for >= 80 % of its last 20 pulls
+    on the best arm (n = 100, k = 5). This maps where reward-maximising strategies lie on
+    (total reward, last-20 share): if none with a reward at R2's level reaches 80 %, the bar
+    sits above what maximising reward produces.
+    """
+    key = jax.random.key(args.seed)
+    probs = jax.vmap(BernoulliBandit(args.arms).sample_params)(
+        jax.random.split(key, args.trials)
+    ).probs
+    grid = [("thompson", {}), ("greedy", {})]
+    grid += [("ucb1", {"c": c}) for c in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 1.0)]
+    grid += [("epsilon_greedy", {"epsilon": e}) for e in (0.01, 0.02, 0.05, 0.1)]
+    key_run = jax.random.fold_in(key, 1)
+    rows = []
+    for strategy, hp in grid:
+        run = jax.jit(lambda k, p, s=strategy, h=hp: bb.run(s, k, p, args.pulls, **h)[:2])
+        rows.append((strategy, hp, *run(key_run, probs)))
+    for m in (2, 4, 6, 8, 12, 16):
+        run = jax.jit(lambda k, p, m=m: explore_then_commit(k, p, args.pulls, m))
+        rows.append(("explore_then_commit", {"per_arm": m}, *run(key_run, probs)))
+    for strategy, hp, total, best in rows:
+        share = best[-20:].mean(axis=0)
+        sem = lambda x: round(float(x.std() / np.sqrt(args.trials)), 4)  # noqa: E731
+        row = dict(check="R3", n=args.pulls, k=args.arms, strategy=strategy, **hp)
+        row |= dict(reward=round(float(total.mean()), 2), reward_sem=sem(total))
+        row |= dict(best_last20=round(float(share.mean()), 4), best_last20_sem=sem(share))
+        print(json.dumps(row))
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("check", choices=["r1", "r2", "r4"])
+    p.add_argument("check", choices=["r1", "r2", "r3", "r4"])
     p.add_argument("--seed", type=int, default=0, help="r1: key; r2/r4: first seed")
     p.add_argument("--trials", type=int, default=100_000)  # r1
     p.add_argument("--pulls", type=int, default=10)
@@ -160,6 +221,8 @@ def main():
         r1(args)
     elif args.check == "r2":
         r2(args)
+    elif args.check == "r3":
+        r3(args)
     else:
         args.arms, args.pulls = 2, 100
         r2(args, task=args.task, include_time=True)
