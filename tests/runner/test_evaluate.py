@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl.algorithms import ppo, td3
+from jaxrl.algorithms import ddpg, ppo, sac, td3
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env, Step
 from jaxrl.envs.probe import (
@@ -139,6 +139,45 @@ def test_td3_greedy_returns_match_the_actor():
     assert not np.allclose(noisy, rets)  # the behaviour policy adds exploration noise
     with pytest.raises(ConfigError):
         evaluate(td3, cfg, env, state.params, key, 6, False)  # no hp: no noise scale
+
+
+def _reset_obs(env, key, n):
+    """The reset observations ``[n, 1]`` ``evaluate`` sees for ``key`` (one-step probes)."""
+    key_reset, _ = jax.random.split(key)
+    return jax.vmap(lambda k: env.reset(k, env.default_params())[0])(jax.random.split(key_reset, n))
+
+
+@pytest.mark.parametrize("algo", [ddpg, sac])
+def test_ddpg_and_sac_greedy_returns_match_act_and_samples_differ(algo):
+    env = ContinuousTarget()
+    cfg = algo.Config(num_envs=2, total_timesteps=64, buffer_size=64, batch_size=8)
+    hp = algo.HParams.make()
+    state = algo.init(cfg, env, jax.random.key(1), hp)
+    key = jax.random.key(2)
+    rets = evaluate(algo, cfg, env, state.params, key, 6, True)
+    o = _reset_obs(env, key, 6)
+    a = algo.act(cfg, env, state.params, o)
+    assert bool(jnp.all(jnp.abs(a) <= 2.0))  # scaled into the action bounds
+    np.testing.assert_allclose(rets, -jnp.sum(jnp.square(a - o), -1), rtol=1e-5)
+    sampled = evaluate(algo, cfg, env, state.params, key, 6, False, hp=hp)
+    assert np.isfinite(sampled).all() and not np.allclose(sampled, rets)
+
+
+def test_discrete_sac_greedy_is_the_argmax_of_the_actor():
+    env = RewardFromObs()
+    cfg = sac.Config(num_envs=2, total_timesteps=64, buffer_size=64, batch_size=8)
+    hp = sac.HParams.make()
+    state = sac.init(cfg, env, jax.random.key(3), hp)
+    obs = jnp.asarray([[1.0], [-1.0]])
+    logits = sac.network(cfg, env).apply(state.params.actor, obs).logits
+    _, got = policy_fn(sac, cfg, env, deterministic=True)(state.params, (), obs, jax.random.key(0))
+    np.testing.assert_array_equal(got, np.argmax(np.asarray(logits), -1))
+    key = jax.random.key(5)
+    rets = evaluate(sac, cfg, env, state.params, key, 8, True)
+    o = _reset_obs(env, key, 8)
+    best = (o[:, 0] > 0).astype(jnp.int32)
+    reward = (sac.act(cfg, env, state.params, o) == best).astype(jnp.float32)
+    np.testing.assert_allclose(rets, reward)
 
 
 def test_trained_ppo_deterministic_policy_is_optimal_on_reward_from_obs():
