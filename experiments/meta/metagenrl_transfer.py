@@ -1,16 +1,25 @@
-"""MetaGenRL transfer: meta-train ``L_α`` on Pendulum-v1, train fresh agents with it frozen.
+"""MetaGenRL transfer: meta-train ``L_α`` on one or several env types, train fresh agents
+with it frozen.
 
-Phase ``meta``: a population of ``--agents`` TD3 agents (different seeds) on Pendulum-v1
-trains its actors on ``L_α`` while ``α`` is meta-trained (:mod:`jaxrl.meta.metagenrl`);
-``α`` is saved to ``--alpha``. Phase ``eval``: fresh agents (seeds never used in
-meta-training) train for a fixed number of env steps on (a) Pendulum-v1 and (b) meta/nav2d
-with its fixed default goal (0.25, 0.25) and 2-D actions, with (i) the learned ``α``,
-(ii) a randomly initialised ``α`` (a different one per seed), (iii) TD3's DPG actor loss.
+Phase ``meta``: a population of ``--agents`` TD3 agents (different seeds) *per env type* of
+``--train-envs`` (default Pendulum-v1 only) trains its actors on ``L_α`` while the one ``α``
+is meta-trained on all of them (:mod:`jaxrl.meta.metagenrl`; with several env types each
+agent's meta-loss may be scale-normalised, ``--normalise-meta-loss``); ``α`` is saved to
+``--alpha``. Phase ``eval``: fresh agents (seeds never used in meta-training) train for a
+fixed number of env steps on each of ``--tasks`` (Pendulum-v1, meta/nav2d with its fixed
+default goal (0.25, 0.25) and 2-D actions, MountainCarContinuous-v0, and
+probe/continuous_target: one-step episodes, reward ``-(a - o)^2``, best action ``o`` inside
+the range) with (i) the learned ``α``, (ii) any ``--extra-alpha NAME=PATH`` objectives
+(e.g. one meta-trained elsewhere), (iii) a randomly initialised ``α`` (a different one per
+seed), (iv) TD3's DPG actor loss.
 Reported: the greedy policy's return at the end (8 envs, one episode each) and the mean
-training-episode return over the last 10% of steps, mean ± std over seeds. Results go to
+training-episode return over the last 10% of steps, mean ± std over seeds, and one-sided
+Mann-Whitney U p-values of "learned > other arm" on the greedy returns. Results go to
 ``--out`` as JSON. See experiments/meta/RESULTS_metagenrl.md for the commands run.
 
     python experiments/meta/metagenrl_transfer.py --phase all
+    python experiments/meta/metagenrl_transfer.py --phase all \\
+        --train-envs Pendulum-v1 MountainCarContinuous-v0
 """
 
 from __future__ import annotations
@@ -23,12 +32,19 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 from jaxrl.algorithms import td3
 from jaxrl.envs import registry
 from jaxrl.meta import metagenrl as mg
 
-TASKS = {"Pendulum-v1": 200, "meta/nav2d": 100}  # env id -> episode length
+# env id -> episode length (the greedy evaluation runs one episode per env)
+TASKS = {
+    "Pendulum-v1": 200,
+    "meta/nav2d": 100,
+    "MountainCarContinuous-v0": 999,
+    "probe/continuous_target": 1,
+}
 
 
 def make_cfg(args, num_agents: int) -> mg.Config:
@@ -39,7 +55,12 @@ def make_cfg(args, num_agents: int) -> mg.Config:
         learning_starts=1_000,
         total_timesteps=10**9,
     )
-    return mg.Config(agent=agent, seq_len=args.seq_len, num_agents=num_agents)
+    return mg.Config(
+        agent=agent,
+        seq_len=args.seq_len,
+        num_agents=num_agents,
+        normalise_meta_loss=args.normalise_meta_loss,
+    )
 
 
 def make_hp(args) -> mg.HParams:
@@ -51,10 +72,10 @@ def make_hp(args) -> mg.HParams:
 
 
 def meta_phase(args) -> dict:
-    env, _ = registry.make("Pendulum-v1")
+    envs = tuple(registry.make(env_id)[0] for env_id in args.train_envs)
     cfg, hp = make_cfg(args, args.agents), make_hp(args)
-    state = mg.init(cfg, env, jax.random.key(args.meta_seed), hp)
-    chunk = jax.jit(lambda s: mg.train(cfg, env, s, hp, args.chunk))
+    state = mg.init(cfg, envs, jax.random.key(args.meta_seed), hp)
+    chunk = jax.jit(lambda s: mg.train(cfg, envs, s, hp, args.chunk))
     log, start = [], time.time()
     for i in range(args.meta_updates // args.chunk):
         state, m = chunk(state)
@@ -62,11 +83,16 @@ def meta_phase(args) -> dict:
         row["updates"] = (i + 1) * args.chunk
         row["wall_s"] = time.time() - start
         log.append(row)
+        groups = " ".join(
+            f"[{env_id}: ret {row[f'episode/return/group{g}']:.1f} "
+            f"|g| {row[f'meta/grad_norm/group{g}']:.3g} "
+            f"cos {row[f'meta/dpg_cosine/group{g}']:.2f} "
+            f"|pi| {row[f'train/abs_policy_action/group{g}']:.2f}]"
+            for g, env_id in enumerate(args.train_envs)
+        )
         print(
-            f"meta {row['updates']:6d} return {row['episode/return']:9.1f} "
-            f"meta_loss {row['meta/loss']:8.2f} |g| {row['meta/grad_norm']:.3g} "
-            f"cos {row['meta/dpg_cosine']:.3f} |pi| {row['train/abs_policy_action']:.2f} "
-            f"{row['wall_s']:.0f}s",
+            f"meta {row['updates']:6d} meta_loss {row['meta/loss']:8.3f} "
+            f"|g| {row['meta/grad_norm']:.3g} {groups} {row['wall_s']:.0f}s",
             flush=True,
         )
     mg.save(args.alpha, state.alpha, cfg)
@@ -108,37 +134,52 @@ def eval_task(args, env_id: str, alphas: dict) -> dict:
             "wall_s": time.time() - start,
         }
         print(
-            f"{env_id:12s} {name:8s} greedy {greedy.mean():9.2f} ± {greedy.std():7.2f} "
+            f"{env_id:12s} {name:10s} greedy {greedy.mean():9.2f} ± {greedy.std():7.2f} "
             f"train-tail {train_ret.mean():9.2f} ± {train_ret.std():7.2f} "
             f"({out[name]['wall_s']:.0f}s) per seed {np.round(greedy, 2).tolist()}",
             flush=True,
         )
+    if "learned" in out:
+        for name in out:
+            if name != "learned":
+                p = stats.mannwhitneyu(
+                    out["learned"]["greedy"], out[name]["greedy"], alternative="greater"
+                ).pvalue
+                out["learned"][f"mannwhitney_p_greater_than_{name}"] = float(p)
+                print(f"{env_id:12s} learned > {name}: one-sided Mann-Whitney p = {p:.4f}")
     return out
 
 
 def eval_phase(args) -> dict:
     cfg = make_cfg(args, 1)
-    alphas = {
-        "learned": mg.load(args.alpha, cfg),
-        "random": "random",
-        "dpg": None,
-    }
+    alphas = {"learned": mg.load(args.alpha, cfg)}
+    for spec in args.extra_alpha:
+        name, path = spec.split("=", 1)
+        alphas[name] = mg.load(path, cfg)
+    alphas |= {"random": "random", "dpg": None}
+    alphas = {k: v for k, v in alphas.items() if args.arms is None or k in args.arms}
     return {env_id: eval_task(args, env_id, alphas) for env_id in args.tasks}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--phase", choices=("meta", "eval", "all"), default="all")
-    p.add_argument("--agents", type=int, default=4)
+    p.add_argument("--train-envs", nargs="+", default=["Pendulum-v1"], choices=list(TASKS))
+    p.add_argument("--normalise-meta-loss", action="store_true")
+    p.add_argument("--agents", type=int, default=4, help="agents per training env type")
     p.add_argument("--meta-updates", type=int, default=15000)
     p.add_argument("--chunk", type=int, default=500)
     p.add_argument("--meta-seed", type=int, default=0)
     p.add_argument("--random-seed", type=int, default=12345)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="eval seeds (nav2d: --nav-seeds)")
     p.add_argument("--nav-seeds", type=int, default=3)
     p.add_argument("--pendulum-steps", type=int, default=10000)
     p.add_argument("--nav-steps", type=int, default=5000)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--mcc-steps", type=int, default=10000)
+    p.add_argument("--probe-steps", type=int, default=3000)
+    p.add_argument("--tasks", nargs="+", default=["Pendulum-v1", "meta/nav2d"])
+    p.add_argument("--extra-alpha", nargs="*", default=[], help="NAME=PATH saved objectives")
+    p.add_argument("--arms", nargs="+", default=None, help="evaluate only these arms")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -147,7 +188,12 @@ def main() -> None:
     p.add_argument("--alpha", default="/tmp/metagenrl_alpha")
     p.add_argument("--out", default="/tmp/metagenrl_results.json")
     args = p.parse_args()
-    args.steps = {"Pendulum-v1": args.pendulum_steps, "meta/nav2d": args.nav_steps}
+    args.steps = {
+        "Pendulum-v1": args.pendulum_steps,
+        "meta/nav2d": args.nav_steps,
+        "MountainCarContinuous-v0": args.mcc_steps,
+        "probe/continuous_target": args.probe_steps,
+    }
     results = {"args": {k: v for k, v in vars(args).items()}}
     if args.phase in ("meta", "all"):
         results["meta"] = meta_phase(args)

@@ -35,19 +35,42 @@ invariant to an affine change of the reward and values (Pendulum's rewards lie i
 ``y_t^i = w·tanh(W [h_t^i, x_t^i] + b)`` (``h`` the LSTM state, 32 units, LPG's LSTM
 cell) and ``L_α = mean_{b,t,i} y``.
 
+**Several env types** (the paper's setting: one objective shared by agents on different
+environments). The population is made of *groups*, one per env type: pass a tuple of envs
+``(env_1, …, env_G)`` wherever an ``env`` is taken by :func:`init`, :func:`update`,
+:func:`train` and :func:`meta_loss`, and the population (``MetaState.agents``) is then a
+tuple of ``G`` stacked agent states, each with its env's obs/action shapes. ``α`` fits every
+group because the objective runs per action dimension. One meta-step takes every group's
+agent update and one Adam step on ``α`` from the summed meta-loss
+``L_meta = Σ_g Σ_{i ∈ g} L_meta^i`` (every group has ``num_agents`` agents, so each env type
+weighs the same). A single env is the case ``G = 1`` (same code; the population is then one
+stacked state, not a 1-tuple). The critics' values differ in scale between env types
+(Pendulum's ``Q`` reach the hundreds, MountainCarContinuous's stay below one) and the
+meta-gradient scales with them (Pendulum's group gave 3.5-19x the other's in a 2000-update
+pilot with MountainCarContinuous-v0), so one env type steers ``α``.
+``Config.normalise_meta_loss`` divides each agent's meta-loss by the gradient-stopped std of
+its critic's values on the window so every env type contributes on one scale; beware that it
+also amplifies the noise of a nearly flat critic (MountainCarContinuous agents that learned to
+stand still: that run's meta-gradient blew up and the Pendulum agents stopped learning, see
+experiments/meta/RESULTS_metagenrl.md), so it is off by default.
+
 Conventions: windows are batch-major ``[B, L, ...]`` as the sequence buffer returns them;
-the population is a leading ``[N]`` axis on a stacked :class:`jaxrl.algorithms.td3.State`
-whose ``buffer`` holds a :func:`jaxrl.replay.buffers.sequence_buffer` of :class:`Item`.
-Every agent of a population shares the env type; its ``EnvParams`` may differ. ``Config``
-is static, ``HParams`` traced, nothing here calls ``jit``. One meta-step follows every
-population update once all agents are past ``learning_starts``; ``meta/dpg_cosine`` (cosine
-between ``∇_φ L_α`` and DPG's gradient) is logged as a diagnostic only.
+a group is a leading ``[N]`` axis on a stacked :class:`jaxrl.algorithms.td3.State` whose
+``buffer`` holds a :func:`jaxrl.replay.buffers.sequence_buffer` of :class:`Item`. Every
+agent of a group shares the env type; its ``EnvParams`` may differ. ``Config`` is static,
+``HParams`` traced, nothing here calls ``jit``. One meta-step follows every population
+update once all agents of all groups are past ``learning_starts``; ``meta/dpg_cosine``
+(cosine between ``∇_φ L_α`` and DPG's gradient) is logged as a diagnostic only. Metrics are
+means over groups of the per-group means over agents, plus each group's own under
+``"<key>/group<g>"``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import chex
@@ -81,7 +104,10 @@ class Config:
     """Static settings.
 
     ``agent.batch_size`` counts replay *windows* of ``seq_len`` steps (the critic fits all
-    ``batch_size * seq_len`` transitions); ``num_agents`` is the meta-training population.
+    ``batch_size * seq_len`` transitions); ``num_agents`` is the meta-training population of
+    each env type (group). ``normalise_meta_loss`` divides each agent's meta-loss by the
+    (gradient-stopped) std of its critic's values on the window, which puts env types with
+    different reward scales on one footing (off: the plain sum, as in the paper's code).
     """
 
     agent: td3.Config = dataclasses.field(default_factory=_default_agent)
@@ -89,6 +115,7 @@ class Config:
     lstm_size: int = 32
     head_hidden: int = 32
     num_agents: int = 4
+    normalise_meta_loss: bool = False
 
     def __post_init__(self):
         base.check_positive_ints(self, ("seq_len", "lstm_size", "head_hidden", "num_agents"))
@@ -151,12 +178,13 @@ class ObjectiveInputs(struct.PyTreeNode):
 
 
 class MetaState(struct.PyTreeNode):
-    """Objective params ``alpha``, its Adam state, the population (a :class:`td3.State`
-    with a leading ``[N]`` axis), the meta key and the number of meta-steps taken."""
+    """Objective params ``alpha``, its Adam state, the population, the meta key and the
+    number of meta-steps taken. ``agents`` is a :class:`td3.State` with a leading ``[N]`` axis
+    for a single env, a tuple of ``G`` of them for a tuple of ``G`` envs (one per group)."""
 
     alpha: Params
     meta_opt: Any
-    agents: td3.State
+    agents: td3.State | tuple[td3.State, ...]
     key: jax.Array
     meta_steps: jax.Array
 
@@ -397,14 +425,20 @@ def meta_tx(hp: HParams) -> optax.GradientTransformation:
 def meta_loss_one(
     cfg: Config, env: Env, alpha: Params, params: td3.Params, window: Item, hp: HParams
 ) -> jax.Array:
-    """``−mean Q_1(s, π_φ'(s))`` over the window's states with ``φ' = φ − η_in ∇_φ L_α``."""
+    """``−mean Q_1(s, π_φ'(s))`` over the window's states with ``φ' = φ − η_in ∇_φ L_α``;
+    divided by ``sg(std)`` of the critic's ``[Q_1(s, π_φ(s)), Q_1(s, a)]`` on the window if
+    ``cfg.normalise_meta_loss``."""
     grads = jax.grad(lambda a: objective_loss(cfg, env, alpha, a, params, window)[0])(params.actor)
     actor_new = jax.tree.map(lambda p, g: p - hp.inner_lr * g, params.actor, grads)
     actor, critic = td3.networks(cfg.agent, env)
-    q = critic.apply(
-        jax.lax.stop_gradient(params.critic), window.obs, actor.apply(actor_new, window.obs)
-    )[0]
-    return -jnp.mean(q)
+    critic_params = jax.lax.stop_gradient(params.critic)
+    q = critic.apply(critic_params, window.obs, actor.apply(actor_new, window.obs))[0]
+    loss = -jnp.mean(q)
+    if cfg.normalise_meta_loss:
+        inputs = make_inputs(cfg, env, params.actor, params, window)
+        scale = jnp.std(jnp.concatenate([inputs.value, inputs.q]))
+        loss = loss / jax.lax.stop_gradient(scale + 1e-6)
+    return loss
 
 
 def gradient_cosine(
@@ -421,65 +455,164 @@ def gradient_cosine(
     return dot / (optax.global_norm(g_l) * optax.global_norm(g_q) + 1e-12)
 
 
-def meta_loss(
+def as_groups(env: Env | Sequence[Env], *data: Any) -> tuple[tuple, ...]:
+    """``(envs, *data)`` as tuples over groups: a single env is one group, so its data
+    (a population's params, windows, states, …) are wrapped in 1-tuples; a tuple/list of envs
+    is returned as is, with each of ``data`` a tuple of the same length (``None`` for
+    "no value for any group").
+
+    Raises:
+        ConfigError: no env, or data whose length differs from the number of envs.
+    """
+    if not isinstance(env, (tuple, list)):
+        return (env,), *((d,) for d in data)
+    envs = tuple(env)
+    if not envs:
+        raise ConfigError("MetaGenRL needs at least one env")
+    out = []
+    for d in data:
+        d = (None,) * len(envs) if d is None else tuple(d)
+        if len(d) != len(envs):
+            raise ConfigError(f"got {len(envs)} envs but {len(d)} groups of data")
+        out.append(d)
+    return envs, *out
+
+
+def _ungroup(env: Env | Sequence[Env], groups: tuple) -> Any:
+    """The inverse of :func:`as_groups` for one datum: unwrap the 1-tuple of a single env."""
+    return groups if isinstance(env, (tuple, list)) else groups[0]
+
+
+def group_meta_loss(
     cfg: Config, env: Env, alpha: Params, params: td3.Params, windows: Item, hp: HParams
 ) -> jax.Array:
-    """Sum of :func:`meta_loss_one` over the population (``params``, ``windows`` ``[N, ...]``)."""
+    """Sum of :func:`meta_loss_one` over one group (``params``, ``windows`` ``[N, ...]``)."""
     losses = jax.vmap(lambda p, w: meta_loss_one(cfg, env, alpha, p, w, hp))(params, windows)
     return jnp.sum(losses)
 
 
-def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: Any = None) -> MetaState:
-    """A fresh objective and ``num_agents`` fresh agents (``env_params`` stacked ``[N]`` to
-    give each its own task; the env's defaults for all if ``None``)."""
+def meta_loss(
+    cfg: Config,
+    env: Env | Sequence[Env],
+    alpha: Params,
+    params: td3.Params | Sequence[td3.Params],
+    windows: Item | Sequence[Item],
+    hp: HParams,
+) -> jax.Array:
+    """``L_meta``: :func:`group_meta_loss` summed over groups. For a single ``env``,
+    ``params`` and ``windows`` are one group's ``[N, ...]``; for a tuple of ``G`` envs, tuples
+    of ``G`` such (each with its env's shapes)."""
+    envs, params, windows = as_groups(env, params, windows)
+    losses = [
+        group_meta_loss(cfg, e, alpha, p, w, hp)
+        for e, p, w in zip(envs, params, windows, strict=True)
+    ]
+    return functools.reduce(jnp.add, losses)
+
+
+def init(
+    cfg: Config,
+    env: Env | Sequence[Env],
+    key: jax.Array,
+    hp: HParams,
+    env_params: Any = None,
+) -> MetaState:
+    """A fresh objective and ``num_agents`` fresh agents per env (group).
+
+    Args:
+        env: one env, or a tuple of ``G`` envs (one group each).
+        env_params: for one env, its params stacked ``[N]`` to give each agent its own task
+            (the env's defaults for all if ``None``); for ``G`` envs, a tuple of ``G`` such
+            (``None`` entries, or ``None`` for all, mean defaults).
+    """
+    envs, env_params = as_groups(env, env_params)
+    n = cfg.num_agents
     key_alpha, key_agents, key = jax.random.split(key, 3)
-    keys = jax.random.split(key_agents, cfg.num_agents)
-    if env_params is None:
-        agents = jax.vmap(lambda k: init_agent(cfg, env, k, hp))(keys)
-    else:
-        agents = jax.vmap(lambda k, p: init_agent(cfg, env, k, hp, p))(keys, env_params)
+    keys = jax.random.split(key_agents, len(envs) * n)
+    groups = []
+    for g, (e, p) in enumerate(zip(envs, env_params, strict=True)):
+        keys_g = keys[g * n : (g + 1) * n]
+        if p is None:
+            groups.append(jax.vmap(lambda k, e=e: init_agent(cfg, e, k, hp))(keys_g))
+        else:
+            groups.append(jax.vmap(lambda k, p, e=e: init_agent(cfg, e, k, hp, p))(keys_g, p))
     alpha = init_objective(cfg, key_alpha)
     return MetaState(
         alpha=alpha,
         meta_opt=meta_tx(hp).init(alpha),
-        agents=agents,
+        agents=_ungroup(env, tuple(groups)),
         key=key,
         meta_steps=jnp.zeros((), jnp.int32),
     )
 
 
-def update(cfg: Config, env: Env, state: MetaState, hp: HParams) -> tuple[MetaState, Metrics]:
-    """One iteration: every agent does :func:`agent_update` with the current ``L_α``, then one
-    meta-step on ``α`` from a fresh window per agent (skipped until every agent is ready)."""
+def _mean_over_groups(rows: list[Metrics]) -> Metrics:
+    """Each key's mean over groups (NaN-skipping: a group without finished episodes)."""
+    return {k: jnp.nanmean(jnp.stack([r[k] for r in rows])) for k in rows[0]}
+
+
+def update(
+    cfg: Config, env: Env | Sequence[Env], state: MetaState, hp: HParams
+) -> tuple[MetaState, Metrics]:
+    """One iteration: every agent of every group does :func:`agent_update` with the current
+    ``L_α``, then one meta-step on ``α`` from a fresh window per agent: Adam on the sum of
+    the groups' meta-gradients (skipped until every agent of every group is ready)."""
+    envs, agents_in = as_groups(env, state.agents)
+    n = cfg.num_agents
     fn = learned_actor_loss(cfg, state.alpha)
-    agents, metrics = jax.vmap(lambda s: agent_update(cfg, env, s, hp, fn))(state.agents)
     key, key_sample = jax.random.split(state.key)
-    batches = jax.vmap(lambda b, k: sample_window(cfg, env, b, k))(
-        agents.buffer, jax.random.split(key_sample, cfg.num_agents)
-    )
-    loss, grads = jax.value_and_grad(
-        lambda a: meta_loss(cfg, env, a, agents.params, batches.transition, hp)
-    )(state.alpha)
+    keys = jax.random.split(key_sample, len(envs) * n)
+    agents, rows, grads, total, ready_g = [], [], [], [], []
+    for g, (e, agents_g) in enumerate(zip(envs, agents_in, strict=True)):
+        agents_g, metrics = jax.vmap(lambda s, e=e: agent_update(cfg, e, s, hp, fn))(agents_g)
+        batches = jax.vmap(lambda b, k, e=e: sample_window(cfg, e, b, k))(
+            agents_g.buffer, keys[g * n : (g + 1) * n]
+        )
+        windows = batches.transition
+        loss, grads_g = jax.value_and_grad(
+            lambda a, e=e, p=agents_g.params, w=windows: group_meta_loss(cfg, e, a, p, w, hp)
+        )(state.alpha)
+        cosine = jax.vmap(lambda p, w, e=e: gradient_cosine(cfg, e, state.alpha, p, w))(
+            agents_g.params, windows
+        )
+        agents.append(agents_g)
+        grads.append(grads_g)
+        total.append(loss)
+        ready_g.append(jnp.all(jax.vmap(lambda s: ready(cfg, s))(agents_g)))
+        rows.append(
+            jax.tree.map(jnp.nanmean, metrics)
+            | {
+                "meta/loss": loss / n,
+                "meta/dpg_cosine": jnp.mean(cosine),
+                "meta/grad_norm": optax.global_norm(grads_g),
+            }
+        )
+    grads = functools.reduce(lambda x, y: jax.tree.map(jnp.add, x, y), grads)
     updates, meta_opt = meta_tx(hp).update(grads, state.meta_opt, state.alpha)
     alpha = optax.apply_updates(state.alpha, updates)
-    all_ready = jnp.all(jax.vmap(lambda s: ready(cfg, s))(agents))
+    all_ready = functools.reduce(jnp.logical_and, ready_g)
     alpha, meta_opt = tree.select(all_ready, (alpha, meta_opt), (state.alpha, state.meta_opt))
-    cosine = jax.vmap(lambda p, w: gradient_cosine(cfg, env, state.alpha, p, w))(
-        agents.params, batches.transition
-    )
-    metrics = jax.tree.map(jnp.nanmean, metrics) | {
-        "meta/loss": loss / cfg.num_agents,
-        "meta/dpg_cosine": jnp.mean(cosine),
+    metrics = _mean_over_groups(rows) | {
+        "meta/loss": functools.reduce(jnp.add, total) / (len(envs) * n),
         "meta/grad_norm": optax.global_norm(grads),
     }
-    new = MetaState(alpha, meta_opt, agents, key, state.meta_steps + all_ready.astype(jnp.int32))
+    for g, row in enumerate(rows):
+        metrics |= {f"{k}/group{g}": v for k, v in row.items()}
+    new = MetaState(
+        alpha,
+        meta_opt,
+        _ungroup(env, tuple(agents)),
+        key,
+        state.meta_steps + all_ready.astype(jnp.int32),
+    )
     return new, metrics
 
 
 def train(
-    cfg: Config, env: Env, state: MetaState, hp: HParams, num_updates: int
+    cfg: Config, env: Env | Sequence[Env], state: MetaState, hp: HParams, num_updates: int
 ) -> tuple[MetaState, Metrics]:
-    """``num_updates`` meta-training iterations as one scan; metrics stacked ``[num_updates]``."""
+    """``num_updates`` meta-training iterations as one scan; metrics stacked ``[num_updates]``.
+    ``env`` is one env or a tuple of envs (see :func:`update`)."""
     return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
 
 

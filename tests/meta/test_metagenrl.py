@@ -104,12 +104,14 @@ def _population(cfg, env, num_agents, key):
     hp = mg.HParams.make()
     agents = jax.vmap(lambda k: mg.init_agent(cfg, env, k, hp))(jax.random.split(key, num_agents))
     b, t = cfg.agent.batch_size, cfg.seq_len
+    (obs_dim,) = env.observation_space(env.default_params()).shape
+    act_dim = td3.action_dim(env)
     k = jax.random.split(jax.random.fold_in(key, 1), 4)
-    obs = jax.random.normal(k[0], (num_agents, b, t, 3))
+    obs = jax.random.normal(k[0], (num_agents, b, t, obs_dim))
     done = (jax.random.uniform(k[1], (num_agents, b, t)) < 0.2).astype(jnp.float32)
     window = mg.Item(
         obs=obs,
-        action=jax.random.uniform(k[2], (num_agents, b, t, 1), minval=-1, maxval=1),
+        action=jax.random.uniform(k[2], (num_agents, b, t, act_dim), minval=-1, maxval=1),
         reward=jax.random.normal(k[3], (num_agents, b, t)),
         terminated=jnp.zeros_like(done),
         done=done,
@@ -164,6 +166,161 @@ def test_meta_gradient_matches_finite_differences():
         analytic = sum(jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grads), dirs, strict=True))
         assert abs(float(analytic)) > 1e-6
         np.testing.assert_allclose(float(fd), float(analytic), rtol=1e-5)
+
+
+def _two_groups(cfg):
+    """Pendulum (obs 3, action 1) and nav2d (obs 2, action 2) populations of 2 and 3."""
+    envs = (registry.make("Pendulum-v1")[0], registry.make("meta/nav2d")[0])
+    sizes = (2, 3)
+    pops = [_population(cfg, envs[i], sizes[i], jax.random.key(i)) for i in range(2)]
+    params, windows = zip(*pops, strict=True)
+    return envs, params, windows
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_two_group_meta_gradient_is_sum_of_groups(normalise):
+    """One ``α`` for two env types with their own obs/action shapes: the population's
+    meta-loss and meta-gradient are the sums of each group's computed alone, and every
+    ``α`` leaf gets a non-zero meta-gradient."""
+    cfg = _cfg(normalise_meta_loss=normalise)
+    envs, params, windows = _two_groups(cfg)
+    alpha = mg.init_objective(cfg, jax.random.key(7))
+    hp = mg.HParams.make(inner_lr=0.1)
+
+    @jax.jit
+    def value_and_grad(a):
+        return jax.value_and_grad(lambda a: mg.meta_loss(cfg, envs, a, params, windows, hp))(a)
+
+    @jax.jit
+    def alone(a):
+        return [
+            jax.value_and_grad(lambda a, e=e, p=p, w=w: mg.meta_loss(cfg, e, a, p, w, hp))(a)
+            for e, p, w in zip(envs, params, windows, strict=True)
+        ]
+
+    loss, grads = value_and_grad(alpha)
+    (loss_0, grads_0), (loss_1, grads_1) = alone(alpha)
+    np.testing.assert_allclose(loss, loss_0 + loss_1, rtol=1e-6)
+    summed = jax.tree.map(jnp.add, grads_0, grads_1)
+    for (path, g), s, g0, g1 in zip(
+        jax.tree_util.tree_leaves_with_path(grads),
+        jax.tree.leaves(summed),
+        jax.tree.leaves(grads_0),
+        jax.tree.leaves(grads_1),
+        strict=True,
+    ):
+        scale = np.max(np.abs(s))
+        np.testing.assert_allclose(g, s, rtol=1e-5, atol=1e-6 * scale, err_msg=str(path))
+        assert np.linalg.norm(g) > 0, path
+        # Both groups contribute to every leaf (the sum is not just one of them).
+        assert np.linalg.norm(g0) > 0 and np.linalg.norm(g1) > 0, path
+
+
+def test_single_env_is_one_group():
+    """A single env and a 1-tuple of it give the same meta-loss and meta-gradient."""
+    cfg = _cfg()
+    env, _ = registry.make("Pendulum-v1")
+    params, windows = _population(cfg, env, 2, jax.random.key(0))
+    alpha = mg.init_objective(cfg, jax.random.key(1))
+    hp = mg.HParams.make(inner_lr=0.1)
+    single = jax.jit(jax.value_and_grad(lambda a: mg.meta_loss(cfg, env, a, params, windows, hp)))
+    grouped = jax.jit(
+        jax.value_and_grad(lambda a: mg.meta_loss(cfg, (env,), a, (params,), (windows,), hp))
+    )
+    chex.assert_trees_all_equal(single(alpha), grouped(alpha))
+
+
+def test_groups_must_match_envs():
+    env, _ = registry.make("Pendulum-v1")
+    with pytest.raises(ConfigError, match="2 envs but 1 groups"):
+        mg.as_groups((env, env), (1,))
+    with pytest.raises(ConfigError):
+        mg.as_groups(())
+    envs, data = mg.as_groups((env, env), None)
+    assert envs == (env, env) and data == (None, None)
+
+
+def _scale_critic(params, c):
+    """Critic params whose ``Q`` outputs are ``c`` times the original (last layer scaled)."""
+    last = params.critic["params"]["VmapQNetwork_0"]["Dense_0"]
+    critic = jax.tree.map(lambda x: x, params.critic)
+    critic["params"]["VmapQNetwork_0"]["Dense_0"] = jax.tree.map(lambda x: c * x, last)
+    return params.replace(critic=critic)
+
+
+def test_normalised_meta_gradient_ignores_value_scale():
+    """With ``normalise_meta_loss`` a critic whose values are 50x larger (another env's
+    reward scale) gives the same meta-gradient; without it the meta-gradient is 50x larger."""
+    env, _ = registry.make("Pendulum-v1")
+    alpha = mg.init_objective(_cfg(), jax.random.key(1))
+    hp = mg.HParams.make(inner_lr=0.1)
+    params, windows = _population(_cfg(), env, 2, jax.random.key(0))
+    for normalise in (True, False):
+        cfg = _cfg(normalise_meta_loss=normalise)
+        grad = jax.jit(jax.grad(lambda a, p, c=cfg: mg.meta_loss(c, env, a, p, windows, hp)))
+        g1 = grad(alpha, params)
+        g50 = grad(alpha, _scale_critic(params, 50.0))
+        want = g1 if normalise else jax.tree.map(lambda x: 50 * x, g1)
+        for a, b in zip(jax.tree.leaves(g50), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4 * np.max(np.abs(b)))
+
+
+# Recorded from the single-env implementation before groups were added (float32, CPU):
+# _cfg(num_agents=2), Pendulum-v1, HParams defaults, key 0, 20 updates (5 meta-steps).
+_GOLDEN_HEAD2 = [-0.3222768, 0.2687478, -1.2001876, -0.14942953]
+_GOLDEN_META_LOSS = [0.0605681, 0.040220648, -0.0152578065, -0.0047294237]
+
+
+def test_single_env_training_matches_previous_behaviour():
+    cfg = _cfg(num_agents=2)
+    env, _ = registry.make("Pendulum-v1")
+    hp = mg.HParams.make()
+    state = mg.init(cfg, env, jax.random.key(0), hp)
+    state, m = jax.jit(lambda s: mg.train(cfg, env, s, hp, 20))(state)
+    assert isinstance(state.agents, td3.State)  # one env: no 1-tuple around the population
+    assert int(state.meta_steps) == 5
+    np.testing.assert_allclose(state.alpha["head2"]["w"][:, 0], _GOLDEN_HEAD2, rtol=1e-4)
+    np.testing.assert_allclose(m["meta/loss"][-4:], _GOLDEN_META_LOSS, rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(m["meta/loss"], m["meta/loss/group0"])
+
+
+@pytest.mark.slow  # ~22 s quiet, ~32 s under load; the meta-gradient tests cover the groups
+def test_two_env_types_meta_train_one_alpha():
+    """A population of two groups (Pendulum, nav2d) trains; α moves once every agent of
+    both groups is ready, and each group keeps its own shapes and metrics."""
+    cfg = _cfg(num_agents=2, normalise_meta_loss=True)
+    envs = (registry.make("Pendulum-v1")[0], registry.make("meta/nav2d")[0])
+    hp = mg.HParams.make()
+    state = mg.init(cfg, envs, jax.random.key(0), hp)
+    assert isinstance(state.agents, tuple) and len(state.agents) == 2
+    new, m = jax.jit(lambda s: mg.train(cfg, envs, s, hp, 20))(state)
+    assert int(new.meta_steps) == 5
+    chex.assert_shape(new.agents[0].obs, (2, 1, 3))
+    chex.assert_shape(new.agents[1].obs, (2, 1, 2))
+    assert not np.allclose(new.alpha["head2"]["w"], state.alpha["head2"]["w"])
+    chex.assert_tree_all_finite(new.alpha)
+    g0, g1 = m["meta/grad_norm/group0"][-5:], m["meta/grad_norm/group1"][-5:]
+    assert np.all(g0 > 0) and np.all(g1 > 0)
+    np.testing.assert_allclose(
+        m["meta/loss"], (m["meta/loss/group0"] + m["meta/loss/group1"]) / 2, rtol=1e-5
+    )
+    # The two groups' agents are distinct (different keys), as are their metrics.
+    assert not np.allclose(m["train/actor_loss/group0"], m["train/actor_loss/group1"])
+
+
+@pytest.mark.slow
+def test_one_tuple_group_trains_like_a_single_env():
+    cfg = _cfg(num_agents=2)
+    env, _ = registry.make("Pendulum-v1")
+    hp = mg.HParams.make()
+    runs = []
+    for e in (env, (env,)):
+        state = mg.init(cfg, e, jax.random.key(0), hp)
+        runs.append(jax.jit(lambda s, e=e: mg.train(cfg, e, s, hp, 20))(state))
+    (single, m_single), (grouped, m_grouped) = runs
+    chex.assert_trees_all_equal(single.alpha, grouped.alpha)
+    chex.assert_trees_all_equal(single.agents, grouped.agents[0])
+    chex.assert_trees_all_equal(m_single, m_grouped)
 
 
 @pytest.mark.slow
