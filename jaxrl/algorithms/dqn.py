@@ -24,6 +24,14 @@ Truncated episodes bootstrap from the pre-reset observation, terminated ones do 
 The pieces (:func:`collect`, :func:`sample_batch`, :func:`per_example_loss`,
 :func:`gradient_step`, :func:`learn`) are public: Ape-X drives :func:`collect` with one
 epsilon per actor and stale actor parameters.
+
+``Config.data_shards = D > 1`` trains the one agent data-parallel
+(:mod:`jaxrl.distributed.data_parallel`): each shard steps ``num_envs / D`` envs into its
+own replay of ``buffer_size / D`` steps and samples ``batch_size / D`` windows from it;
+gradients and metrics are averaged over shards (importance weights are normalised by the
+largest weight of the whole batch), so parameters, optimiser state and counters stay
+replicated. ``State.buffer``, ``State.env_state`` and ``State.obs`` then carry a leading
+shard axis ``[D, ...]``. ``D = 1`` is the single-device program, unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import optax
 from flax import struct
 
 from jaxrl.algorithms import base
+from jaxrl.distributed import data_parallel as dp
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import make_vec_env
@@ -47,6 +56,8 @@ from jaxrl.utils import tree
 
 TORSOS = ("mlp", "minatar")
 LOSSES = ("huber", "l2")
+# State fields with a leading shard axis [data_shards, ...] when data_shards > 1:
+DATA_SHARDED = ("buffer", "env_state", "obs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +87,7 @@ class Config:
     v_max: float = 10.0
     noisy: bool = False
     anneal_lr: bool = False  # linear decay of the learning rate to 0 over total_timesteps
+    data_shards: int = 1  # data-parallel shards of the envs, the replay and every batch
 
     def __post_init__(self):
         base.check_positive_ints(
@@ -108,6 +120,14 @@ class Config:
             )
         base.check_batch_fits(self)
         base.check_budget(self, "num_envs * train_freq")
+        dp.check_divides(
+            self.data_shards,
+            {
+                "num_envs": self.num_envs,
+                "batch_size": self.batch_size,
+                "buffer_size": self.buffer_size,
+            },
+        )
 
     @property
     def steps_per_update(self) -> int:
@@ -250,11 +270,13 @@ def q_values(cfg: Config, env: Env, params: dict, obs: jax.Array, key: jax.Array
 
 
 def buffer(cfg: Config):
-    """Per-env streams of transitions, sampled as windows of ``n_step`` steps."""
+    """Per-env streams of transitions, sampled as windows of ``n_step`` steps (one shard's:
+    ``num_envs``, ``buffer_size`` and ``batch_size`` over ``data_shards``)."""
+    shards = dp.shards(cfg)
     sizes = dict(
-        num_envs=cfg.num_envs,
-        capacity=cfg.buffer_size,
-        batch_size=cfg.batch_size,
+        num_envs=cfg.num_envs // shards,
+        capacity=cfg.buffer_size // shards,
+        batch_size=cfg.batch_size // shards,
         sequence_length=cfg.n_step,
         period=1,
     )
@@ -264,8 +286,9 @@ def buffer(cfg: Config):
 
 
 def vec_env(cfg: Config, env: Env) -> Env:
-    """The training env stack: ``num_envs`` auto-reset copies with episode statistics."""
-    return make_vec_env(env, cfg.num_envs)
+    """The training env stack: ``num_envs`` auto-reset copies with episode statistics
+    (one shard's ``num_envs / data_shards``)."""
+    return make_vec_env(env, cfg.num_envs // dp.shards(cfg))
 
 
 def learning_rate(cfg: Config, hp: HParams, env_steps: jax.Array) -> jax.Array:
@@ -285,20 +308,23 @@ def optimizer(hp: HParams, lr: jax.Array | None = None) -> optax.GradientTransfo
 
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
-    """Initial state: a fresh network (target equal to it), Adam, empty replay, reset envs."""
+    """Initial state: a fresh network (target equal to it), Adam, empty replay, reset envs
+    (every shard's)."""
     env_params = env.default_params() if env_params is None else env_params
     key, key_net, key_noise, key_env = jax.random.split(key, 4)
-    obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
+    obs, env_state = dp.reset(vec_env(cfg, env), key_env, env_params, cfg.data_shards)
+    obs_0 = dp.first_shard(obs, cfg.data_shards)
     rngs = {"params": key_net, "noise": key_noise}
-    online = network(cfg, env).init(rngs, obs)
+    online = network(cfg, env).init(rngs, obs_0)
     item = Transition(
-        obs[0], jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), obs[0]
+        obs_0[0], jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros(()), jnp.zeros(()), obs_0[0]
     )
     zero = jnp.zeros((), jnp.int32)
+    replay = buffer(cfg).init(item)
     return State(
         params=Params(online, online),
         opt_state=optimizer(hp).init(online),
-        buffer=buffer(cfg).init(item),
+        buffer=replay if cfg.data_shards == 1 else dp.stack_shards(replay, cfg.data_shards),
         env_state=env_state,
         obs=obs,
         env_params=env_params,
@@ -384,18 +410,28 @@ def per_beta(cfg: Config, hp: HParams, env_steps: jax.Array) -> jax.Array:
 
 
 def sample_batch(cfg: Config, env: Env, buffer_state, key: jax.Array, beta: jax.Array) -> Batch:
-    """A minibatch of ``[B, n_step]`` windows, with importance weights if prioritised."""
+    """A minibatch of ``[B, n_step]`` windows, with importance weights if prioritised.
+
+    With ``data_shards = D > 1``: this shard's ``B / D`` windows of its own replay; the
+    weights ``(N P(i))^-beta`` (``N`` and ``P`` this shard's) are normalised by the largest
+    one of all shards.
+    """
     del env
+    shards = dp.shards(cfg)
     key_sample, key_noise = jax.random.split(key)
     sample = buffer(cfg).sample(buffer_state, key_sample)
-    if cfg.prioritised:
+    if cfg.prioritised and shards == 1:
         weights = buffers.importance_weights(
             sample.probabilities, buffers.num_items(buffer_state), beta
         )
         indices = sample.indices
+    elif cfg.prioritised:
+        w = jnp.power(buffers.num_items(buffer_state) * sample.probabilities, -beta)
+        weights = w / dp.pmax(jnp.max(w), shards)
+        indices = sample.indices
     else:
-        weights = jnp.ones((cfg.batch_size,))
-        indices = jnp.zeros((cfg.batch_size,), jnp.int32)
+        weights = jnp.ones((cfg.batch_size // shards,))
+        indices = jnp.zeros((cfg.batch_size // shards,), jnp.int32)
     return Batch(sample.experience, weights, indices, key_noise)
 
 
@@ -462,12 +498,15 @@ def gradient_step(
     """One Adam step on :func:`loss`, the periodic target update and, if prioritised, the
     new priorities of the sampled windows; a no-op where ``ready`` is false.
 
-    Returns ``(state, metrics, priorities [B])``.
+    Returns ``(state, metrics, priorities [B])``. With ``data_shards > 1`` the gradient is
+    averaged over shards; ``metrics`` and ``priorities`` are this shard's.
     """
-
+    shards = dp.shards(cfg)
+    online = dp.local_grad_params(state.params.online, shards)
     (_, (priorities, metrics)), grads = jax.value_and_grad(weighted_loss, argnums=2, has_aux=True)(
-        cfg, env, state.params.online, state.params.target, batch, hp
+        cfg, env, online, state.params.target, batch, hp
     )
+    grads = dp.pmean(grads, shards)
     lr = learning_rate(cfg, hp, state.env_steps)
     updates, opt_state = optimizer(hp, lr).update(grads, state.opt_state, state.params.online)
     online = optax.apply_updates(state.params.online, updates)
@@ -497,10 +536,13 @@ def gradient_step(
 
 
 def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """``cfg.gradient_steps`` :func:`gradient_step` s (no-ops before ``learning_starts``)."""
+    """``cfg.gradient_steps`` :func:`gradient_step` s (no-ops before ``learning_starts``);
+    metrics averaged over steps and shards."""
+    shards = dp.shards(cfg)
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, buffer(cfg).can_sample(state.buffer)
     )
+    ready = dp.all_shards(ready, shards)
     beta = per_beta(cfg, hp, state.env_steps)
 
     def step(st, key):
@@ -512,7 +554,7 @@ def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metr
     state, metrics = jax.lax.scan(
         step, state.replace(key=key), jax.random.split(key_steps, cfg.gradient_steps)
     )
-    return state, jax.tree.map(jnp.mean, metrics)
+    return state, dp.pmean(jax.tree.map(jnp.mean, metrics), shards)
 
 
 def episode_metrics(info: dict) -> Metrics:
@@ -526,12 +568,26 @@ def episode_metrics(info: dict) -> Metrics:
 
 
 def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One iteration: collect ``train_freq`` steps per env, store them, learn."""
+    """One iteration: collect ``train_freq`` steps per env, store them, learn.
+
+    With ``cfg.data_shards > 1`` every shard runs :func:`shard_update`
+    (:func:`jaxrl.distributed.data_parallel.run_update`).
+    """
+    step = lambda s, h: shard_update(cfg, env, s, h)
+    return dp.run_update(step, state, hp, cfg.data_shards, DATA_SHARDED)
+
+
+def shard_update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+    """:func:`update` as one shard sees it (all of it when ``cfg.data_shards == 1``)."""
     eps = epsilon(cfg, hp, state.env_steps)
     state, transitions, info = collect(cfg, env, state, hp)
     state = state.replace(buffer=store(cfg, state.buffer, transitions))
     state, metrics = learn(cfg, env, state, hp)
-    metrics |= episode_metrics(info) | {"train/epsilon": eps}
+    if cfg.data_shards == 1:
+        episodes = episode_metrics(info)
+    else:
+        episodes = dp.episode_metrics(info, info["done"], cfg.data_shards)
+    metrics |= episodes | {"train/epsilon": eps}
     return state.replace(update_count=state.update_count + 1), metrics
 
 
@@ -539,7 +595,8 @@ def train(
     cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
 ) -> tuple[State, Metrics]:
     """``num_updates`` iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, h: shard_update(cfg, env, s, h)
+    return dp.run_train(step, state, hp, num_updates, cfg.data_shards, DATA_SHARDED)
 
 
 def act(cfg: Config, env: Env, params: Params, obs: jax.Array) -> jax.Array:

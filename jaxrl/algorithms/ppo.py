@@ -17,6 +17,13 @@ The paper's first four optimisations also have traced gates in ``HParams``
 [0, 1], default 1). Where the Config switch compiles a feature in, its gate blends it:
 ``on · feature + (1 − on) · without`` (:func:`blend`), so gate 1 is the switch on and
 gate 0 is the switch off, exactly, and all 2^4 combinations x seeds run as one program.
+
+``Config.data_shards = D > 1`` trains the one agent data-parallel
+(:mod:`jaxrl.distributed.data_parallel`): each shard rolls out ``num_envs / D`` envs and
+takes its ``1 / D`` of every minibatch; gradients, metrics, the observation / reward
+normalisers and the advantage normalisation are averaged over shards. ``State.env_state``
+and ``State.obs`` then carry a leading shard axis ``[D, ...]``; everything else is
+replicated. ``D = 1`` is the single-device program, unchanged.
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ from flax import struct
 
 from jaxrl.algorithms import base
 from jaxrl.algorithms import rollout as rollout_lib
+from jaxrl.distributed import data_parallel as dp
 from jaxrl.envs.base import Env
-from jaxrl.envs.wrappers import make_vec_env
 from jaxrl.losses import policy as policy_losses
 from jaxrl.losses.value import value_loss
 from jaxrl.networks import ActorCritic
@@ -41,6 +48,8 @@ from jaxrl.types import Metrics
 OBJECTIVES = ("clip", "kl")
 # Traced gates of the Config switches clip_value, scale_reward, ortho_init, anneal_lr:
 GATES = ("clip_value_on", "scale_reward_on", "ortho_init_on", "anneal_lr_on")
+# State fields with a leading shard axis [data_shards, ...] when data_shards > 1:
+DATA_SHARDED = ("env_state", "obs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +75,7 @@ class Config:
     clip_grad_norm: bool = True
     normalize_advantages: bool = True
     reward_scaling_discount: float = 0.99
+    data_shards: int = 1  # data-parallel shards of the envs and of every minibatch
 
     def __post_init__(self):
         base.check_positive_ints(
@@ -77,6 +87,10 @@ class Config:
                 f"num_envs * rollout_len = {self.steps_per_update} is not divisible by "
                 f"num_minibatches = {self.num_minibatches}"
             )
+        dp.check_divides(
+            self.data_shards,
+            {"num_envs": self.num_envs, "the minibatch size": self.minibatch_size},
+        )
         if self.objective not in OBJECTIVES:
             raise base.ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.torso not in ("mlp", "cnn"):
@@ -200,10 +214,15 @@ def network(cfg: Config, env: Env) -> ActorCritic:
 
 
 def vec_env(cfg: Config, env: Env) -> Env:
-    """The training env stack: ``num_envs`` auto-reset copies, optional normalisation."""
-    return make_vec_env(
+    """The training env stack: ``num_envs`` auto-reset copies, optional normalisation.
+
+    With ``cfg.data_shards = D > 1``: one shard's ``num_envs / D`` copies, with the
+    normalisation statistics synced over shards (call it inside the shards).
+    """
+    return dp.make_vec_env(
         env,
         cfg.num_envs,
+        dp.shards(cfg),
         normalize_obs=cfg.normalize_obs,
         scale_reward=cfg.scale_reward,
         reward_discount=cfg.reward_scaling_discount,
@@ -267,11 +286,11 @@ def gated_value_loss(
 
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
-    """Initial state: fresh network, optimiser state and reset envs."""
+    """Initial state: fresh network, optimiser state and reset envs (every shard's)."""
     env_params = env.default_params() if env_params is None else env_params
     key, key_net, key_env = jax.random.split(key, 3)
-    obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
-    params = init_params(cfg, env, key_net, obs, hp.ortho_init_on)
+    obs, env_state = dp.reset(vec_env(cfg, env), key_env, env_params, cfg.data_shards)
+    params = init_params(cfg, env, key_net, dp.first_shard(obs, cfg.data_shards), hp.ortho_init_on)
     opt_state = optimizer(cfg, hp, hp.learning_rate).init(params)
     return State(
         params=params,
@@ -291,13 +310,16 @@ def loss(
     """PPO loss on one minibatch: surrogate + ``vf_coef`` · value loss − ``ent_coef`` · entropy.
 
     With ``objective="kl"`` the surrogate is ``−mean(ρA) + hp.kl_beta · KL`` (the update
-    passes the current adaptive β in ``hp.kl_beta``).
+    passes the current adaptive β in ``hp.kl_beta``). With ``cfg.data_shards > 1``, ``batch``
+    is one shard's part of the minibatch and advantages are normalised by the statistics
+    of the whole minibatch (a collective: call it inside the shards).
     """
     dist, value = network(cfg, env).apply(params, batch.obs)
     log_prob = dist.log_prob(batch.action)
     advantage = batch.advantage
     if cfg.normalize_advantages:
-        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        mean, std = dp.mean_std(advantage, dp.shards(cfg))
+        advantage = (advantage - mean) / (std + 1e-8)
     if cfg.objective == "clip":
         pg_loss, clip_fraction = policy_losses.clipped_surrogate_loss(
             log_prob, batch.log_prob, advantage, hp.clip_eps
@@ -330,7 +352,8 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
 
 
 def make_batch(cfg: Config, env: Env, params: dict, rollout: Rollout, hp: HParams) -> Batch:
-    """Truncation-aware GAE on the rollout (``rollout.advantages``), flattened to ``[B]``.
+    """Truncation-aware GAE on the rollout (``rollout.advantages``), flattened to ``[B]``
+    (``B = num_envs * rollout_len / data_shards``: one shard's rollout).
 
     With ``cfg.scale_reward`` the rewards are ``hp.scale_reward_on · scaled + (1 − on) ·
     raw`` (the raw ones from ``rollout.info["raw_reward"]``).
@@ -342,7 +365,7 @@ def make_batch(cfg: Config, env: Env, params: dict, rollout: Rollout, hp: HParam
         network(cfg, env), params, rollout, hp.discount, hp.gae_lambda
     )
     batch = Batch(rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantage, target)
-    return rollout_lib.flatten(batch, cfg.steps_per_update)
+    return rollout_lib.flatten(batch, cfg.steps_per_update // dp.shards(cfg))
 
 
 LossFn = Callable[[Config, Env, dict, Batch, HParams], tuple[jax.Array, Metrics]]
@@ -354,24 +377,42 @@ def update(
     """One PPO iteration: collect, GAE, ``num_epochs`` x ``num_minibatches`` Adam steps.
 
     ``loss_fn`` (same signature as :func:`loss`) replaces the PPO loss, e.g. to add a
-    regulariser; its metrics are averaged and returned with the rest.
+    regulariser; its metrics are averaged and returned with the rest. With
+    ``cfg.data_shards > 1`` every shard runs :func:`shard_update` on its envs
+    (:func:`jaxrl.distributed.data_parallel.run_update`: vmapped, or one shard per device
+    under ``jax.set_mesh(data_parallel.data_mesh(D))``).
     """
+    step = lambda s, h: shard_update(cfg, env, s, h, loss_fn)
+    return dp.run_update(step, state, hp, cfg.data_shards, DATA_SHARDED)
+
+
+def shard_update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """:func:`update` as one shard sees it (all of it when ``cfg.data_shards == 1``).
+
+    The shard's minibatches are ``minibatch_size / data_shards`` of its own transitions;
+    gradients are averaged over shards before Adam, so the parameters stay replicated.
+    """
+    shards = cfg.data_shards
     state, rollout = collect(cfg, env, state)
     batch = make_batch(cfg, env, state.params, rollout, hp)
     loss_hp = hp.replace(kl_beta=state.kl_beta)
     lr = learning_rate(cfg, hp, state.update_count, hp.anneal_lr_on)
     tx = optimizer(cfg, hp, lr)
     grad_fn = jax.grad(lambda p, b: loss_fn(cfg, env, p, b, loss_hp), has_aux=True)
+    num_steps = cfg.steps_per_update // shards
 
     def sgd_step(carry, minibatch):
         params, opt_state = carry
-        grads, metrics = grad_fn(params, minibatch)
+        grads, metrics = grad_fn(dp.local_grad_params(params, shards), minibatch)
+        grads = dp.pmean(grads, shards)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), metrics
 
     def epoch(carry, key):
-        perm = jax.random.permutation(key, cfg.steps_per_update)
-        shape = (cfg.num_minibatches, cfg.minibatch_size)
+        perm = jax.random.permutation(key, num_steps)
+        shape = (cfg.num_minibatches, cfg.minibatch_size // shards)
         minibatches = jax.tree.map(lambda x: x[perm].reshape(shape + x.shape[1:]), batch)
         return jax.lax.scan(sgd_step, carry, minibatches)
 
@@ -381,14 +422,19 @@ def update(
         (state.params, state.opt_state),
         jax.random.split(key_epochs, cfg.num_epochs),
     )
-    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics = dp.pmean(jax.tree.map(jnp.mean, metrics), shards)
     kl_beta = state.kl_beta
     if cfg.objective == "kl":
         kl_beta = policy_losses.adapt_kl_beta(kl_beta, metrics["train/approx_kl"], hp.kl_target)
+    if shards == 1:
+        episodes = rollout_lib.episode_metrics(rollout)
+    else:
+        done = jnp.logical_or(rollout.terminated, rollout.truncated)
+        episodes = dp.episode_metrics(rollout.info, done, shards)
     metrics |= {
         "train/learning_rate": lr,
         "train/kl_beta": state.kl_beta,
-    } | rollout_lib.episode_metrics(rollout)
+    } | episodes
     state = state.replace(
         params=params,
         opt_state=opt_state,
@@ -403,8 +449,8 @@ def train(
     cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` PPO iterations as one scan; metrics stacked ``[num_updates]``."""
-    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
-    return jax.lax.scan(step, state, None, num_updates)
+    step = lambda s, h: shard_update(cfg, env, s, h, loss_fn)
+    return dp.run_train(step, state, hp, num_updates, cfg.data_shards, DATA_SHARDED)
 
 
 def act(cfg: Config, env: Env, params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:

@@ -25,6 +25,14 @@ The target entropy is ``-target_entropy_scale * A`` for ``A`` action dimensions
 (default ``-A``) and ``target_entropy_scale * log |A|`` for ``|A|`` discrete actions.
 
 TD3's replay buffer, vectorised env, collection loop and Polyak update are reused.
+
+``Config.data_shards = D > 1`` trains the one agent data-parallel
+(:mod:`jaxrl.distributed.data_parallel`): each shard steps ``num_envs / D`` envs into its
+own replay of ``buffer_size / D`` transitions and samples ``batch_size / D`` of them; the
+critic, actor and temperature gradients and the metrics are averaged over shards, so
+parameters, optimiser states and counters stay replicated. ``State.buffer``,
+``State.env_state`` and ``State.obs`` then carry a leading shard axis ``[D, ...]``.
+``D = 1`` is the single-device program, unchanged.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from flax import struct
 
 from jaxrl.algorithms import base, td3
 from jaxrl.algorithms.td3 import Transition, polyak  # noqa: F401  (re-exported)
+from jaxrl.distributed import data_parallel as dp
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.networks.continuous import scale_action
@@ -65,6 +74,7 @@ class Config:
     num_critics: int = 2
     hidden: tuple[int, ...] = (256, 256)
     autotune: bool = True  # learn alpha towards the target entropy; else alpha = init_alpha
+    data_shards: int = 1  # data-parallel shards of the envs, the replay and every batch
 
     def __post_init__(self):
         base.check_positive_ints(
@@ -78,6 +88,14 @@ class Config:
             raise base.ConfigError("learning_starts must be >= 0")
         base.check_batch_fits(self)
         base.check_budget(self, "num_envs * train_freq")
+        dp.check_divides(
+            self.data_shards,
+            {
+                "num_envs": self.num_envs,
+                "batch_size": self.batch_size,
+                "buffer_size": self.buffer_size,
+            },
+        )
 
     @property
     def steps_per_update(self) -> int:
@@ -116,6 +134,10 @@ class HParams(struct.PyTreeNode):
     @classmethod
     def make(cls, **overrides) -> HParams:
         return base.make_hparams(cls, HPARAM_DEFAULTS, overrides)
+
+
+# State fields with a leading shard axis [data_shards, ...] when data_shards > 1:
+DATA_SHARDED = ("buffer", "env_state", "obs")
 
 
 def check(cfg: Config, hp: HParams) -> None:
@@ -253,30 +275,32 @@ def optimizer(hp: HParams) -> optax.GradientTransformation:
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
     """Initial state: fresh networks (target critics equal to them), ``log alpha =
-    log hp.init_alpha``, optimisers, empty buffer, envs."""
+    log hp.init_alpha``, optimisers, empty buffer, envs (every shard's)."""
     env_params = env.default_params() if env_params is None else env_params
     key, key_actor, key_critic, key_env = jax.random.split(key, 4)
-    obs, env_state = td3.vec_env(cfg, env).reset(key_env, env_params)
+    obs, env_state = dp.reset(td3.vec_env(cfg, env), key_env, env_params, cfg.data_shards)
+    obs_0 = dp.first_shard(obs, cfg.data_shards)
     actor, critic = networks(cfg, env)
     n = num_actions(env)
-    actor_params = actor.init(key_actor, obs)
+    actor_params = actor.init(key_actor, obs_0)
     if is_discrete(env):
-        critic_params = critic.init(key_critic, obs)
+        critic_params = critic.init(key_critic, obs_0)
         action = jnp.zeros((), jnp.int32)
     else:
-        critic_params = critic.init(key_critic, obs, jnp.zeros((cfg.num_envs, n)))
+        critic_params = critic.init(key_critic, obs_0, jnp.zeros((obs_0.shape[0], n)))
         action = jnp.zeros(n)
     log_alpha = jnp.log(hp.init_alpha)
     params = Params(actor_params, critic_params, critic_params, log_alpha)
-    item = Transition(obs[0], action, jnp.zeros(()), jnp.zeros(()), obs[0])
+    item = Transition(obs_0[0], action, jnp.zeros(()), jnp.zeros(()), obs_0[0])
     tx = optimizer(hp)
     zero = jnp.zeros((), jnp.int32)
+    replay = td3.buffer(cfg).init(item)
     return State(
         params=params,
         actor_opt_state=tx.init(actor_params),
         critic_opt_state=tx.init(critic_params),
         alpha_opt_state=tx.init(log_alpha),
-        buffer=td3.buffer(cfg).init(item),
+        buffer=replay if cfg.data_shards == 1 else dp.stack_shards(replay, cfg.data_shards),
         env_state=env_state,
         obs=obs,
         env_params=env_params,
@@ -470,8 +494,10 @@ def sample_batch(cfg: Config, buffer_state, key: jax.Array) -> Batch:
     return Batch(td3.buffer(cfg).sample(buffer_state, key_sample).experience, key_pi)
 
 
-def _adam_step(loss_fn, params, opt_state, hp: HParams):
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
+def _adam_step(loss_fn, params, opt_state, hp: HParams, shards: int):
+    """One Adam step on ``loss_fn(params)``, its gradient averaged over ``shards``."""
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(dp.local_grad_params(params, shards))
+    grads = dp.pmean(grads, shards)
     updates, opt_state = optimizer(hp).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -480,14 +506,20 @@ def gradient_step(
     cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, ready: jax.Array
 ) -> tuple[State, Metrics]:
     """Critics, then (every ``policy_delay``-th step) actor and temperature, then the
-    Polyak target update; a no-op where ``ready`` is false (selects, no branches)."""
-    p = state.params
+    Polyak target update; a no-op where ``ready`` is false (selects, no branches). With
+    ``cfg.data_shards > 1`` every gradient is averaged over shards; ``metrics`` are this
+    shard's."""
+    p, shards = state.params, cfg.data_shards
     critic, c_opt, c_metrics = _adam_step(
-        lambda c: critic_loss(cfg, env, c, p, batch, hp), p.critic, state.critic_opt_state, hp
+        lambda c: critic_loss(cfg, env, c, p, batch, hp),
+        p.critic,
+        state.critic_opt_state,
+        hp,
+        shards,
     )
     p = p.replace(critic=critic)
     actor, a_opt, a_metrics = _adam_step(
-        lambda a: actor_loss(cfg, env, a, p, batch, hp), p.actor, state.actor_opt_state, hp
+        lambda a: actor_loss(cfg, env, a, p, batch, hp), p.actor, state.actor_opt_state, hp, shards
     )
     with_actor = p.replace(actor=actor)
     log_alpha, t_opt, t_metrics = _adam_step(
@@ -495,6 +527,7 @@ def gradient_step(
         p.log_alpha,
         state.alpha_opt_state,
         hp,
+        shards,
     )
     if cfg.autotune:
         with_actor = with_actor.replace(log_alpha=log_alpha)
@@ -517,10 +550,11 @@ def gradient_step(
 
 def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
     """``cfg.gradient_steps`` :func:`gradient_step` s on uniform replay batches (no-ops
-    before ``learning_starts``)."""
+    before ``learning_starts``); metrics averaged over steps and shards."""
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, td3.buffer(cfg).can_sample(state.buffer)
     )
+    ready = dp.all_shards(ready, cfg.data_shards)
 
     def step(st, key):
         return gradient_step(cfg, env, st, sample_batch(cfg, st.buffer, key), hp, ready)
@@ -529,17 +563,30 @@ def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metr
     state, metrics = jax.lax.scan(
         step, state.replace(key=key), jax.random.split(key_steps, cfg.gradient_steps)
     )
-    return state, jax.tree.map(jnp.mean, metrics)
+    return state, dp.pmean(jax.tree.map(jnp.mean, metrics), cfg.data_shards)
 
 
 def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One iteration: collect ``train_freq`` steps per env, store them, learn."""
+    """One iteration: collect ``train_freq`` steps per env, store them, learn.
+
+    With ``cfg.data_shards > 1`` every shard runs :func:`shard_update`
+    (:func:`jaxrl.distributed.data_parallel.run_update`).
+    """
+    step = lambda s, h: shard_update(cfg, env, s, h)
+    return dp.run_update(step, state, hp, cfg.data_shards, DATA_SHARDED)
+
+
+def shard_update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+    """:func:`update` as one shard sees it (all of it when ``cfg.data_shards == 1``)."""
     state, transitions, info = td3.collect_with(
         cfg, env, state, lambda s, o, k: explore(cfg, env, s, o, k)
     )
     state = td3.store(cfg, state, transitions)
     state, metrics = learn(cfg, env, state, hp)
-    metrics |= td3.episode_metrics(info)
+    if cfg.data_shards == 1:
+        metrics |= td3.episode_metrics(info)
+    else:
+        metrics |= dp.episode_metrics(info, info["done"], cfg.data_shards)
     return state.replace(update_count=state.update_count + 1), metrics
 
 
@@ -547,4 +594,5 @@ def train(
     cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
 ) -> tuple[State, Metrics]:
     """``num_updates`` SAC iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, h: shard_update(cfg, env, s, h)
+    return dp.run_train(step, state, hp, num_updates, cfg.data_shards, DATA_SHARDED)

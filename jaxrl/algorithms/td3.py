@@ -36,6 +36,7 @@ import optax
 from flax import struct
 
 from jaxrl.algorithms import base
+from jaxrl.distributed import data_parallel as dp
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import make_vec_env
@@ -216,13 +217,19 @@ def networks(cfg: Config, env: Env) -> tuple[DeterministicActor, nn.Module]:
 
 
 def buffer(cfg: Config):
-    """The flat replay buffer: ``buffer_size`` transitions, ``batch_size`` per sample."""
-    return buffers.flat_buffer(cfg.buffer_size, cfg.batch_size)
+    """The flat replay buffer: ``buffer_size`` transitions, ``batch_size`` per sample.
+
+    For a config with ``data_shards = D`` (SAC's) it is one shard's: ``buffer_size / D``
+    and ``batch_size / D``.
+    """
+    shards = dp.shards(cfg)
+    return buffers.flat_buffer(cfg.buffer_size // shards, cfg.batch_size // shards)
 
 
 def vec_env(cfg: Config, env: Env) -> Env:
-    """The training env stack: ``num_envs`` auto-reset copies with episode statistics."""
-    return make_vec_env(env, cfg.num_envs)
+    """The training env stack: ``num_envs`` auto-reset copies with episode statistics
+    (one shard's ``num_envs / D`` for a config with ``data_shards = D``, e.g. SAC's)."""
+    return make_vec_env(env, cfg.num_envs // dp.shards(cfg))
 
 
 def optimizer(hp: HParams) -> optax.GradientTransformation:
