@@ -49,10 +49,32 @@ def _from_arrays(tree: Any, template: Any) -> Any:
     return jax.tree.map(back, tree, template)
 
 
+class _Manager(ocp.CheckpointManager):
+    """orbax's manager, minus its own queries of JAX's preemption sync point.
+
+    orbax asks ``reached_preemption_sync_point(step)`` at every save (to log), with update
+    counts as step ids; JAX's protocol needs one caller with consecutive ids, and that is
+    the runner (:func:`jaxrl.distributed.multihost.preempted`), which decides when to save.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 def _manager(run_dir: str | Path) -> ocp.CheckpointManager:
+    """The run's manager. With several processes every one of them saves its own shards,
+    and orbax's barriers go through the coordination service (``active_processes`` set to
+    all of them), not through device collectives that a stopped process would hang."""
     path = Path(run_dir).absolute() / SUBDIR
-    options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=True)
-    return ocp.CheckpointManager(path, options=options, item_names=("state", "manifest"))
+    if jax.process_count() == 1:
+        options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=True)
+    else:
+        path.mkdir(parents=True, exist_ok=True)  # orbax's create= needs a device barrier
+        every = ocp.options.MultiprocessingOptions(active_processes=set(range(jax.process_count())))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=KEEP, create=False, multiprocessing_options=every
+        )
+    return _Manager(path, options=options, item_names=("state", "manifest"))
 
 
 def save(run_dir: str | Path, step: int, state: Any, manifest: dict[str, Any]) -> None:

@@ -3,6 +3,12 @@
 Every input problem (unknown algorithm, environment, preset or ``--set`` key, a value of
 the wrong type, an impossible setting) is reported as one line before anything
 compiles, with exit status 2 and no traceback.
+
+``train`` and ``sweep`` run on several processes (hosts) as one program when given
+``--coordinator-address``, ``--num-processes`` and ``--process-id`` (or
+``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; ``--num-processes
+auto`` on SLURM, Open MPI or a TPU pod): every process runs the same command, process 0
+prints and writes the run directory (see :mod:`jaxrl.distributed.multihost`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         help="checkpoint the full state every CHUNKS chunks and at the end (0: never)",
     )  # fmt: skip
     _add_logging_flags(train)
+    add_distributed_flags(train)
     sub.add_parser("list", help="list algorithms, environments and presets")
     from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sweep
 
@@ -55,6 +62,51 @@ def _parser() -> argparse.ArgumentParser:
 
 
 LOGGING_DEFAULTS = dict(csv=False, tensorboard=False, wandb=False, eval_every=0, eval_episodes=10)
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """``--coordinator-address``, ``--num-processes``, ``--process-id`` (multi-process runs)."""
+    group = parser.add_argument_group(
+        "several processes (hosts)",
+        "run one program on several processes; each flag falls back to its JAX_* variable",
+    )
+    group.add_argument(
+        "--coordinator-address", metavar="HOST:PORT",
+        help="process 0's address and a free port, the same on every process "
+        "(JAX_COORDINATOR_ADDRESS)",
+    )  # fmt: skip
+    group.add_argument(
+        "--num-processes", metavar="N|auto",
+        help="number of processes; 'auto': detect from SLURM, Open MPI or a TPU pod "
+        "(JAX_NUM_PROCESSES)",
+    )  # fmt: skip
+    group.add_argument(
+        "--process-id", metavar="I", help="this process's index, 0..N-1 (JAX_PROCESS_ID)"
+    )
+
+
+def start_processes(args) -> bool:
+    """Joins the other processes if the flags or environment say so; returns whether this
+    is process 0. Non-primary processes become ``--quiet``. Raises ConfigError."""
+    from jaxrl.distributed import multihost
+
+    procs = multihost.initialize(
+        getattr(args, "coordinator_address", None),
+        getattr(args, "num_processes", None),
+        getattr(args, "process_id", None),
+    )
+    args.process_index = procs.process_id
+    if not procs.is_primary:
+        args.quiet = True
+    return procs.is_primary
+
+
+def default_run_dir(name: str) -> Path:
+    """``runs/<name>-<time>``, the time being process 0's so that every process agrees."""
+    from jaxrl.distributed import multihost
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(multihost.agreed_time()))
+    return Path("runs") / f"{name}-{stamp}"
 
 
 def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +127,8 @@ def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _extras(args, algo, cfg, env, run_dir: Path):
-    """The optional writers and periodic evaluator the flags ask for."""
+    """The optional writers and periodic evaluator the flags ask for (every process builds
+    them, which only checks the imports; ``loop.run`` writes through them on process 0)."""
     from jaxrl.logger import writers
     from jaxrl.runner.evaluate import PeriodicEval
 
@@ -181,6 +234,7 @@ def _resume_args(args) -> argparse.Namespace:
         algo=algo, env=env, preset=None, num_seeds=num_seeds, seed=seed, total_timesteps=None,
         set=sets, run_dir=args.resume, quiet=args.quiet, resume=args.resume,
         checkpoint_every=getattr(args, "checkpoint_every", 1),
+        primary=getattr(args, "primary", True),
         **{name: getattr(args, name, default) for name, default in LOGGING_DEFAULTS.items()},
     )  # fmt: skip
 
@@ -209,18 +263,21 @@ def _train(args) -> int:
             f"note: {requested:,} env steps rounded down to {ran:,} "
             f"({cfg.num_updates} updates x {cfg.steps_per_update} steps per update)"
         )
-    run_dir = args.run_dir or Path("runs") / (
-        f"{args.algo}-{env_name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    run_dir = args.run_dir or default_run_dir(f"{args.algo}-{env_name.replace('/', '_')}")
     if args.resume is None:
         loop.check_fresh_run_dir(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from jaxrl.distributed import multihost
     from jaxrl.logger import writers
 
+    multihost.barrier("jaxrl-cli-run-dir-checked")  # every process checked before writing
+    primary = getattr(args, "primary", True)
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
     runs = sweep.grid(hp, range(args.seed, args.seed + args.num_seeds))
     resume = args.resume is not None
-    if not resume:
+    if not resume and primary:
         writers.write_json(run_dir / "config.json", run_config(args, env_name, cfg, hp))
+    multihost.barrier("jaxrl-cli-run-dir-ready")
     extra_writers, evaluator = _extras(args, algo, cfg, env, run_dir)
     result = loop.run(
         algo, env, cfg, runs, env_name=env_name, algo_name=args.algo, run_dir=run_dir,
@@ -287,7 +344,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
+    from jaxrl.distributed import multihost
+
     try:
+        status = _run_command(args)
+    except multihost.Preempted as err:  # every process stops at the same chunk
+        print(f"jaxrl: {err}", file=sys.stderr)
+        return 130
+    except multihost.Aborted as err:  # another process stopped
+        print(f"jaxrl: stopping: {err}", file=sys.stderr)
+        return 1
+    except BaseException as err:  # a bug: the others must not wait for this process
+        multihost.abort(f"process {getattr(args, 'process_index', 0)} failed: {err!r}")
+        raise
+    if status != 0:
+        why = "was interrupted" if status == 130 else f"stopped with exit status {status}"
+        multihost.abort(f"process {getattr(args, 'process_index', 0)} {why}")
+    return status
+
+
+def _run_command(args) -> int:
+    """Runs ``args.command``; returns the exit status (130: Ctrl-C). Raises
+    :class:`~jaxrl.distributed.multihost.Preempted` and ``Aborted`` (see :func:`main`)."""
+    from jaxrl.distributed import multihost
+
+    try:
+        if args.command in ("train", "sweep"):
+            args.primary = start_processes(args)  # before anything starts JAX
         if args.command in ("sweep", "pbt", "plot", "eval"):
             from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sweep
 
@@ -298,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"jaxrl: error: {err}", file=sys.stderr)
         return 2
+    except multihost.Preempted:
+        raise
     except KeyboardInterrupt:
         print("jaxrl: interrupted", file=sys.stderr)
         return 130

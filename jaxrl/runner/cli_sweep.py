@@ -13,6 +13,10 @@ setting in every row, ``summary.json``, ``curve.png``, checkpoints): ``config.js
 ``jaxrl sweep --resume RUN_DIR`` rebuilds the sweep from ``RUN_DIR/config.json`` (the same
 settings, seeds and random draws), continues it from the newest checkpoint and writes the
 same numbers an uninterrupted sweep writes.
+
+On several processes (``--coordinator-address``, ``--num-processes``, ``--process-id``, or
+their ``JAX_*`` variables) every process runs the same command and process 0 writes the
+files; see :mod:`jaxrl.distributed.multihost`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstrap-reps", type=int, default=BOOTSTRAP_REPS, help="resamples per interval"
     )
+    from jaxrl.runner.cli import add_distributed_flags
+
+    add_distributed_flags(p)
     return p
 
 
@@ -342,6 +348,7 @@ def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, list[dic
             num_seeds=saved["num_seeds"], seed=saved["seed"], total_timesteps=None, set=sets,
             run_dir=args.resume, resume=args.resume, quiet=args.quiet,
             checkpoint_every=args.checkpoint_every, bootstrap_reps=args.bootstrap_reps,
+            primary=getattr(args, "primary", True),
         )  # fmt: skip
         labels = spec["runs"]
     except (ValueError, KeyError, TypeError, AttributeError) as err:
@@ -362,18 +369,21 @@ def _sweep(args: argparse.Namespace) -> int:
         raise ConfigError("an algorithm name is required (or --resume RUN_DIR)")
     algo, env, env_name, cfg, hp = _validate(args)
     runs, names = _build_runs(args, algo, cfg, hp)
-    run_dir = args.run_dir or Path("runs") / (
-        f"sweep-{args.algo}-{env_name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    from jaxrl.distributed import multihost
+    from jaxrl.runner.cli import default_run_dir, run_config
+
+    run_dir = args.run_dir or default_run_dir(f"sweep-{args.algo}-{env_name.replace('/', '_')}")
     resume = saved_labels is not None
     if resume:
         if json_normal(runs.labels) != json_normal(saved_labels):
             raise ConfigError(f"--resume {run_dir}: the rebuilt runs differ from config.json's")
         return _finish(args, algo, env, env_name, cfg, runs, names, run_dir, resume=True)
     loop.check_fresh_run_dir(run_dir)
+    multihost.barrier("jaxrl-sweep-run-dir-checked")  # every process checked before writing
+    if not getattr(args, "primary", True):
+        multihost.barrier("jaxrl-sweep-run-dir-ready")
+        return _finish(args, algo, env, env_name, cfg, runs, names, run_dir, resume=False)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from jaxrl.runner.cli import run_config
-
     writers.write_json(
         run_dir / "config.json",
         {
@@ -388,6 +398,7 @@ def _sweep(args: argparse.Namespace) -> int:
             },
         },
     )
+    multihost.barrier("jaxrl-sweep-run-dir-ready")
     return _finish(args, algo, env, env_name, cfg, runs, names, run_dir, resume=False)
 
 
@@ -410,6 +421,8 @@ def _finish(args, algo, env, env_name, cfg, runs, names, run_dir: Path, resume: 
         algo, env, cfg, runs, env_name=env_name, algo_name=args.algo, run_dir=run_dir,
         quiet=args.quiet, checkpoint_every=args.checkpoint_every, resume=resume,
     )  # fmt: skip
+    if not getattr(args, "primary", True):
+        return 0  # process 0 writes the results
     final = np.asarray(result.summary["final_return"]["per_run"], np.float64)
     rows = summarise(final, runs.labels, names, args.bootstrap_reps)
     for row, group in zip(rows, group_settings(runs.labels, names), strict=True):

@@ -208,7 +208,8 @@ class PeriodicEval:
     Compiled once (first call); writes one row per run to ``eval.jsonl`` (if ``path``) with
     ``eval/return_deterministic`` and ``eval/return_stochastic`` (means over episodes) and
     their standard deviations. Keys come from :func:`eval_key` (``seed``, the run's seed,
-    the update count), separate from the training env seeds.
+    the update count), separate from the training env seeds. With several processes every
+    process calls it (the runs span their devices) and process 0 alone writes the file.
     """
 
     def __init__(
@@ -249,19 +250,27 @@ class PeriodicEval:
         run_labels: Sequence[dict[str, Any]],
     ) -> dict[str, np.ndarray]:
         """Evaluates every run (``State``/``HParams`` ``[R]``); returns ``{metric: [R]}``."""
+        from jaxrl.distributed import multihost
         from jaxrl.logger import writers
 
         num_runs = len(run_labels)
-        state, hps = jax.tree.map(lambda x: x[:num_runs], (state, hps))
-        seeds = jnp.asarray([label.get("seed", label["run"]) for label in run_labels])
-        keys = jax.vmap(lambda s: eval_key(self.seed, s, update))(seeds)
-        returns = jax.device_get(self._fn(state, hps, keys))
+        seeds = [label.get("seed", label["run"]) for label in run_labels]
+        like = jax.tree.leaves(state)[0]
+        if multihost.spans_processes(like):  # several processes: evaluate the padded runs
+            # too, as sharded, and drop them on the host (no resharding, no collectives)
+            seeds += seeds[:1] * (like.shape[0] - num_runs)
+        else:
+            state, hps = jax.tree.map(lambda x: x[:num_runs], (state, hps))
+        keys = jax.vmap(lambda s: eval_key(self.seed, s, update))(jnp.asarray(seeds))
+        keys = multihost.place_like(keys, like)
+        returns = multihost.to_host(self._fn(state, hps, keys))
+        returns = {mode: r[:num_runs] for mode, r in returns.items()}
         out = {}
         with np.errstate(all="ignore"):
             for mode, r in returns.items():
                 out[f"eval/return_{mode}"] = np.mean(r, axis=1)
                 out[f"eval/return_{mode}_std"] = np.std(r, axis=1)
-        if self.path is not None:
+        if self.path is not None and jax.process_index() == 0:
             metrics = {name: value[:, None] for name, value in out.items()}
             writers.JsonlWriter(self.path).write_chunk(
                 metrics,

@@ -4,6 +4,16 @@
 host pulls that chunk's metrics (so device memory does not grow with the run), writes
 them, and updates the progress bar. State (including PRNG keys) is carried across
 chunks unchanged, so chunking never changes the numbers.
+
+Several processes (:func:`jaxrl.distributed.initialize`): every process runs this same
+loop; the run axis is laid over the devices of all of them, each process training its
+block of runs. After each chunk the metrics are all-gathered, so every process holds every
+run's numbers and returns the same :class:`Result`; process 0 alone writes
+``metrics.jsonl``, ``summary.json``, ``curve.png`` and the extra writers, and prints the
+progress bar. Every process takes part in each orbax checkpoint (each saves its own
+shards), so the run directory must be on a file system all hosts share. A SIGTERM
+(preemption notice) to any process makes all of them checkpoint at the next chunk they
+agree on and raise :class:`jaxrl.distributed.multihost.Preempted`.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import numpy as np
 
 from jaxrl import __version__, distributed
 from jaxrl.checkpoint import io as checkpoint_io
+from jaxrl.distributed import multihost
 from jaxrl.envs.base import Env
 from jaxrl.errors import ConfigError
 from jaxrl.logger import metrics as metric_utils
@@ -83,8 +94,8 @@ def run(
     """Trains every run in ``runs`` for ``cfg.num_updates`` updates; returns a :class:`Result`.
 
     The runs are split over ``devices`` (default: every local device, at most one per
-    run); a run count that does not divide is padded with copies of run 0, whose
-    results are dropped.
+    run; with several processes, every device of every process); a run count that does
+    not divide is padded with copies of run 0, whose results are dropped.
 
     Writes ``metrics.jsonl``, ``summary.json`` and ``curve.png`` into ``run_dir`` if given
     (``config.json`` is the caller's, written before compiling), and a checkpoint of the
@@ -104,7 +115,14 @@ def run(
     num_runs = len(runs)
 
     t0 = time.perf_counter()
-    devices = list(jax.local_devices() if devices is None else devices)[:num_runs]
+    multi = jax.process_count() > 1
+    primary = jax.process_index() == 0
+    if devices is None:
+        devices = multihost.global_devices() if multi else jax.local_devices()
+    # One process drops devices beyond one per run; several keep them all, as every
+    # process must own a part of the mesh it runs.
+    devices = list(devices) if multi else list(devices)[:num_runs]
+    quiet = quiet or not primary
     mesh = distributed.run_mesh(devices)
     keys, hps = distributed.pad_runs((runs.keys, runs.hps), len(devices))
     state = sweep.init_runs(algo, cfg, env, keys, hps)
@@ -119,19 +137,32 @@ def run(
                         f"run directory {run_dir} already holds a run ({name}); "
                         "resume it or choose another directory"
                     )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        multihost.barrier("jaxrl-run-dir-checked")  # every process checked before any writes
+        if primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(algo_name, env_name, cfg, runs)
     done_updates, history = 0, {}
     if resume:
         template = jax.tree.map(lambda x: x[:num_runs], state)
-        restored, done_updates, _ = checkpoint_io.restore(run_dir, template, manifest)
+        with multihost.uninterrupted():  # every process restores (orbax syncs them)
+            multihost.barrier("restore")
+            restored, done_updates, _ = checkpoint_io.restore(run_dir, template, manifest)
         state = distributed.pad_runs(restored, len(devices))
-        history = _truncate_metrics(run_dir / "metrics.jsonl", done_updates, runs)
+        rows = _read_metrics(run_dir / "metrics.jsonl", done_updates)
+        history = _history(rows, done_updates, runs)
         eval_path = getattr(evaluator, "path", None)
+        eval_rows = None
         if eval_path is not None and Path(eval_path).exists():  # drop evaluations past it too
-            rows = [r for r in writers.read_jsonl(eval_path) if r["update"] <= done_updates]
-            writers.atomic_write_text(eval_path, "".join(json.dumps(r) + "\n" for r in rows))
-    state, hps = distributed.shard_runs((state, hps), mesh)
+            eval_rows = [r for r in writers.read_jsonl(eval_path) if r["update"] <= done_updates]
+        multihost.barrier("jaxrl-resume-read")  # every process read before process 0 rewrites
+        if primary:
+            _write_rows(run_dir / "metrics.jsonl", rows)
+            if eval_rows is not None:
+                _write_rows(Path(eval_path), eval_rows)
+    if multi:  # every process computed the same full state: each places its own shards
+        state, hps = multihost.shard_global((state, hps), mesh)
+    else:
+        state, hps = distributed.shard_runs((state, hps), mesh)
     compiled = {chunk: train_fn(algo, cfg, env, chunk).lower(state, hps).compile()}
     if num_updates % chunk:
         rest = num_updates % chunk
@@ -139,8 +170,8 @@ def run(
     jax.block_until_ready(state)
     compile_seconds = time.perf_counter() - t0
 
-    writer = writers.JsonlWriter(run_dir / "metrics.jsonl") if run_dir else None
-    all_writers = ([writer] if writer else []) + list(extra_writers)
+    writer = writers.JsonlWriter(run_dir / "metrics.jsonl") if run_dir and primary else None
+    all_writers = ([writer] if writer else []) + (list(extra_writers) if primary else [])
     bar = _progress(num_updates * steps_per_update * num_runs, quiet, f"{algo_name} {env_name}")
     if bar is not None and done_updates:
         bar.update(done_updates * steps_per_update * num_runs)
@@ -149,7 +180,7 @@ def run(
     while done_updates < num_updates:
         size = min(chunk, num_updates - done_updates)
         state, metrics = compiled[size](state, hps)
-        metrics = jax.device_get(metrics)  # the host sync: one per chunk
+        metrics = multihost.to_host(metrics)  # the host sync (all-gather): one per chunk
         metrics = {name: value[:num_runs] for name, value in metrics.items()}
         for w in all_writers:
             w.write_chunk(
@@ -168,10 +199,17 @@ def run(
                 state, hps, update=done_updates, steps_per_update=steps_per_update,
                 run_labels=runs.labels,
             )  # fmt: skip
-        if run_dir and checkpoint_every and (last or chunks_done % checkpoint_every == 0):
-            checkpoint_io.save(
-                run_dir, done_updates, jax.tree.map(lambda x: x[:num_runs], state), manifest
-            )
+        preempted = multi and multihost.preempted(chunks_done)  # SIGTERM on some process
+        due = checkpoint_every and (last or chunks_done % checkpoint_every == 0)
+        if run_dir and (due or preempted):
+            with multihost.uninterrupted():  # all processes save, or none
+                multihost.barrier("checkpoint")  # a process stopped before: the others stop
+                checkpoint_io.save(run_dir, done_updates, multihost.take(state, num_runs), manifest)
+        if preempted and not last:
+            if bar is not None:
+                bar.close()
+            saved = f"checkpoint at update {done_updates} saved; " if run_dir else ""
+            raise multihost.Preempted(f"preempted (SIGTERM): {saved}continue with --resume")
         if bar is not None:
             latest = metric_utils.forward_fill(np.concatenate(history["episode/return"], 1))
             with np.errstate(all="ignore"):
@@ -182,8 +220,9 @@ def run(
     run_seconds = time.perf_counter() - t1
     if bar is not None:
         bar.close()
-    for w in extra_writers:
-        w.close()
+    if primary:
+        for w in extra_writers:
+            w.close()
 
     history_arr = {name: np.concatenate(parts, axis=1) for name, parts in history.items()}
     final = metric_utils.final_return(history_arr["episode/return"], history_arr["episode/count"])
@@ -193,6 +232,7 @@ def run(
         "env": env_name,
         "num_runs": num_runs,
         "devices": [str(d) for d in devices],
+        "num_processes": jax.process_count(),
         "runs": runs.labels,
         "env_steps_per_run": env_steps,
         "env_steps_total": env_steps * num_runs,
@@ -205,12 +245,12 @@ def run(
             "std": float(np.nanstd(final)) if np.isfinite(final).any() else None,
         },
     }
-    if run_dir:
+    if run_dir and primary:
         writers.write_json(run_dir / "summary.json", summary)
         steps = np.arange(1, num_updates + 1) * steps_per_update
         returns = metric_utils.forward_fill(history_arr["episode/return"])
         plots.learning_curve(run_dir / "curve.png", steps, returns, f"{algo_name} on {env_name}")
-    state = jax.tree.map(lambda x: x[:num_runs], state)
+    state = multihost.take(state, num_runs)
     return Result(state, history_arr, summary, run_dir)
 
 
@@ -239,12 +279,19 @@ def _manifest(algo_name: str, env_name: str, cfg: Any, runs: Runs) -> dict[str, 
     return json.loads(json.dumps(writers.to_jsonable(manifest)))
 
 
-def _truncate_metrics(path: Path, done_updates: int, runs: Runs) -> dict[str, list[np.ndarray]]:
-    """Keeps the metric rows of updates ``<= done_updates`` (rewritten atomically) and
-    returns them as the loop's history: ``{name: [array [R, done_updates]]}``."""
+def _read_metrics(path: Path, done_updates: int) -> list[dict[str, Any]]:
+    """The metric rows of updates ``<= done_updates`` in ``path`` (none if it is missing)."""
     rows = writers.read_jsonl(path) if path.exists() else []
-    rows = [r for r in rows if r["update"] <= done_updates]
+    return [r for r in rows if r["update"] <= done_updates]
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrites a JSONL file with ``rows``, atomically."""
     writers.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _history(rows: list[dict[str, Any]], done_updates: int, runs: Runs) -> dict[str, list]:
+    """Metric rows as the loop's history: ``{name: [array [R, done_updates]]}``."""
     if not rows:
         return {}
     skip = {"update", "env_steps", *runs.labels[0]}
