@@ -18,6 +18,7 @@ agree on and raise :class:`jaxrl.distributed.multihost.Preempted`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -31,7 +32,7 @@ import numpy as np
 
 from jaxrl import __version__, distributed
 from jaxrl.checkpoint import io as checkpoint_io
-from jaxrl.distributed import multihost
+from jaxrl.distributed import data_parallel, multihost
 from jaxrl.envs.base import Env
 from jaxrl.errors import ConfigError
 from jaxrl.logger import metrics as metric_utils
@@ -95,7 +96,11 @@ def run(
 
     The runs are split over ``devices`` (default: every local device, at most one per
     run; with several processes, every device of every process); a run count that does
-    not divide is padded with copies of run 0, whose results are dropped.
+    not divide is padded with copies of run 0, whose results are dropped. A data-parallel
+    ``cfg`` (``data_shards = D > 1``) on one process with at least ``D`` devices runs on a
+    ``("run", "data")`` mesh (:func:`data_parallel.run_data_mesh`): each run's shards on
+    ``D`` devices, the runs split over ``len(devices) // D`` such groups; with fewer
+    devices (or several processes) the shards are vmapped on each run's device.
 
     Writes ``metrics.jsonl``, ``summary.json`` and ``curve.png`` into ``run_dir`` if given
     (``config.json`` is the caller's, written before compiling), and a checkpoint of the
@@ -121,10 +126,18 @@ def run(
         devices = multihost.global_devices() if multi else jax.local_devices()
     # One process drops devices beyond one per run; several keep them all, as every
     # process must own a part of the mesh it runs.
-    devices = list(devices) if multi else list(devices)[:num_runs]
+    data_shards = data_parallel.shards(cfg)
+    on_data_mesh = data_shards > 1 and not multi and len(devices) >= data_shards
+    if on_data_mesh:  # each run's shards on devices of their own
+        mesh = data_parallel.run_data_mesh(data_shards, devices, num_runs)
+        devices = list(mesh.devices.reshape(-1))
+        groups = mesh.shape[distributed.RUN_AXIS]
+    else:  # shards, if any, vmapped on each run's device
+        devices = list(devices) if multi else list(devices)[:num_runs]
+        mesh = distributed.run_mesh(devices)
+        groups = len(devices)
     quiet = quiet or not primary
-    mesh = distributed.run_mesh(devices)
-    keys, hps = distributed.pad_runs((runs.keys, runs.hps), len(devices))
+    keys, hps = distributed.pad_runs((runs.keys, runs.hps), groups)
     state = sweep.init_runs(algo, cfg, env, keys, hps)
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume and run_dir is None:
@@ -147,7 +160,7 @@ def run(
         with multihost.uninterrupted():  # every process restores (orbax syncs them)
             multihost.barrier("restore")
             restored, done_updates, _ = checkpoint_io.restore(run_dir, template, manifest)
-        state = distributed.pad_runs(restored, len(devices))
+        state = distributed.pad_runs(restored, groups)
         rows = _read_metrics(run_dir / "metrics.jsonl", done_updates)
         history = _history(rows, done_updates, runs)
         eval_path = getattr(evaluator, "path", None)
@@ -159,14 +172,17 @@ def run(
             _write_rows(run_dir / "metrics.jsonl", rows)
             if eval_rows is not None:
                 _write_rows(Path(eval_path), eval_rows)
-    if multi:  # every process computed the same full state: each places its own shards
+    if on_data_mesh:
+        state = data_parallel.place(state, algo.DATA_SHARDED, mesh, run_axis=True)
+        hps = data_parallel.place(hps, (), mesh, run_axis=True)
+    elif multi:  # every process computed the same full state: each places its own shards
         state, hps = multihost.shard_global((state, hps), mesh)
     else:
         state, hps = distributed.shard_runs((state, hps), mesh)
-    compiled = {chunk: train_fn(algo, cfg, env, chunk).lower(state, hps).compile()}
-    if num_updates % chunk:
-        rest = num_updates % chunk
-        compiled[rest] = train_fn(algo, cfg, env, rest).lower(state, hps).compile()
+    sizes = {chunk} | ({num_updates % chunk} if num_updates % chunk else set())
+    # Traced under the mesh: with data shards on devices, shard_map splits them over "data".
+    with jax.set_mesh(mesh) if on_data_mesh else contextlib.nullcontext():
+        compiled = {n: train_fn(algo, cfg, env, n).lower(state, hps).compile() for n in sizes}
     jax.block_until_ready(state)
     compile_seconds = time.perf_counter() - t0
 

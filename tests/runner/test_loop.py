@@ -85,3 +85,29 @@ def test_runs_sharded_over_devices_equal_runs_on_one_device():
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         assert a.shape == b.shape and a.shape[0] == 3
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_runs_use_a_run_by_data_mesh_and_equal_vmapped_shards(tmp_path):
+    """``data_shards = 2`` on two devices: each run's shards on both devices (shard_map over
+    "data"), equal to the shards vmapped on one device within float tolerance; the
+    checkpoint and the resumed run see the same [R, ...] state."""
+    assert len(jax.devices()) >= 2, "conftest exposes two CPU devices"
+    env, _ = envs.make("CartPole-v1")
+    cfg = ppo.Config(
+        total_timesteps=6 * 64, num_envs=4, rollout_len=16, hidden=(16, 16), data_shards=2
+    )
+    runs = sweep.grid(ppo.HParams.make(), seeds=[0, 1, 2])  # 3 runs vmapped on one group
+    kw = dict(env_name="CartPole-v1", algo_name="ppo", quiet=True)
+    one = loop.run(ppo, env, cfg, runs, devices=jax.devices()[:1], **kw)
+    meshed = loop.run(ppo, env, cfg, runs, devices=jax.devices()[:2], run_dir=tmp_path, **kw)
+    assert len(meshed.summary["devices"]) == 2
+    env_state = jax.tree.leaves(meshed.state.env_state)[0]
+    assert env_state.shape[:2] == (3, 2)  # [R, D, ...]
+    assert env_state.sharding.spec[1] == "data", env_state.sharding  # one shard per device
+    for name in one.metrics:
+        np.testing.assert_allclose(one.metrics[name], meshed.metrics[name], rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(meshed.state), strict=True):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        assert a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
