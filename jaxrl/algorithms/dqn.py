@@ -22,8 +22,9 @@ n-step learning share one path. The target network moves to
 Truncated episodes bootstrap from the pre-reset observation, terminated ones do not.
 
 The pieces (:func:`collect`, :func:`sample_batch`, :func:`per_example_loss`,
-:func:`gradient_step`, :func:`learn`) are public: Ape-X drives :func:`collect` with one
-epsilon per actor and stale actor parameters.
+:func:`gradient_step`, :func:`learn`, :func:`store_and_learn`) are public: Ape-X drives
+:func:`collect` with one epsilon per actor and stale actor parameters; Sebulba's learner
+(:mod:`jaxrl.sebulba`) feeds host actors' transitions to :func:`store_and_learn`.
 
 ``Config.data_shards = D > 1`` trains the one agent data-parallel
 (:mod:`jaxrl.distributed.data_parallel`): each shard steps ``num_envs / D`` envs into its
@@ -581,14 +582,28 @@ def shard_update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[Stat
     """:func:`update` as one shard sees it (all of it when ``cfg.data_shards == 1``)."""
     eps = epsilon(cfg, hp, state.env_steps)
     state, transitions, info = collect(cfg, env, state, hp)
+    state, metrics = store_and_learn(cfg, env, state, transitions, info, hp)
+    return state, metrics | {"train/epsilon": eps}
+
+
+def store_and_learn(
+    cfg: Config, env: Env, state: State, transitions: Transition, info: dict, hp: HParams
+) -> tuple[State, Metrics]:
+    """The learning half of :func:`shard_update`: :func:`store` the shard's transitions
+    ``[T, N / D, ...]``, :func:`learn`, count the update.
+
+    ``info`` (``done``, ``episode_return``, ``episode_length``, each ``[T, N / D]``) gives the
+    episode metrics. ``state.env_steps`` is not advanced here (:func:`collect` does it) and
+    the env fields are not read, so host actors' transitions train through it too
+    (:mod:`jaxrl.sebulba`).
+    """
     state = state.replace(buffer=store(cfg, state.buffer, transitions))
     state, metrics = learn(cfg, env, state, hp)
     if cfg.data_shards == 1:
         episodes = episode_metrics(info)
     else:
         episodes = dp.episode_metrics(info, info["done"], cfg.data_shards)
-    metrics |= episodes | {"train/epsilon": eps}
-    return state.replace(update_count=state.update_count + 1), metrics
+    return state.replace(update_count=state.update_count + 1), metrics | episodes
 
 
 def train(

@@ -363,8 +363,21 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, rollout_lib.Rol
 
 
 def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One IMPALA iteration: act with the stale policy, one optimiser step on :func:`loss`."""
+    """One IMPALA iteration: act with the stale policy (:func:`collect`), then :func:`learn`."""
     state, rollout = collect(cfg, env, state)
+    return learn(cfg, env, state, rollout, hp)
+
+
+def learn(
+    cfg: Config, env: Env, state: State, rollout: rollout_lib.Rollout, hp: HParams
+) -> tuple[State, Metrics]:
+    """The learning half of :func:`update`: one optimiser step on :func:`loss` of a behaviour
+    ``rollout`` ``[T, N]`` (V-trace against its recorded ``log_prob``), the new parameters
+    written to the ring buffer, and the rollout's episode metrics.
+
+    ``state``'s env fields are not read, so a host actor's rollout trains through it too
+    (:mod:`jaxrl.sebulba`, with ``lag = 0`` and the real actor-learner lag).
+    """
     batch = make_batch(rollout)
     lr = learning_rate(cfg, hp, state.update_count)
     grads, metrics = jax.grad(loss, argnums=2, has_aux=True)(cfg, env, state.params, batch, hp)

@@ -374,7 +374,8 @@ LossFn = Callable[[Config, Env, dict, Batch, HParams], tuple[jax.Array, Metrics]
 def update(
     cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
-    """One PPO iteration: collect, GAE, ``num_epochs`` x ``num_minibatches`` Adam steps.
+    """One PPO iteration: :func:`collect`, then :func:`learn` (GAE, ``num_epochs`` x
+    ``num_minibatches`` Adam steps).
 
     ``loss_fn`` (same signature as :func:`loss`) replaces the PPO loss, e.g. to add a
     regulariser; its metrics are averaged and returned with the rest. With
@@ -389,13 +390,31 @@ def update(
 def shard_update(
     cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
-    """:func:`update` as one shard sees it (all of it when ``cfg.data_shards == 1``).
+    """:func:`update` as one shard sees it (all of it when ``cfg.data_shards == 1``):
+    :func:`collect` on the shard's envs, then :func:`learn` on its rollout."""
+    state, rollout = collect(cfg, env, state)
+    return learn(cfg, env, state, rollout, hp, loss_fn)
+
+
+def learn(
+    cfg: Config, env: Env, state: State, rollout: Rollout, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """The learning half of :func:`update` on one shard's ``rollout`` ``[T, N / D]``.
+
+    Truncation-aware GAE (:func:`make_batch`), then ``cfg.num_epochs`` epochs of
+    ``cfg.num_minibatches`` steps of :func:`optimizer` at :func:`learning_rate` on
+    ``loss_fn``, the adaptive-KL coefficient update, and the rollout's episode metrics.
+    ``rollout.value`` are the old values of the value loss. ``state``'s env fields are not
+    read, so a host actor's rollout (:mod:`jaxrl.sebulba`) trains through it too.
 
     The shard's minibatches are ``minibatch_size / data_shards`` of its own transitions;
     gradients are averaged over shards before Adam, so the parameters stay replicated.
+
+    Returns:
+        ``(state, metrics)``: new params, optimiser state, key, ``update_count + 1`` and
+        ``kl_beta``; metrics averaged over epochs, minibatches and shards.
     """
     shards = cfg.data_shards
-    state, rollout = collect(cfg, env, state)
     batch = make_batch(cfg, env, state.params, rollout, hp)
     loss_hp = hp.replace(kl_beta=state.kl_beta)
     lr = learning_rate(cfg, hp, state.update_count, hp.anneal_lr_on)

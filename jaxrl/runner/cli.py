@@ -51,12 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_logging_flags(train)
     add_distributed_flags(train)
     sub.add_parser("list", help="list algorithms, environments and presets")
-    from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sweep
+    from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sebulba, cli_sweep
 
     cli_sweep.add_parser(sub)
     cli_pbt.add_parser(sub)
     cli_plot.add_parser(sub)
     cli_eval.add_parser(sub)
+    cli_sebulba.add_parser(sub)
     parser.add_argument("--version", action="version", version=f"jaxrl {__version__}")
     return parser
 
@@ -371,11 +372,12 @@ def _run_command(args) -> int:
     try:
         if args.command in ("train", "sweep"):
             args.primary = start_processes(args)  # before anything starts JAX
-        if args.command in ("sweep", "pbt", "plot", "eval"):
-            from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sweep
+        if args.command in ("sweep", "pbt", "plot", "eval", "sebulba"):
+            from jaxrl.runner import cli_eval, cli_pbt, cli_plot, cli_sebulba, cli_sweep
 
             commands = {"sweep": cli_sweep.run, "plot": cli_plot.run, "eval": cli_eval.run}
             commands["pbt"] = cli_pbt.run
+            commands["sebulba"] = cli_sebulba.run
             return commands[args.command](args)
         return _train(args)
     except ConfigError as err:

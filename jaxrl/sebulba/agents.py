@@ -3,22 +3,24 @@
 An in-JAX ``update`` rolls out and learns in one traced function. Sebulba splits the two:
 actor threads step host envs with :attr:`Agent.act`, and the learner turns each batch of
 host trajectories into the algorithm's own batch and calls the algorithm's own loss and
-optimiser (:attr:`Agent.learn`). Nothing here is a new loss: each ``learn_*`` is the
-learning half of that algorithm's ``update``, line for line, with the rollout replaced by a
+optimiser (:attr:`Agent.learn`). Nothing here is a new loss or a copy of a learning loop:
+each ``learn_*`` calls the public learning half of that algorithm's ``update``
+(``ppo.learn``, ``impala.learn``, ``dqn.store_and_learn``) with the rollout replaced by a
 :class:`Trajectory` from the host; ``tests/sebulba/test_sebulba_agents.py`` checks that it
 gives the algorithm's ``update`` bit for bit on the same rollout.
 
 * **PPO** (:func:`learn_ppo`): the critic's values of the trajectory under the learner's
-  parameters (one batched pass, as ``rollout.collect`` does), ``ppo.make_batch``
-  (truncation-aware GAE), then ``num_epochs x num_minibatches`` Adam steps on ``ppo.loss``.
-  The clipped ratio uses the *behaviour* log-probabilities the actor recorded, so a policy
-  lag is corrected as far as PPO's clipping does.
-* **IMPALA** (:func:`learn_impala`): ``impala.loss`` (V-trace) on the time-major batch; the
-  behaviour log-probabilities carry the real lag between actor and learner, so the in-JAX
-  simulated lag (``Config.lag``) must be 0.
-* **DQN** (:func:`learn_dqn`): ``dqn.store`` of the trajectory's transitions, then
-  ``dqn.learn`` (``gradient_steps`` replayed minibatches). Replay is intended here: every
-  transition may be sampled many times; the trajectory itself is stored once.
+  parameters (one batched pass, as ``rollout.collect`` does), then ``ppo.learn``:
+  ``ppo.make_batch`` (truncation-aware GAE), ``num_epochs x num_minibatches`` Adam steps on
+  ``ppo.loss``. The clipped ratio uses the *behaviour* log-probabilities the actor recorded,
+  so a policy lag is corrected as far as PPO's clipping does.
+* **IMPALA** (:func:`learn_impala`): ``impala.learn``, one step on ``impala.loss`` (V-trace)
+  of the time-major batch; the behaviour log-probabilities carry the real lag between actor
+  and learner, so the in-JAX simulated lag (``Config.lag``) must be 0.
+* **DQN** (:func:`learn_dqn`): ``dqn.store_and_learn``: ``dqn.store`` of the trajectory's
+  transitions, then ``dqn.learn`` (``gradient_steps`` replayed minibatches). Replay is
+  intended here: every transition may be sampled many times; the trajectory itself is
+  stored once.
 
 A learner batch is one *round*: one trajectory from each of the ``A`` actors, concatenated on
 the env axis in actor order, so column ``j`` is always the same host env (the DQN replay's
@@ -36,13 +38,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 
 from jaxrl.algorithms import apex, dqn, impala, ppo
 from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.errors import ConfigError
-from jaxrl.losses import policy as policy_losses
 from jaxrl.sebulba.host_envs import EnvSpec
 from jaxrl.types import Metrics
 
@@ -171,50 +171,11 @@ def init_ppo(cfg: ppo.Config, spec: EnvSpec, key: jax.Array, hp: ppo.HParams) ->
 def learn_ppo(
     cfg: ppo.Config, spec: EnvSpec, state: ppo.State, traj: Trajectory, hp: ppo.HParams
 ) -> tuple[ppo.State, Metrics]:
-    """The learning half of ``ppo.update`` on a host trajectory ``[T, N]``.
-
-    GAE by ``ppo.make_batch``, then ``num_epochs`` epochs of ``num_minibatches`` Adam steps on
-    ``ppo.loss`` with ``ppo.optimizer`` at ``ppo.learning_rate`` (the loop of ``ppo.update``).
-    """
+    """:func:`jaxrl.algorithms.ppo.learn` (the learning half of ``ppo.update``: GAE, then
+    ``num_epochs`` x ``num_minibatches`` Adam steps) on a host trajectory ``[T, N]``, with
+    the old values of the critic under ``state.params``."""
     rollout = _to_rollout(ppo.network(cfg, spec), state.params, traj)
-    batch = ppo.make_batch(cfg, spec, state.params, rollout, hp)
-    loss_hp = hp.replace(kl_beta=state.kl_beta)
-    lr = ppo.learning_rate(cfg, hp, state.update_count, hp.anneal_lr_on)
-    tx = ppo.optimizer(cfg, hp, lr)
-    grad_fn = jax.grad(lambda p, b: ppo.loss(cfg, spec, p, b, loss_hp), has_aux=True)
-
-    def sgd_step(carry, minibatch):
-        params, opt_state = carry
-        grads, metrics = grad_fn(params, minibatch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), metrics
-
-    def epoch(carry, key):
-        perm = jax.random.permutation(key, cfg.steps_per_update)
-        shape = (cfg.num_minibatches, cfg.minibatch_size)
-        minibatches = jax.tree.map(lambda x: x[perm].reshape(shape + x.shape[1:]), batch)
-        return jax.lax.scan(sgd_step, carry, minibatches)
-
-    key, key_epochs = jax.random.split(state.key)
-    (params, opt_state), metrics = jax.lax.scan(
-        epoch, (state.params, state.opt_state), jax.random.split(key_epochs, cfg.num_epochs)
-    )
-    metrics = jax.tree.map(jnp.mean, metrics)
-    kl_beta = state.kl_beta
-    if cfg.objective == "kl":
-        kl_beta = policy_losses.adapt_kl_beta(kl_beta, metrics["train/approx_kl"], hp.kl_target)
-    metrics |= {
-        "train/learning_rate": lr,
-        "train/kl_beta": state.kl_beta,
-    } | rollout_lib.episode_metrics(rollout)
-    state = state.replace(
-        params=params,
-        opt_state=opt_state,
-        key=key,
-        update_count=state.update_count + 1,
-        kl_beta=kl_beta,
-    )
-    return state, metrics
+    return ppo.learn(cfg, spec, state, rollout, hp)
 
 
 def _check_ppo_like(cfg: Any) -> None:
@@ -268,38 +229,25 @@ def init_impala(
 def learn_impala(
     cfg: impala.Config, spec: EnvSpec, state: impala.State, traj: Trajectory, hp: impala.HParams
 ) -> tuple[impala.State, Metrics]:
-    """The learning half of ``impala.update`` (``lag = 0``) on a host trajectory ``[T, N]``.
-
-    One ``impala.optimizer`` step on ``impala.loss`` (V-trace with the recorded behaviour
-    log-probabilities, which carry the real actor-learner lag).
-    """
+    """:func:`jaxrl.algorithms.impala.learn` (the learning half of ``impala.update``, ``lag =
+    0``) on a host trajectory ``[T, N]``: one optimiser step, V-trace with the recorded
+    behaviour log-probabilities, which carry the real actor-learner lag."""
     rollout = _to_rollout(impala.network(cfg, spec), state.params, traj)
-    batch = impala.make_batch(rollout)
-    lr = impala.learning_rate(cfg, hp, state.update_count)
-    grads, metrics = jax.grad(impala.loss, argnums=2, has_aux=True)(
-        cfg, spec, state.params, batch, hp
-    )
-    updates, opt_state = impala.optimizer(cfg, hp, lr).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    stale = jax.tree.map(lambda buf, x: buf.at[0].set(x), state.stale_params, params)
-    metrics |= {
-        "train/learning_rate": lr,
-        "train/grad_norm": optax.global_norm(grads),
-    } | rollout_lib.episode_metrics(rollout)
-    state = state.replace(
-        params=params, stale_params=stale, opt_state=opt_state, update_count=state.update_count + 1
-    )
-    return state, metrics
+    return impala.learn(cfg, spec, state, rollout, hp)
 
 
-def make_impala(cfg: impala.Config, hp: impala.HParams, spec: EnvSpec, num_actors: int) -> Agent:
-    """IMPALA's Sebulba halves (see :func:`learn_impala`)."""
-    _check_ppo_like(cfg)
+def _check_no_simulated_lag(cfg: impala.Config) -> None:
     if cfg.lag != 0:
         raise ConfigError(
             f"impala Config.lag = {cfg.lag} simulates a policy lag in JAX; under Sebulba the "
             "lag is the real one between actors and learner: set lag=0"
         )
+
+
+def make_impala(cfg: impala.Config, hp: impala.HParams, spec: EnvSpec, num_actors: int) -> Agent:
+    """IMPALA's Sebulba halves (see :func:`learn_impala`)."""
+    _check_ppo_like(cfg)
+    _check_no_simulated_lag(cfg)
     return Agent(
         algo="impala",
         module=impala,
@@ -357,23 +305,19 @@ def learn_dqn(
 ) -> tuple[dqn.State, Metrics]:
     """The learning half of ``dqn.update`` on a host trajectory ``[train_freq, N]``.
 
-    Stores it once (``dqn.store``), counts its env steps, then ``dqn.learn`` (replayed
-    minibatches).
+    Counts its env steps, then :func:`jaxrl.algorithms.dqn.store_and_learn` (stores it
+    once, replayed minibatches).
     """
     eps = dqn.epsilon(cfg, hp, state.env_steps)
     items = transitions(traj)
-    state = state.replace(
-        buffer=dqn.store(cfg, state.buffer, items),
-        env_steps=state.env_steps + items.reward.size,
-    )
-    state, metrics = dqn.learn(cfg, spec, state, hp)
     info = {
         "done": items.done,
         "episode_return": traj.episode_return,
         "episode_length": traj.episode_length,
     }
-    metrics |= dqn.episode_metrics(info) | {"train/epsilon": eps}
-    return state.replace(update_count=state.update_count + 1), metrics
+    state = state.replace(env_steps=state.env_steps + items.reward.size)
+    state, metrics = dqn.store_and_learn(cfg, spec, state, items, info, hp)
+    return state, metrics | {"train/epsilon": eps}
 
 
 def make_dqn(
@@ -438,9 +382,14 @@ def make(algo: str, cfg: Any, hp: Any, spec: EnvSpec, num_actors: int = 1, **kwa
 
 def check(algo: str, cfg: Any, num_actors: int) -> None:
     """Raises ``ConfigError`` for an algorithm Sebulba does not run, envs that do not split
-    evenly over ``num_actors``, or a data-parallel ``Config`` (before any env is made)."""
+    evenly over ``num_actors``, a data-parallel ``Config``, in-JAX normalisation or IMPALA's
+    simulated lag (before any env is made)."""
     if algo not in MAKERS:
         raise ConfigError(f"Sebulba runs one of {ALGOS}, got {algo!r}")
+    if algo in ("ppo", "impala"):
+        _check_ppo_like(cfg)
+    if algo == "impala":
+        _check_no_simulated_lag(cfg)
     if not isinstance(num_actors, int) or num_actors < 1 or cfg.num_envs % num_actors:
         raise ConfigError(
             f"num_envs = {cfg.num_envs} must split evenly over num_actors = {num_actors}"
