@@ -24,6 +24,7 @@ from flax import struct
 
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env, Wrapper
+from jaxrl.errors import ConfigError
 from jaxrl.utils import tree
 
 
@@ -259,9 +260,20 @@ def make_vec_env(
     scale_reward: bool = False,
     reward_discount: float = 0.99,
 ) -> Env:
-    """Builds the standard training stack around a raw env (see the module docstring)."""
-    env = AutoReset(ClipAction(env))
-    env = VecEnv(EpisodeStats(env), num_envs=num_envs)
+    """Builds the standard training stack around a raw env (see the module docstring).
+
+    An env that is already ``num_envs`` auto-resetting envs with episode statistics (its
+    class sets ``batched = True``, e.g. :class:`jaxrl.envs.envpool_xla.EnvpoolXlaEnv`) is
+    used as it is, inside the optional normalisers; its size must equal ``num_envs``.
+    """
+    if getattr(env, "batched", False):
+        if env.num_envs != num_envs:
+            raise ConfigError(
+                f"num_envs = {num_envs} but {env.name} is a batch of {env.num_envs} envs"
+            )
+    else:
+        env = AutoReset(ClipAction(env))
+        env = VecEnv(EpisodeStats(env), num_envs=num_envs)
     if normalize_obs:
         env = NormalizeObs(env)
     if scale_reward:
