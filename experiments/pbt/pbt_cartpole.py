@@ -35,18 +35,36 @@ from jaxrl.runner import pbt, sweep
 POP = 8
 
 
-def run_arm(arm: str, seed: int, rounds: int, per_round: int, cfg, env) -> dict:
-    lrs = np.geomspace(1e-5, 1e-2, POP).astype(np.float32)
-    hps = jax.tree.map(lambda x: jnp.broadcast_to(x, (POP,)), ppo.HParams.make())
-    hps = hps.replace(learning_rate=jnp.asarray(lrs))
-    keys = jnp.stack([sweep.seed_key(1000 * seed + i) for i in range(POP)])
+def run_arm(
+    arm: str,
+    seed: int,
+    rounds: int,
+    per_round: int,
+    cfg,
+    env,
+    *,
+    lrs=None,
+    base_hps=None,
+    names: tuple[str, ...] = ("learning_rate", "ent_coef"),
+    **pbt_options,
+) -> dict:
+    """One arm of one seed. ``lrs`` (``[POP]``, default ``geomspace(1e-5, 1e-2)``) are the
+    starting learning rates, ``base_hps`` (default ``ppo.HParams.make()``) the other starting
+    hyperparameters, ``names`` the ones PBT's explore perturbs; ``pbt_options`` are other
+    ``PBTConfig`` fields for the PBT arm (``factors``, ``keep``, ...)."""
+    lrs = np.geomspace(1e-5, 1e-2, POP).astype(np.float32) if lrs is None else lrs
+    base_hps = ppo.HParams.make() if base_hps is None else base_hps
+    pop_size = len(lrs)
+    hps = jax.tree.map(lambda x: jnp.broadcast_to(x, (pop_size,)), base_hps)
+    hps = hps.replace(learning_rate=jnp.asarray(lrs, jnp.float32))
+    keys = jnp.stack([sweep.seed_key(1000 * seed + i) for i in range(pop_size)])
     options = dict(fraction=0.25 if arm == "pbt" else 0.0, score_decay=0.8)
+    options |= pbt_options if arm == "pbt" else {}
     fn = jax.jit(
         lambda k, h, key: pbt.train_pbt(
-            ppo, cfg, env, k, h, rounds, per_round, ("learning_rate", "ent_coef"), key=key,
-            **options,
+            ppo, cfg, env, k, h, rounds, per_round, tuple(names), key=key, **options
         )
-    )  # fmt: skip
+    )
     start = time.perf_counter()
     compiled = fn.lower(keys, hps, jax.random.key(seed)).compile()
     compile_s = time.perf_counter() - start
@@ -66,7 +84,7 @@ def run_arm(arm: str, seed: int, rounds: int, per_round: int, cfg, env) -> dict:
         "best_final": float(np.nanmax(final)),
         "round_return": np.where(np.isnan(ret), None, ret).tolist(),
         "learning_rate": np.asarray(hist["hps"].learning_rate).tolist(),
-        "ent_coef": np.asarray(hist["hps"].ent_coef).tolist(),
+        **{n: np.asarray(getattr(hist["hps"], n)).tolist() for n in ("ent_coef", *names)},
         "source": np.asarray(hist["source"]).tolist(),
         "final_learning_rate": np.asarray(pop.hps.learning_rate).tolist(),
         "num_copies": np.asarray(pop.num_copies).tolist(),

@@ -26,8 +26,12 @@ restore the donor's whole checkpoint. The member keeps its own environments and 
 key: copying the key would make recipient and donor draw the same actions and minibatches
 forever (two copies of one run, until the perturbed hyperparameters pull them apart), and
 copying the environments would make them replay the same episodes; keeping both keeps the
-population's experience diverse at no cost. Note that observation-normaliser statistics
-live in ``env_state`` (``normalize_obs=True``) and so stay with the member.
+population's experience diverse at no cost. Normaliser statistics (every
+:class:`~jaxrl.envs.wrappers.RunningStats` inside a kept field, e.g. ``normalize_obs`` and
+``scale_reward`` statistics in ``env_state``) are the exception: they are part of the
+policy's input, so they are copied with the network. Keeping them made copied networks see
+differently normalised observations (PPO on Pendulum-v1: members collapsed to about -1000;
+``experiments/pbt/RESULTS.md``).
 
 Modules never call ``jit``: wrap :func:`pbt_step` or :func:`train_pbt` in ``jax.jit`` with
 ``algo``, ``cfg``, ``env`` and ``pbt`` closed over.
@@ -45,6 +49,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxrl.algorithms import base
+from jaxrl.envs.wrappers import RunningStats
 from jaxrl.errors import ConfigError
 
 KEEP = ("env_state", "obs", "env_params", "key", "carry", "reset")
@@ -235,12 +240,17 @@ def exploit(
         mask = copied.reshape((num,) + (1,) * (x.ndim - 1))
         return jnp.where(mask, x[source], x)
 
+    def take_stats(tree):  # a kept field's normaliser statistics still follow the network
+        is_stats = lambda x: isinstance(x, RunningStats)  # noqa: E731
+        return jax.tree.map(
+            lambda x: jax.tree.map(take, x) if is_stats(x) else x, tree, is_leaf=is_stats
+        )
+
     kept = {f.name for f in dataclasses.fields(state)} & set(keep)
-    changes = {
-        f.name: jax.tree.map(take, getattr(state, f.name))
-        for f in dataclasses.fields(state)
-        if f.name not in kept
-    }
+    changes = {}
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        changes[f.name] = take_stats(value) if f.name in kept else jax.tree.map(take, value)
     return state.replace(**changes), jax.tree.map(take, hps), source
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from jaxrl import envs
 from jaxrl.algorithms import ppo
+from jaxrl.envs import wrappers
 from jaxrl.errors import ConfigError
 from jaxrl.runner import pbt, sweep
 
@@ -98,6 +99,34 @@ def test_exploit_copies_the_donor_for_bottom_members_and_leaves_the_rest(setup):
                 _assert_trees_equal(new_i, own_i)
                 _assert_trees_equal(_member(new_hps, i), _member(hps, i))
     assert donors_seen == {3, 6}  # the donor is drawn, not always the best
+
+
+def test_exploit_copies_normaliser_statistics_with_the_network():
+    """A kept env_state keeps the member's envs, but its observation and reward normaliser
+    statistics come from the donor: they are the input transformation of the copied net."""
+    env, _ = envs.make("Pendulum-v1")
+    cfg = ppo.Config(num_envs=4, rollout_len=8, hidden=(8,), normalize_obs=True, scale_reward=True)
+    hps = jax.tree.map(lambda x: jnp.broadcast_to(x, (4,)), ppo.HParams.make())
+    state = sweep.init_runs(ppo, cfg, env, jnp.stack([sweep.seed_key(s) for s in range(4)]), hps)
+    score = jnp.asarray([0.0, 3.0, 1.0, 2.0], jnp.float32)  # member 0 copies member 1
+    new, _, source = pbt.exploit(state, hps, score, jax.random.key(0), 1)
+    assert int(source[0]) == 1
+    stats = lambda s: [
+        x
+        for x in jax.tree.leaves(  # noqa: E731
+            s, is_leaf=lambda x: isinstance(x, wrappers.RunningStats)
+        )
+        if isinstance(x, wrappers.RunningStats)
+    ]
+    got, donor, own = (
+        stats(_member(t.env_state, i)) for t, i in ((new, 0), (state, 1), (state, 0))
+    )
+    assert len(got) == 2  # NormalizeObs and ScaleReward
+    _assert_trees_equal(got, donor)
+    assert _trees_differ(got[0], own[0])  # each member's first observations differ
+    inner = lambda s: s.env_state.env_state  # noqa: E731  (under both normalisers)
+    _assert_trees_equal(inner(_member(new.env_state, 0)), inner(_member(state.env_state, 0)))
+    _assert_trees_equal(_member(new.obs, 0), _member(state.obs, 0))
 
 
 def test_exploit_with_no_bottom_group_is_the_identity(setup):
