@@ -11,7 +11,8 @@ daemon threads step the envs. Shutdown, whatever ends the run:
   within ``actor.POLL_S``, every thread is joined, and the actor's exception is re-raised here,
   in the main thread, with a note naming the thread. No checkpoint is written for a failed run:
   the last periodic one stays as it was;
-* **Ctrl-C** (``KeyboardInterrupt`` in the main thread): the learner stops between updates, so
+* **Ctrl-C** (SIGINT, noted by a handler while the learner runs in the main thread, or a
+  ``KeyboardInterrupt``): the learner stops between updates, so
   its state is consistent; every thread is joined, a final checkpoint of that state is written
   (orbax writes to a temporary directory and renames it, so an interrupted write leaves the
   previous checkpoint intact) and ``KeyboardInterrupt`` is re-raised;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -103,6 +105,31 @@ def _join(threads: Sequence[threading.Thread], timeout: float) -> list[str]:
     return [th.name for th in threads if th.is_alive()]
 
 
+class _CtrlC:
+    """Ctrl-C (SIGINT) noted in a flag while the learner loop runs, in the main thread.
+
+    A ``KeyboardInterrupt`` raised by Python's own handler can be lost: when the signal lands
+    while a garbage-collection callback runs (JAX registers one), the exception is printed as
+    "ignored" and the loop goes on. A flag the loop checks after every update is not lost.
+    Outside the main thread (no signal handlers there) nothing changes.
+    """
+
+    def __init__(self):
+        self.pressed = False
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum, frame) -> None:
+        self.pressed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            previous = signal.default_int_handler if self._previous is None else self._previous
+            signal.signal(signal.SIGINT, previous)
+            self._installed = False
+
+
 def train(
     agent: Agent,
     envs: Sequence[host_envs.HostEnv],
@@ -165,10 +192,11 @@ def train(
     failures = actors[0].failures
     interrupted = False
     t0 = time.perf_counter()
+    ctrl_c = _CtrlC()
     try:
         for a in actors:
             a.start()
-        while learner.version < num_updates and learner.step():
+        while learner.version < num_updates and not ctrl_c.pressed and learner.step():
             done = learner.version
             if log_fn is not None and log_every and done % log_every == 0:
                 log_fn(done, _last(learner))
@@ -180,6 +208,8 @@ def train(
     except BaseException as err:  # the learner's own error: stop the actors, then re-raise
         failures.record("learner (main thread)", err)
     finally:
+        ctrl_c.restore()
+        interrupted = interrupted or ctrl_c.pressed
         wall_s = time.perf_counter() - t0
         learner.stop.set()
         alive = _join(actors, join_timeout)
