@@ -28,3 +28,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def cli_error_line(capsys):
+    """``read(*must_mention)``: what the CLI printed, checked to be one ``jaxrl: error:`` line
+    on stderr (no traceback, nothing on stdout) naming every ``must_mention``; returns it."""
+
+    def read(*must_mention: str) -> str:
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith("jaxrl: error: ")
+        assert "Traceback" not in err and out == ""
+        for word in must_mention:
+            assert word in lines[0], (word, lines[0])
+        return lines[0]
+
+    return read

@@ -68,16 +68,10 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_line_before_compiling(case, no_training, capsys):
+def test_bad_input_is_one_line_before_compiling(case, no_training, cli_error_line):
     argv, must_mention = BAD_INPUTS[case]
     assert cli.main(argv) == 2
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("jaxrl: error: ")
-    assert "Traceback" not in err and out == ""
-    for word in must_mention:
-        assert word in lines[0], (word, lines[0])
+    cli_error_line(*must_mention)
 
 
 def test_list_names_algorithms_environments_and_presets(capsys):

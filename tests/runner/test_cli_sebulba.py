@@ -87,16 +87,10 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_line_before_any_env_is_made(case, no_run, capsys):
+def test_bad_input_is_one_line_before_any_env_is_made(case, no_run, cli_error_line):
     argv, must_mention = BAD_INPUTS[case]
     assert cli.main(argv) == 2
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("jaxrl: error: ")
-    assert "Traceback" not in err and out == ""
-    for word in must_mention:
-        assert word in lines[0], (word, lines[0])
+    cli_error_line(*must_mention)
 
 
 def test_unknown_envpool_task_is_one_line(no_run, capsys):
