@@ -67,6 +67,10 @@ alike (each round recompiles; compile is timed apart)::
 
     /work/venv/bin/python $B --rounds 3 --out /tmp/offpolicy.jsonl [--parts rejax_sac,jaxrl_sac]
 
+Each record also keeps the process's CPU seconds of each timed run (all its threads; the
+XLA programs use up to 2 here); ``--combine`` gives the ratios per CPU-second too, which
+other load on a shared machine moves less than wall-clock rates.
+
 Flags: ``--seeds 1,8`` (sbx always runs 1), ``--repeats N`` (timed runs per compiled
 program, default 1), ``--total-timesteps N`` (per seed, default 1e4, even),
 ``--rejax-python``, ``--sbx-python``.
@@ -268,16 +272,18 @@ def compile_timed(fn, args: tuple):
     return compiled, lowered_at - start, time.perf_counter() - lowered_at
 
 
-def run_timed(compiled, args: tuple, repeats: int) -> tuple[list[float], object]:
-    """Runs ``compiled(*args)`` ``repeats`` times; returns the seconds and the last output."""
+def run_timed(compiled, args: tuple, repeats: int) -> tuple[list[float], list[float], object]:
+    """Runs ``compiled(*args)`` ``repeats`` times; returns the wall seconds, the process's
+    CPU seconds (all its threads) and the last output."""
     import jax
 
-    seconds, output = [], None
+    seconds, cpu_seconds, output = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         output = jax.block_until_ready(compiled(*args))
         seconds.append(time.perf_counter() - start)
-    return seconds, output
+        cpu_seconds.append(time.process_time() - cpu_start)
+    return seconds, cpu_seconds, output
 
 
 def adam_count(opt_state) -> list[int]:
@@ -305,7 +311,7 @@ def measure_rejax(algo_name: str, seeds: int, total_timesteps: int, repeats: int
     timed = algo.replace(eval_callback=lambda algo, ts, rng: ())  # ... which is a no-op
     keys = jax.random.split(jax.random.PRNGKey(base_seed), seeds)
     compiled, lower_s, compile_s = compile_timed(jax.vmap(timed.train), (keys,))
-    run_s, (ts, _) = run_timed(compiled, (keys,), repeats)
+    run_s, cpu_s, (ts, _) = run_timed(compiled, (keys,), repeats)
     eval_keys = jax.random.split(jax.random.PRNGKey(base_seed + 1), seeds)
     evaluate = jax.jit(jax.vmap(lambda ts, key: algo.eval_callback(algo, ts, key)))
     _, returns = evaluate(ts, eval_keys)  # [seeds, 128]
@@ -316,6 +322,7 @@ def measure_rejax(algo_name: str, seeds: int, total_timesteps: int, repeats: int
             "actor": np.asarray(ts.actor_ts.step).tolist(),
         },
         "run_s": run_s,
+        "cpu_s": cpu_s,
         "lower_s": lower_s,
         "compile_s": compile_s,
         "final_return": float(np.mean(np.asarray(returns))),
@@ -347,7 +354,7 @@ def measure_jaxrl(algo_name: str, seeds: int, total_timesteps: int, repeats: int
 
     keys = jax.random.split(jax.random.key(base_seed), seeds)
     compiled, lower_s, compile_s = compile_timed(run, (keys, hp))
-    run_s, (state, metrics) = run_timed(compiled, (keys, hp), repeats)
+    run_s, cpu_s, (state, metrics) = run_timed(compiled, (keys, hp), repeats)
     returns = np.asarray(metrics["episode/return"])[:, -2_000:]  # last 2e3 env steps
     per_seed = evaluate_jaxrl(module, cfg, env, env_params, state.params, keys)
     return {
@@ -357,6 +364,7 @@ def measure_jaxrl(algo_name: str, seeds: int, total_timesteps: int, repeats: int
             "actor": adam_count(state.actor_opt_state),
         },
         "run_s": run_s,
+        "cpu_s": cpu_s,
         "lower_s": lower_s,
         "compile_s": compile_s,
         "final_return": float(np.mean(per_seed)),
@@ -443,12 +451,13 @@ def measure_sbx(seeds: int, total_timesteps: int, repeats: int, base_seed: int) 
     start = time.perf_counter()
     sbx_sac(base_seed + 1_000, fill).learn(fill + 100)  # compiles update and predict
     warmup_s = time.perf_counter() - start
-    run_s, model = [], None
+    run_s, cpu_s, model = [], [], None
     for _ in range(repeats):
         model = sbx_sac(base_seed, fill)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.learn(total_timesteps)
         run_s.append(time.perf_counter() - start)
+        cpu_s.append(time.process_time() - cpu_start)
     eval_env = make_vec_env(ENV_ID, n_envs=16, seed=base_seed + 1)
     returns, _ = evaluate_policy(
         model,
@@ -462,6 +471,7 @@ def measure_sbx(seeds: int, total_timesteps: int, repeats: int, base_seed: int) 
         "env_steps": int(model.num_timesteps),
         "grad_steps_per_seed": {"critic": updates, "actor": updates},
         "run_s": run_s,
+        "cpu_s": cpu_s,
         "lower_s": 0.0,
         "compile_s": warmup_s,  # warm-up: compile plus fill + 100 env steps, 100 updates
         "final_return": float(np.mean(returns)),
@@ -504,10 +514,11 @@ def measure_raw(seeds: int, total_timesteps: int, repeats: int, base_seed: int) 
 
     key = jax.random.PRNGKey(base_seed)
     compiled, lower_s, compile_s = compile_timed(run, (key,))
-    run_s, _ = run_timed(compiled, (key,), repeats)
+    run_s, cpu_s, _ = run_timed(compiled, (key,), repeats)
     return {
         "env_steps": seeds * total_timesteps,
         "run_s": run_s,
+        "cpu_s": cpu_s,
         "lower_s": lower_s,
         "compile_s": compile_s,
     }
@@ -550,6 +561,7 @@ def run_part(args) -> None:
         if result["env_steps"] != seeds * args.total_timesteps:
             raise RuntimeError(f"{args.only} took {result['env_steps']} env steps")
         rates = [result["env_steps"] / s for s in result["run_s"]]
+        cpu_rates = [result["env_steps"] / s for s in result["cpu_s"]]
         record = {
             "part": args.only,
             "seeds": seeds,
@@ -558,6 +570,7 @@ def run_part(args) -> None:
             "total_timesteps": args.total_timesteps,
             **result,
             "steps_per_s": rates,
+            "steps_per_cpu_s": cpu_rates,
             "load_avg_1min": [load_before, os.getloadavg()[0]],
             "versions": versions(),
             "machine": f"{os.cpu_count()}-core {platform.machine()}, Python "
@@ -625,11 +638,11 @@ def combine(path: Path) -> str:
             runs[(record["part"], record["seeds"])].append(record)
     counts = sorted({seeds for _, seeds in runs})
 
-    def rates(part, seeds) -> list[float]:
-        return [r for rec in runs.get((part, seeds), []) for r in rec["steps_per_s"]]
+    def rates(part, seeds, field="steps_per_s") -> list[float]:
+        return [r for rec in runs.get((part, seeds), []) for r in rec.get(field, [])]
 
-    def med(part, seeds) -> float:
-        values = rates(part, seeds)
+    def med(part, seeds, field="steps_per_s") -> float:
+        values = rates(part, seeds, field)
         return statistics.median(values) if values else float("nan")
 
     def median_of(part, seeds, fn, fmt) -> str:
@@ -675,8 +688,9 @@ def combine(path: Path) -> str:
     lines += [
         "",
         "| algo | seeds | jaxrl / Rejax | per round (median, range) | target "
-        "| jaxrl / sbx (1 seed) | target | jaxrl / raw | Rejax / perf_baseline |",
-        "|" + " --- |" * 9,
+        "| jaxrl / sbx (1 seed) | target | per CPU-s: jaxrl / Rejax, / sbx "
+        "| jaxrl / raw | Rejax / perf_baseline |",
+        "|" + " --- |" * 10,
     ]
     for algo in ALGOS:
         jaxrl, rejax = f"jaxrl_{algo}", f"rejax_{algo}"
@@ -696,19 +710,23 @@ def combine(path: Path) -> str:
                 else "-"
             )
             sbx = med("sbx_sac", 1) if algo == "sac" else math.nan
+            cpu = lambda part, s=seeds: med(part, s, "steps_per_cpu_s")
+            sbx_cpu = cpu("sbx_sac", 1) if algo == "sac" else math.nan
+            per_cpu = f"{ratio(cpu(jaxrl), cpu(rejax))}, {ratio(cpu(jaxrl), sbx_cpu)}"
             baseline = PERF_BASELINE.get((rejax, seeds), math.nan)
             lines.append(
                 f"| {algo.upper()} | {seeds} | {ratio(med(jaxrl, seeds), med(rejax, seeds))} "
                 f"| {paired_s} | {TARGETS['rejax']} "
                 f"| {ratio(med(jaxrl, seeds), sbx)} | {TARGETS['sbx'] if algo == 'sac' else '-'} "
-                f"| {med(jaxrl, seeds) / med('raw', seeds):.2g} "
+                f"| {per_cpu} | {med(jaxrl, seeds) / med('raw', seeds):.2g} "
                 f"| {ratio(med(rejax, seeds), baseline)} |"
             )
     lines.append("")
     lines.append(
         "Steps/s: env steps of all seeds together per second after compilation, medians over "
         "every run. jaxrl / sbx divides jaxrl's S-seed rate by sbx's 1-seed rate (sbx runs "
-        "seeds one after another)."
+        "seeds one after another). Per CPU-s: the same ratios of env steps per second of the "
+        "process's CPU time (all its threads), which other load on the machine moves less."
     )
     return "\n".join(lines)
 

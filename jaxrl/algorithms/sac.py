@@ -15,7 +15,9 @@ times with the stochastic policy (uniform random actions for the first
 * moves the actor down ``E_{a~pi}[alpha log pi(a|s) - min_i Q_i(s, a)]``
   (reparameterised tanh-Gaussian, or the exact expectation under the categorical policy);
 * moves ``log alpha`` down ``alpha (H(pi(.|s)) - H_target)`` (if ``cfg.autotune``): alpha
-  grows while the policy's entropy is below the target and shrinks above it;
+  grows while the policy's entropy is below the target and shrinks above it; the entropy
+  estimate is the actor step's own (``-log pi`` of its policy sample, before the actor
+  moves; the exact entropy for Discrete actions), as in SB3 and Rejax;
 * moves the target critics towards the online ones by Polyak averaging with rate ``tau``.
 
 The continuous actor is a tanh-squashed diagonal Gaussian
@@ -24,7 +26,9 @@ The continuous actor is a tanh-squashed diagonal Gaussian
 The target entropy is ``-target_entropy_scale * A`` for ``A`` action dimensions
 (default ``-A``) and ``target_entropy_scale * log |A|`` for ``|A|`` discrete actions.
 
-TD3's replay buffer, vectorised env, collection loop and Polyak update are reused.
+TD3's replay buffer, vectorised env, collection loop and Polyak update are reused, and so
+are its branches (:func:`jaxrl.algorithms.td3.run_if`): no learning work is computed before
+``cfg.learning_starts`` (metrics NaN), nor actor and temperature steps between delayed steps.
 
 ``Config.data_shards = D > 1`` trains the one agent data-parallel
 (:mod:`jaxrl.distributed.data_parallel`): each shard steps ``num_envs / D`` envs into its
@@ -56,7 +60,6 @@ from jaxrl.networks.continuous import scale_action
 from jaxrl.networks.heads import CategoricalHead, TanhGaussianHead
 from jaxrl.networks.torsos import MLP
 from jaxrl.types import Metrics
-from jaxrl.utils import tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,8 +272,10 @@ def target_entropy(env: Env, hp: HParams) -> jax.Array:
 
 
 def optimizer(hp: HParams) -> optax.GradientTransformation:
-    """Adam at ``hp.learning_rate`` (actor, critics and temperature keep separate states)."""
-    return optax.adam(hp.learning_rate)
+    """Adam at ``hp.learning_rate`` (actor, critics and temperature keep separate states),
+    on the parameters raveled into one vector (``optax.flatten``): Adam's numbers, in a few
+    large ops instead of several per parameter array."""
+    return optax.flatten(optax.adam(hp.learning_rate))
 
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
@@ -469,8 +474,9 @@ def policy_entropy(cfg: Config, env: Env, actor_params: dict, obs: jax.Array, ke
 def alpha_loss(
     cfg: Config, env: Env, log_alpha: jax.Array, params: Params, batch: Batch, hp: HParams
 ) -> tuple[jax.Array, Metrics]:
-    """:func:`temperature_loss` on the current actor's entropy over the batch."""
-    key = jax.random.fold_in(batch.key, 2)
+    """:func:`temperature_loss` on the entropy estimate of :func:`actor_loss` (the same
+    policy sample: same key), as :func:`gradient_step` takes it from the actor step."""
+    key = jax.random.fold_in(batch.key, 1)
     entropy = policy_entropy(cfg, env, params.actor, batch.transition.obs, key)
     return temperature_loss(log_alpha, entropy, target_entropy(env, hp))
 
@@ -502,68 +508,83 @@ def _adam_step(loss_fn, params, opt_state, hp: HParams, shards: int):
     return optax.apply_updates(params, updates), opt_state, metrics
 
 
+# State fields a gradient step changes (the replay and the envs stay out of its branches).
+LEARNER_FIELDS = (*td3.LEARNER_FIELDS, "alpha_opt_state")
+
+
 def gradient_step(
-    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, ready: jax.Array
+    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, ready: jax.Array | bool
 ) -> tuple[State, Metrics]:
     """Critics, then (every ``policy_delay``-th step) actor and temperature, then the
-    Polyak target update; a no-op where ``ready`` is false (selects, no branches). With
-    ``cfg.data_shards > 1`` every gradient is averaged over shards; ``metrics`` are this
-    shard's."""
-    p, shards = state.params, cfg.data_shards
-    critic, c_opt, c_metrics = _adam_step(
-        lambda c: critic_loss(cfg, env, c, p, batch, hp),
-        p.critic,
-        state.critic_opt_state,
-        hp,
-        shards,
-    )
-    p = p.replace(critic=critic)
-    actor, a_opt, a_metrics = _adam_step(
-        lambda a: actor_loss(cfg, env, a, p, batch, hp), p.actor, state.actor_opt_state, hp, shards
-    )
-    with_actor = p.replace(actor=actor)
-    log_alpha, t_opt, t_metrics = _adam_step(
-        lambda la: alpha_loss(cfg, env, la, with_actor, batch, hp),
-        p.log_alpha,
-        state.alpha_opt_state,
-        hp,
-        shards,
-    )
-    if cfg.autotune:
-        with_actor = with_actor.replace(log_alpha=log_alpha)
-    else:
-        t_opt = state.alpha_opt_state
-    delayed = (state.grad_steps + 1) % cfg.policy_delay == 0
-    p = tree.select(delayed, with_actor, p)
-    a_opt = tree.select(delayed, a_opt, state.actor_opt_state)
-    t_opt = tree.select(delayed, t_opt, state.alpha_opt_state)
-    p = p.replace(target_critic=polyak(p.target_critic, p.critic, hp.tau))
-    new = state.replace(
-        params=p,
-        critic_opt_state=c_opt,
-        actor_opt_state=a_opt,
-        alpha_opt_state=t_opt,
-        grad_steps=state.grad_steps + 1,
-    )
-    return tree.select(ready, new, state), c_metrics | a_metrics | t_metrics
+    Polyak target update; a no-op where ``ready`` is false. With ``cfg.data_shards > 1``
+    every gradient is averaged over shards; ``metrics`` are this shard's.
+
+    The temperature loss takes the entropy estimate of the actor step's own policy sample
+    (before the actor moves), as SB3 and Rejax do, so the actor is evaluated once.
+    ``ready`` and the policy delay gate branches (:func:`jaxrl.algorithms.td3.run_if`):
+    skipped work is not computed, also under ``vmap``; skipped metrics are NaN.
+    """
+    shards = cfg.data_shards
+
+    def actor_and_temperature(st: State) -> tuple[State, Metrics]:
+        p = st.params
+        actor, a_opt, a_metrics = _adam_step(
+            lambda a: actor_loss(cfg, env, a, p, batch, hp), p.actor, st.actor_opt_state, hp, shards
+        )
+        entropy, target = a_metrics["train/entropy"], target_entropy(env, hp)
+        t_loss = lambda la: temperature_loss(la, entropy, target)
+        if cfg.autotune:
+            log_alpha, t_opt, t_metrics = _adam_step(
+                t_loss, p.log_alpha, st.alpha_opt_state, hp, shards
+            )
+        else:
+            log_alpha, t_opt, t_metrics = p.log_alpha, st.alpha_opt_state, t_loss(p.log_alpha)[1]
+        params = p.replace(actor=actor, log_alpha=log_alpha)
+        new = st.replace(params=params, actor_opt_state=a_opt, alpha_opt_state=t_opt)
+        return new, a_metrics | t_metrics
+
+    def step(st: State) -> tuple[State, Metrics]:
+        p = st.params
+        critic, c_opt, c_metrics = _adam_step(
+            lambda c: critic_loss(cfg, env, c, p, batch, hp),
+            p.critic,
+            st.critic_opt_state,
+            hp,
+            shards,
+        )
+        new = st.replace(params=p.replace(critic=critic), critic_opt_state=c_opt)
+        if cfg.policy_delay == 1:
+            new, at_metrics = actor_and_temperature(new)
+        else:
+            delayed = (st.grad_steps + 1) % cfg.policy_delay == 0
+            fields = ("params", "actor_opt_state", "alpha_opt_state")
+            new, at_metrics = td3.run_if(delayed, actor_and_temperature, new, fields)
+        p = new.params
+        p = p.replace(target_critic=polyak(p.target_critic, p.critic, hp.tau))
+        return new.replace(params=p, grad_steps=st.grad_steps + 1), c_metrics | at_metrics
+
+    return td3.run_if(ready, step, state, LEARNER_FIELDS)
 
 
 def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """``cfg.gradient_steps`` :func:`gradient_step` s on uniform replay batches (no-ops
-    before ``learning_starts``); metrics averaged over steps and shards."""
+    """``cfg.gradient_steps`` :func:`gradient_step` s on uniform replay batches, skipped
+    (no sampling, no gradients; NaN metrics) before ``learning_starts``. Metrics are
+    averaged over shards and over the steps that computed them."""
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, td3.buffer(cfg).can_sample(state.buffer)
     )
     ready = dp.all_shards(ready, cfg.data_shards)
-
-    def step(st, key):
-        return gradient_step(cfg, env, st, sample_batch(cfg, st.buffer, key), hp, ready)
-
     key, key_steps = jax.random.split(state.key)
-    state, metrics = jax.lax.scan(
-        step, state.replace(key=key), jax.random.split(key_steps, cfg.gradient_steps)
-    )
-    return state, dp.pmean(jax.tree.map(jnp.mean, metrics), cfg.data_shards)
+
+    def steps(st: State) -> tuple[State, Metrics]:
+        def step(s, key):
+            return gradient_step(cfg, env, s, sample_batch(cfg, s.buffer, key), hp, True)
+
+        st, metrics = jax.lax.scan(step, st, jax.random.split(key_steps, cfg.gradient_steps))
+        mean = jnp.mean if cfg.policy_delay == 1 else jnp.nanmean
+        return st, dp.pmean(jax.tree.map(mean, metrics), cfg.data_shards)
+
+    return td3.run_if(ready, steps, state.replace(key=key), LEARNER_FIELDS)
 
 
 def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:

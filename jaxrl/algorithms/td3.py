@@ -12,6 +12,10 @@ critics to the clipped double-Q target with target-policy smoothing
 and every ``cfg.policy_delay``-th step also moves the actor up ``Q_1(s, mu(s))`` and the
 target networks towards the online ones by Polyak averaging with rate ``tau``.
 
+Work that a step skips (all learning before ``cfg.learning_starts``, the actor step between
+delayed steps) is not computed: :func:`run_if` branches on a predicate that stays unbatched
+under ``vmap``. Metrics of skipped work are NaN.
+
 Actions are normalised to ``[-1, 1]`` inside the agent and the buffer and scaled to the
 env's bounds when stepping. Truncated episodes bootstrap from the pre-reset observation
 (``Step.final_obs``), terminated ones do not. With ``cfg.context_len > 0`` the networks
@@ -34,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax import custom_batching
 
 from jaxrl.algorithms import base
 from jaxrl.distributed import data_parallel as dp
@@ -233,8 +238,10 @@ def vec_env(cfg: Config, env: Env) -> Env:
 
 
 def optimizer(hp: HParams) -> optax.GradientTransformation:
-    """Adam at ``hp.learning_rate`` (actor and critics keep separate states)."""
-    return optax.adam(hp.learning_rate)
+    """Adam at ``hp.learning_rate`` (actor and critics keep separate states), on the parameters
+    raveled into one vector (``optax.flatten``): Adam's numbers, in a few large ops instead
+    of several per parameter array."""
+    return optax.flatten(optax.adam(hp.learning_rate))
 
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
@@ -373,14 +380,26 @@ def critic_loss(
     return loss, {"train/critic_loss": loss, "train/q": jnp.mean(q)}
 
 
+def first_critic(
+    cfg: Config, env: Env, critic_params: dict, obs: jax.Array, action: jax.Array
+) -> jax.Array:
+    """``Q_1(s, a) [...]``, the first of the critics (``critic.apply(...)[0]``), computed
+    alone: the critics' joint forward would also compute the others."""
+    (stacked,) = critic_params["params"].values()  # the vmapped QNetwork's leaves [K, ...]
+    first = jax.tree.map(lambda x: x[0], stacked)
+    q_net = QNetwork(action_dim(env), cfg.hidden, cfg.context_len, cfg.context_features)
+    return q_net.apply({"params": first}, obs, action)
+
+
 def actor_loss(
     cfg: Config, env: Env, actor_params: dict, params: Params, batch: Batch, hp: HParams
 ) -> tuple[jax.Array, Metrics]:
     """``-mean Q_1(s, mu(s))`` (the deterministic policy gradient), critic held fixed."""
     del hp
-    actor, critic = networks(cfg, env)
+    actor, _ = networks(cfg, env)
     obs = batch.transition.obs
-    q = critic.apply(jax.lax.stop_gradient(params.critic), obs, actor.apply(actor_params, obs))[0]
+    critic_params = jax.lax.stop_gradient(params.critic)
+    q = first_critic(cfg, env, critic_params, obs, actor.apply(actor_params, obs))
     loss = -jnp.mean(q)
     return loss, {"train/actor_loss": loss}
 
@@ -404,6 +423,63 @@ def sample_batch(cfg: Config, env: Env, buffer_state, key: jax.Array) -> Batch:
 def polyak(target, online, tau: jax.Array):
     """``(1 - tau) target + tau online`` leafwise."""
     return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+# State fields a gradient step changes (the replay and the envs stay out of its branches).
+LEARNER_FIELDS = ("params", "actor_opt_state", "critic_opt_state", "grad_steps")
+
+
+@custom_batching.custom_vmap
+def _mode(every: jax.Array, some: jax.Array) -> jax.Array:
+    return jnp.where(every, 1, jnp.where(some, 2, 0)).astype(jnp.int32)
+
+
+@_mode.def_vmap
+def _mode_vmap(axis_size: int, in_batched: list[bool], every: jax.Array, some: jax.Array):
+    del axis_size
+    every = jnp.all(every, axis=0) if in_batched[0] else every
+    some = jnp.any(some, axis=0) if in_batched[1] else some
+    return _mode(every, some), False  # _mode again: an enclosing vmap reduces its axis too
+
+
+def batch_mode(flag: jax.Array) -> jax.Array:
+    """Where a bool scalar ``flag`` holds, as an unbatched int32: 0 nowhere, 1 everywhere,
+    2 for some members of the batch only (never without ``vmap``). Under (nested) ``vmap``
+    the batch is every run of the seed or sweep axes and every data shard."""
+    return _mode(flag, flag)
+
+
+def run_if(
+    pred: jax.Array | bool,
+    fn: Callable[[object], tuple[object, Metrics]],
+    state,
+    fields: tuple[str, ...],
+) -> tuple[object, Metrics]:
+    """``fn(state)`` where ``pred`` holds, else ``state`` and NaN metrics, as a branch.
+
+    ``fn(state) -> (state, metrics)`` may change only ``state``'s ``fields``, and only those
+    pass through the branch. Under ``vmap`` a ``lax.cond`` on a batched predicate becomes a
+    select that computes both branches; this one switches on :func:`batch_mode`, which is
+    never batched: ``fn`` runs when some member of the batch needs it, and only where
+    members disagree does each keep its own branch's result by a select. A Python bool
+    ``pred`` decides while tracing.
+    """
+    sub = {name: getattr(state, name) for name in fields}
+
+    def run(sub: dict) -> tuple[dict, Metrics]:
+        new, metrics = fn(state.replace(**sub))
+        return {name: getattr(new, name) for name in fields}, metrics
+
+    if isinstance(pred, bool) and pred:
+        return fn(state)
+    _, shapes = jax.eval_shape(run, sub)
+    nan = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+    skip = lambda sub: (sub, nan)
+    if isinstance(pred, bool):
+        return state, nan
+    mixed = lambda sub: tree.select(pred, run(sub), skip(sub))
+    sub, metrics = jax.lax.switch(batch_mode(pred), (skip, run, mixed), sub)
+    return state.replace(**sub), metrics
 
 
 def critic_step(
@@ -452,41 +528,51 @@ def gradient_step(
     critic_batch: Batch,
     actor_batch: Batch,
     hp: HParams,
-    ready: jax.Array,
+    ready: jax.Array | bool,
     actor_loss_fn: ActorLossFn = actor_loss,
 ) -> tuple[State, Metrics]:
     """One TD3 gradient step: the critics, then on every ``policy_delay``-th step the actor
     and the targets; a no-op where ``ready`` is false.
 
-    The delayed actor step is computed every time and kept by a select, not a branch, so
-    the program is the same under ``vmap``. ``actor_batch`` is what ``actor_loss_fn`` reads
-    (the critic's batch for TD3; replay windows for MetaGenRL).
+    Both gates are :func:`run_if` branches, so skipped work is not computed, also under
+    ``vmap``. The actor's metrics are NaN on steps without an actor step, and all metrics
+    are NaN where ``ready`` is false. ``actor_batch`` is what ``actor_loss_fn`` reads (the
+    critic's batch for TD3; replay windows for MetaGenRL).
     """
-    new, c_metrics = critic_step(cfg, env, state, critic_batch, hp)
-    with_actor, a_metrics = actor_step(cfg, env, new, actor_batch, hp, actor_loss_fn)
-    new = tree.select((state.grad_steps + 1) % cfg.policy_delay == 0, with_actor, new)
-    new = tree.select(ready, new.replace(grad_steps=state.grad_steps + 1), state)
-    return new, c_metrics | a_metrics
+
+    def step(st: State) -> tuple[State, Metrics]:
+        new, c_metrics = critic_step(cfg, env, st, critic_batch, hp)
+        actor_fn = lambda s: actor_step(cfg, env, s, actor_batch, hp, actor_loss_fn)
+        if cfg.policy_delay == 1:
+            new, a_metrics = actor_fn(new)
+        else:
+            delayed = (st.grad_steps + 1) % cfg.policy_delay == 0
+            new, a_metrics = run_if(delayed, actor_fn, new, ("params", "actor_opt_state"))
+        return new.replace(grad_steps=st.grad_steps + 1), c_metrics | a_metrics
+
+    return run_if(ready, step, state, LEARNER_FIELDS)
 
 
 def learn(
     cfg: Config, env: Env, state: State, hp: HParams, actor_loss_fn: ActorLossFn = actor_loss
 ) -> tuple[State, Metrics]:
-    """``cfg.gradient_steps`` :func:`gradient_step` s on uniform replay batches (no-ops
-    before ``learning_starts``)."""
+    """``cfg.gradient_steps`` :func:`gradient_step` s on uniform replay batches, skipped
+    (no sampling, no gradients; NaN metrics) before ``learning_starts``. Metrics are means
+    over the steps that computed them (the actor's over its delayed steps)."""
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, buffer(cfg).can_sample(state.buffer)
     )
-
-    def step(st, key):
-        batch = sample_batch(cfg, env, st.buffer, key)
-        return gradient_step(cfg, env, st, batch, batch, hp, ready, actor_loss_fn)
-
     key, key_steps = jax.random.split(state.key)
-    state, metrics = jax.lax.scan(
-        step, state.replace(key=key), jax.random.split(key_steps, cfg.gradient_steps)
-    )
-    return state, jax.tree.map(jnp.mean, metrics)
+
+    def steps(st: State) -> tuple[State, Metrics]:
+        def step(s, key):
+            batch = sample_batch(cfg, env, s.buffer, key)
+            return gradient_step(cfg, env, s, batch, batch, hp, True, actor_loss_fn)
+
+        st, metrics = jax.lax.scan(step, st, jax.random.split(key_steps, cfg.gradient_steps))
+        return st, jax.tree.map(jnp.mean if cfg.policy_delay == 1 else jnp.nanmean, metrics)
+
+    return run_if(ready, steps, state.replace(key=key), LEARNER_FIELDS)
 
 
 def update(

@@ -244,6 +244,43 @@ def test_without_autotune_alpha_stays_and_the_actor_learns(cont, cont_update):
     assert all(jax.tree.leaves(moved))  # the actor still learns
 
 
+def test_temperature_step_uses_the_actor_steps_entropy(cont, cont_update):
+    """The alpha step is Adam on :func:`sac.alpha_loss` at the pre-update actor (the actor
+    loss's own sample), which gradient_step takes from the actor step's metrics."""
+    cfg, env, hp = cont
+    s1 = sac.init(cfg, env, jax.random.key(0), hp)
+    for _ in range(16):
+        s1 = cont_update(s1, hp)
+    batch = sac.sample_batch(cfg, s1.buffer, jax.random.key(1))
+    s2, metrics = jax.jit(lambda s: sac.gradient_step(cfg, env, s, batch, hp, True))(s1)
+    _, a_metrics = sac.actor_loss(cfg, env, s1.params.actor, s1.params, batch, hp)
+    np.testing.assert_allclose(metrics["train/entropy"], a_metrics["train/entropy"], rtol=1e-5)
+    grad = jax.grad(lambda la: sac.alpha_loss(cfg, env, la, s1.params, batch, hp)[0])(
+        s1.params.log_alpha
+    )
+    updates, _ = sac.optimizer(hp).update(grad, s1.alpha_opt_state, s1.params.log_alpha)
+    np.testing.assert_allclose(s2.params.log_alpha, s1.params.log_alpha + updates, rtol=1e-5)
+
+
+def test_vmapped_learn_keeps_real_branches_and_skips_delayed_steps(cont):
+    cfg, env, hp = cont
+    cfg = sac.Config(**TINY, policy_delay=2)
+    state = sac.init(cfg, env, jax.random.key(0), hp)
+    states = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+    jaxpr = str(jax.make_jaxpr(jax.vmap(lambda s: sac.learn(cfg, env, s, hp)))(states))
+    assert jaxpr.count(" cond[") >= 2  # a batched predicate would have left selects only
+    update = jax.jit(jax.vmap(lambda s: sac.update(cfg, env, s, hp)))
+    for _ in range(15):
+        states, m = update(states)
+    assert np.isnan(m["train/critic_loss"]).all()  # warm-up: nothing learned
+    states, m1 = update(states)  # gradient step 1: critics only
+    states, m2 = update(states)  # gradient step 2: critics, actor, temperature
+    assert np.isfinite(m1["train/critic_loss"]).all() and np.isnan(m1["train/actor_loss"]).all()
+    assert np.isfinite(m2["train/actor_loss"]).all() and np.isfinite(m2["train/alpha"]).all()
+    np.testing.assert_array_equal(states.actor_opt_state[0].count, [1, 1])
+    np.testing.assert_array_equal(states.critic_opt_state[0].count, [2, 2])
+
+
 def test_one_program_for_every_hyperparameter_value(cont, cont_update):
     cfg, env, hp = cont
     state = sac.init(cfg, env, jax.random.key(0), hp)

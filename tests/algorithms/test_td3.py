@@ -1,5 +1,6 @@
 """TD3: the clipped double-Q target by hand, delayed actor and Polyak targets, warm-up,
-vmapped equals looped, errors, and learning on a continuous probe."""
+branches that stay branches under vmap, vmapped equals looped, errors, and learning on a
+continuous probe and Pendulum."""
 
 import chex
 import jax
@@ -102,6 +103,84 @@ def test_warmup_then_delayed_actor_and_polyak_targets(setup):
     )
 
 
+def test_actor_loss_reads_the_first_critic_alone(setup):
+    cfg, env, hp, _ = setup
+    params = _random_params(cfg, env, jax.random.key(5))
+    actor, critic = td3.networks(cfg, env)
+    obs = jax.random.normal(jax.random.key(6), (7, 1))
+    action = actor.apply(params.actor, obs)
+    both = critic.apply(params.critic, obs, action)  # [2, 7]
+    q1 = td3.first_critic(cfg, env, params.critic, obs, action)
+    np.testing.assert_allclose(q1, both[0], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(q1, both[1])
+    batch = td3.Batch(td3.Transition(obs, action, jnp.zeros(7), jnp.zeros(7), obs), action)
+    loss, _ = td3.actor_loss(cfg, env, params.actor, params, batch, hp)
+    np.testing.assert_allclose(loss, -np.mean(both[0]), rtol=1e-6)
+
+
+def test_batch_mode_is_unbatched_none_all_or_some():
+    flags = jnp.array([[True, True, True], [True, False, True]])
+    for rows, want in ((flags[:1], 1), (~flags[:1], 0), (flags, 2)):
+        mode = jax.vmap(jax.vmap(td3.batch_mode))(rows)  # nested: every axis reduced
+        np.testing.assert_array_equal(mode, np.full(rows.shape, want))
+    assert int(td3.batch_mode(jnp.bool_(True))) == 1 and int(td3.batch_mode(False)) == 0
+
+
+def test_run_if_under_vmap_keeps_each_members_branch(setup):
+    cfg, env, hp, state = setup
+    fn = lambda st: (st.replace(grad_steps=st.grad_steps + 10), {"m": st.env_steps + 0.5})
+    run = lambda st, p: td3.run_if(p, fn, st, ("grad_steps",))
+    states = jax.tree.map(lambda x: jnp.stack([x, x, x]), state)
+    preds = jnp.array([True, False, True])
+    new, metrics = jax.jit(jax.vmap(run))(states, preds)
+    np.testing.assert_array_equal(new.grad_steps, [10, 0, 10])
+    np.testing.assert_array_equal(metrics["m"], [0.5, np.nan, 0.5])
+    for p in (True, False):  # unbatched, and a Python bool decided while tracing
+        one, m = jax.jit(lambda st, p=p: run(st, jnp.bool_(p)))(state)
+        assert int(one.grad_steps) == 10 * p and np.isnan(m["m"]) != p
+        assert int(run(state, p)[0].grad_steps) == 10 * p
+
+
+def test_vmapped_learn_keeps_real_branches(setup):
+    """Warm-up and policy delay gate branches: under vmap a cond on a batched predicate
+    would have become a select of both branches (no cond left in the program)."""
+    cfg, env, hp, state = setup
+    states = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+    jaxpr = str(jax.make_jaxpr(jax.vmap(lambda s: td3.learn(cfg, env, s, hp)))(states))
+    assert jaxpr.count(" cond[") >= 2  # learning started, and the delayed actor step
+
+
+def test_skipped_steps_compute_nothing_and_report_nan(setup):
+    cfg, env, hp, state = setup
+    update = jax.jit(lambda s: td3.update(cfg, env, s, hp))
+    s, m = update(state)  # warm-up: no learning, NaN train metrics
+    assert int(s.grad_steps) == 0 and np.isnan(float(m["train/critic_loss"]))
+    for _ in range(14):
+        s, _ = update(s)
+    assert int(s.grad_steps) == 0
+    s1, m1 = update(s)  # env_steps = 16, gradient step 1: critic only
+    s2, m2 = update(s1)  # gradient step 2: critic and actor
+    assert np.isfinite(float(m1["train/critic_loss"])) and np.isnan(float(m1["train/actor_loss"]))
+    assert np.isfinite(float(m2["train/actor_loss"]))
+    assert int(s2.actor_opt_state[0].count) == 1 and int(s2.critic_opt_state[0].count) == 2
+
+
+def test_reverse_mode_gradient_through_the_branches(setup):
+    """Meta-gradients pass the branches: 15 skipped updates, then one critic-only step, whose
+    Adam update is linear in the learning rate (so finite differences are exact)."""
+    cfg, env, hp, state = setup
+
+    def final(lr):
+        new, _ = td3.train(cfg, env, state, hp.replace(learning_rate=lr), 16)
+        return sum(jnp.sum(x) for x in jax.tree.leaves(new.params.critic))
+
+    lr = hp.learning_rate
+    g = jax.jit(jax.grad(final))(lr)
+    fd = (jax.jit(final)(2 * lr) - jax.jit(final)(0 * lr)) / (2 * lr)
+    assert float(g) != 0.0
+    np.testing.assert_allclose(g, fd, rtol=1e-3)
+
+
 def test_vmapped_equals_looped(setup):
     cfg, env, hp, _ = setup
     keys = jax.random.split(jax.random.key(4), 2)
@@ -144,3 +223,19 @@ def test_learns_the_continuous_probe():
     _, metrics = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 2))
     returns = np.asarray(metrics["episode/return"])[:, -200:]
     assert returns.mean(1).min() > -0.02, returns.mean(1)
+
+
+@pytest.mark.slow
+def test_preset_pendulum_reaches_minus_250_over_4_seeds_in_20k_steps():
+    from jaxrl import envs
+    from jaxrl.runner import config, loop, sweep
+
+    preset = config.load_preset("td3/pendulum")
+    cfg, hp = config.resolve(td3, preset, {}, None)
+    env, _ = envs.make(preset["env"])
+    assert cfg.num_updates * cfg.steps_per_update <= 20_000
+    runs = sweep.grid(hp, seeds=range(4))
+    result = loop.run(td3, env, cfg, runs, env_name=preset["env"], algo_name="td3", quiet=True)
+    final = np.asarray(result.summary["final_return"]["per_run"])
+    print("td3/pendulum final returns", final, result.summary["run_seconds"])
+    assert np.isfinite(final).all() and final.mean() >= -250, final
