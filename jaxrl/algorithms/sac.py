@@ -27,7 +27,7 @@ The target entropy is ``-target_entropy_scale * A`` for ``A`` action dimensions
 (default ``-A``) and ``target_entropy_scale * log |A|`` for ``|A|`` discrete actions.
 
 TD3's replay buffer, vectorised env, collection loop and Polyak update are reused, and so
-are its branches (:func:`jaxrl.algorithms.td3.run_if`): no learning work is computed before
+are its branches (:func:`jaxrl.utils.branch.run_if`): no learning work is computed before
 ``cfg.learning_starts`` (metrics NaN), nor actor and temperature steps between delayed steps.
 
 ``Config.data_shards = D > 1`` trains the one agent data-parallel
@@ -60,6 +60,7 @@ from jaxrl.networks.continuous import scale_action
 from jaxrl.networks.heads import CategoricalHead, TanhGaussianHead
 from jaxrl.networks.torsos import MLP
 from jaxrl.types import Metrics
+from jaxrl.utils.branch import run_if
 
 
 @dataclasses.dataclass(frozen=True)
@@ -521,7 +522,7 @@ def gradient_step(
 
     The temperature loss takes the entropy estimate of the actor step's own policy sample
     (before the actor moves), as SB3 and Rejax do, so the actor is evaluated once.
-    ``ready`` and the policy delay gate branches (:func:`jaxrl.algorithms.td3.run_if`):
+    ``ready`` and the policy delay gate branches (:func:`jaxrl.utils.branch.run_if`):
     skipped work is not computed, also under ``vmap``; skipped metrics are NaN.
     """
     shards = cfg.data_shards
@@ -558,12 +559,12 @@ def gradient_step(
         else:
             delayed = (st.grad_steps + 1) % cfg.policy_delay == 0
             fields = ("params", "actor_opt_state", "alpha_opt_state")
-            new, at_metrics = td3.run_if(delayed, actor_and_temperature, new, fields)
+            new, at_metrics = run_if(delayed, actor_and_temperature, new, fields)
         p = new.params
         p = p.replace(target_critic=polyak(p.target_critic, p.critic, hp.tau))
         return new.replace(params=p, grad_steps=st.grad_steps + 1), c_metrics | at_metrics
 
-    return td3.run_if(ready, step, state, LEARNER_FIELDS)
+    return run_if(ready, step, state, LEARNER_FIELDS)
 
 
 def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
@@ -584,7 +585,7 @@ def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metr
         mean = jnp.mean if cfg.policy_delay == 1 else jnp.nanmean
         return st, dp.pmean(jax.tree.map(mean, metrics), cfg.data_shards)
 
-    return td3.run_if(ready, steps, state.replace(key=key), LEARNER_FIELDS)
+    return run_if(ready, steps, state.replace(key=key), LEARNER_FIELDS)
 
 
 def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:

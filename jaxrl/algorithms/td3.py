@@ -13,8 +13,8 @@ and every ``cfg.policy_delay``-th step also moves the actor up ``Q_1(s, mu(s))``
 target networks towards the online ones by Polyak averaging with rate ``tau``.
 
 Work that a step skips (all learning before ``cfg.learning_starts``, the actor step between
-delayed steps) is not computed: :func:`run_if` branches on a predicate that stays unbatched
-under ``vmap``. Metrics of skipped work are NaN.
+delayed steps) is not computed: :func:`jaxrl.utils.branch.run_if` branches on a predicate
+that stays unbatched under ``vmap``. Metrics of skipped work are NaN.
 
 Actions are normalised to ``[-1, 1]`` inside the agent and the buffer and scaled to the
 env's bounds when stepping. Truncated episodes bootstrap from the pre-reset observation
@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax import custom_batching
 
 from jaxrl.algorithms import base
 from jaxrl.distributed import data_parallel as dp
@@ -48,7 +47,7 @@ from jaxrl.envs.wrappers import make_vec_env
 from jaxrl.networks.continuous import DeterministicActor, QNetwork, TwinQ, scale_action
 from jaxrl.replay import buffers
 from jaxrl.types import Metrics
-from jaxrl.utils import tree
+from jaxrl.utils.branch import run_if
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,59 +426,6 @@ def polyak(target, online, tau: jax.Array):
 
 # State fields a gradient step changes (the replay and the envs stay out of its branches).
 LEARNER_FIELDS = ("params", "actor_opt_state", "critic_opt_state", "grad_steps")
-
-
-@custom_batching.custom_vmap
-def _mode(every: jax.Array, some: jax.Array) -> jax.Array:
-    return jnp.where(every, 1, jnp.where(some, 2, 0)).astype(jnp.int32)
-
-
-@_mode.def_vmap
-def _mode_vmap(axis_size: int, in_batched: list[bool], every: jax.Array, some: jax.Array):
-    del axis_size
-    every = jnp.all(every, axis=0) if in_batched[0] else every
-    some = jnp.any(some, axis=0) if in_batched[1] else some
-    return _mode(every, some), False  # _mode again: an enclosing vmap reduces its axis too
-
-
-def batch_mode(flag: jax.Array) -> jax.Array:
-    """Where a bool scalar ``flag`` holds, as an unbatched int32: 0 nowhere, 1 everywhere,
-    2 for some members of the batch only (never without ``vmap``). Under (nested) ``vmap``
-    the batch is every run of the seed or sweep axes and every data shard."""
-    return _mode(flag, flag)
-
-
-def run_if(
-    pred: jax.Array | bool,
-    fn: Callable[[object], tuple[object, Metrics]],
-    state,
-    fields: tuple[str, ...],
-) -> tuple[object, Metrics]:
-    """``fn(state)`` where ``pred`` holds, else ``state`` and NaN metrics, as a branch.
-
-    ``fn(state) -> (state, metrics)`` may change only ``state``'s ``fields``, and only those
-    pass through the branch. Under ``vmap`` a ``lax.cond`` on a batched predicate becomes a
-    select that computes both branches; this one switches on :func:`batch_mode`, which is
-    never batched: ``fn`` runs when some member of the batch needs it, and only where
-    members disagree does each keep its own branch's result by a select. A Python bool
-    ``pred`` decides while tracing.
-    """
-    sub = {name: getattr(state, name) for name in fields}
-
-    def run(sub: dict) -> tuple[dict, Metrics]:
-        new, metrics = fn(state.replace(**sub))
-        return {name: getattr(new, name) for name in fields}, metrics
-
-    if isinstance(pred, bool) and pred:
-        return fn(state)
-    _, shapes = jax.eval_shape(run, sub)
-    nan = jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
-    skip = lambda sub: (sub, nan)
-    if isinstance(pred, bool):
-        return state, nan
-    mixed = lambda sub: tree.select(pred, run(sub), skip(sub))
-    sub, metrics = jax.lax.switch(batch_mode(pred), (skip, run, mixed), sub)
-    return state.replace(**sub), metrics
 
 
 def critic_step(

@@ -118,29 +118,6 @@ def test_actor_loss_reads_the_first_critic_alone(setup):
     np.testing.assert_allclose(loss, -np.mean(both[0]), rtol=1e-6)
 
 
-def test_batch_mode_is_unbatched_none_all_or_some():
-    flags = jnp.array([[True, True, True], [True, False, True]])
-    for rows, want in ((flags[:1], 1), (~flags[:1], 0), (flags, 2)):
-        mode = jax.vmap(jax.vmap(td3.batch_mode))(rows)  # nested: every axis reduced
-        np.testing.assert_array_equal(mode, np.full(rows.shape, want))
-    assert int(td3.batch_mode(jnp.bool_(True))) == 1 and int(td3.batch_mode(False)) == 0
-
-
-def test_run_if_under_vmap_keeps_each_members_branch(setup):
-    cfg, env, hp, state = setup
-    fn = lambda st: (st.replace(grad_steps=st.grad_steps + 10), {"m": st.env_steps + 0.5})
-    run = lambda st, p: td3.run_if(p, fn, st, ("grad_steps",))
-    states = jax.tree.map(lambda x: jnp.stack([x, x, x]), state)
-    preds = jnp.array([True, False, True])
-    new, metrics = jax.jit(jax.vmap(run))(states, preds)
-    np.testing.assert_array_equal(new.grad_steps, [10, 0, 10])
-    np.testing.assert_array_equal(metrics["m"], [0.5, np.nan, 0.5])
-    for p in (True, False):  # unbatched, and a Python bool decided while tracing
-        one, m = jax.jit(lambda st, p=p: run(st, jnp.bool_(p)))(state)
-        assert int(one.grad_steps) == 10 * p and np.isnan(m["m"]) != p
-        assert int(run(state, p)[0].grad_steps) == 10 * p
-
-
 def test_vmapped_learn_keeps_real_branches(setup):
     """Warm-up and policy delay gate branches: under vmap a cond on a batched predicate
     would have become a select of both branches (no cond left in the program)."""
