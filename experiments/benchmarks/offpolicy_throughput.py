@@ -71,6 +71,12 @@ Each record also keeps the process's CPU seconds of each timed run (all its thre
 XLA programs use up to 2 here); ``--combine`` gives the ratios per CPU-second too, which
 other load on a shared machine moves less than wall-clock rates.
 
+``jaxrl_sac_cores``, ``jaxrl_td3_cores``
+    the same, run as the jaxrl CLI runs seeds on a CPU: one XLA device per core
+    (:func:`jaxrl.distributed.mesh.use_all_cpu_cores`) and the seed axis split over them by
+    ``shard_map``; seed counts that the core count divides only. XLA:CPU keeps about one core
+    busy on these small matrices, so the plain parts use one core where these use all.
+
 Flags: ``--seeds 1,8`` (sbx always runs 1), ``--repeats N`` (timed runs per compiled
 program, default 1), ``--total-timesteps N`` (per seed, default 1e4, even),
 ``--rejax-python``, ``--sbx-python``.
@@ -100,7 +106,10 @@ TOTAL_TIMESTEPS = 10_000
 EVAL_EPISODES = 128  # Rejax's evaluation: 128 episodes per seed
 REJAX_PYTHON = Path("/work/venv_bench/bin/python")
 SBX_PYTHON = Path("/work/venv_sbx/bin/python")
-PARTS = ("raw", "jaxrl_sac", "rejax_sac", "sbx_sac", "jaxrl_td3", "rejax_td3")
+PARTS = (
+    "raw", "jaxrl_sac", "jaxrl_sac_cores", "rejax_sac", "sbx_sac",
+    "jaxrl_td3", "jaxrl_td3_cores", "rejax_td3",
+)  # fmt: skip
 ALGOS = ("sac", "td3")
 # Steps/s of all seeds in /work/shared/perf_baseline.md ("SAC on gymnax Pendulum-v1").
 PERF_BASELINE = {("rejax_sac", 1): 1_800, ("rejax_sac", 8): 2_300, ("sbx_sac", 1): 290}
@@ -222,7 +231,7 @@ def jaxrl_td3_config(td3, total_timesteps: int):
 
 def expected_grad_steps(part: str, total_timesteps: int) -> dict[str, int]:
     """Gradient steps per seed each part should take (see the module docstring)."""
-    if part.endswith("sac"):
+    if "sac" in part:
         n = total_timesteps - REJAX_CONFIGS["sac"]["fill_buffer"]
         return {"critic": n, "actor": n}
     critic = total_timesteps - REJAX_CONFIGS["td3"]["fill_buffer"] - 1
@@ -333,8 +342,17 @@ def measure_rejax(algo_name: str, seeds: int, total_timesteps: int, repeats: int
 # ------------------------------------------------------------------------ jaxrl
 
 
-def measure_jaxrl(algo_name: str, seeds: int, total_timesteps: int, repeats: int, base_seed: int):
-    """jaxrl SAC or TD3: init (``lax.map``) + ``vmap(train)`` in one program."""
+def measure_jaxrl(
+    algo_name: str, seeds: int, total_timesteps: int, repeats: int, base_seed: int, cores: bool
+):
+    """jaxrl SAC or TD3: init (``lax.map``) + ``vmap(train)`` in one program. With ``cores``
+    (parts ``jaxrl_*_cores``), as the jaxrl CLI runs seeds: one CPU device per core and the
+    seed axis split over them by ``shard_map`` (each device trains its share; no collectives).
+    """
+    from jaxrl.distributed import mesh as run_mesh
+
+    if cores and not run_mesh.use_all_cpu_cores():
+        raise RuntimeError("could not expose one CPU device per core (XLA_FLAGS set?)")
     import jax
     import numpy as np
 
@@ -353,6 +371,15 @@ def measure_jaxrl(algo_name: str, seeds: int, total_timesteps: int, repeats: int
         return jax.vmap(lambda state: module.train(cfg, env, state, hp, cfg.num_updates))(states)
 
     keys = jax.random.split(jax.random.key(base_seed), seeds)
+    if cores:
+        mesh = run_mesh.run_mesh()
+        if seeds % mesh.size:
+            raise ValueError(f"{seeds} seeds do not split over {mesh.size} CPU devices")
+        spec = jax.sharding.PartitionSpec(run_mesh.RUN_AXIS)
+        run = jax.shard_map(
+            run, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec()), out_specs=spec,
+            check_vma=False,  # per-device runs; the env's constants need no varying-axis casts
+        )  # fmt: skip
     compiled, lower_s, compile_s = compile_timed(run, (keys, hp))
     run_s, cpu_s, (state, metrics) = run_timed(compiled, (keys, hp), repeats)
     returns = np.asarray(metrics["episode/return"])[:, -2_000:]  # last 2e3 env steps
@@ -532,7 +559,8 @@ def measure(part: str, **kw) -> dict:
     if system == "rejax":
         return measure_rejax(algo, **kw)
     if system == "jaxrl":
-        return measure_jaxrl(algo, **kw)
+        algo, _, cores = algo.partition("_")
+        return measure_jaxrl(algo, cores=cores == "cores", **kw)
     if system == "sbx":
         return measure_sbx(**kw)
     return measure_raw(**kw)
@@ -543,6 +571,8 @@ def seed_counts(part: str, seeds: str) -> list[int]:
     counts = [int(s) for s in seeds.split(",")]
     if part.startswith("sbx"):
         return [1] if 1 in counts else []
+    if part.endswith("_cores"):  # the seeds are split over the cores
+        return [s for s in counts if s % (os.cpu_count() or 1) == 0 and s > 1]
     return counts
 
 
@@ -693,8 +723,8 @@ def combine(path: Path) -> str:
         "|" + " --- |" * 10,
     ]
     for algo in ALGOS:
-        jaxrl, rejax = f"jaxrl_{algo}", f"rejax_{algo}"
-        for seeds in counts:
+        rejax = f"rejax_{algo}"
+        for jaxrl, seeds in [(f"jaxrl_{algo}{c}", s) for c in ("", "_cores") for s in counts]:
             if not runs.get((jaxrl, seeds)):
                 continue
             by_round = defaultdict(dict)
@@ -715,7 +745,8 @@ def combine(path: Path) -> str:
             per_cpu = f"{ratio(cpu(jaxrl), cpu(rejax))}, {ratio(cpu(jaxrl), sbx_cpu)}"
             baseline = PERF_BASELINE.get((rejax, seeds), math.nan)
             lines.append(
-                f"| {algo.upper()} | {seeds} | {ratio(med(jaxrl, seeds), med(rejax, seeds))} "
+                f"| {algo.upper()}{' (cores)' * jaxrl.endswith('_cores')} | {seeds} "
+                f"| {ratio(med(jaxrl, seeds), med(rejax, seeds))} "
                 f"| {paired_s} | {TARGETS['rejax']} "
                 f"| {ratio(med(jaxrl, seeds), sbx)} | {TARGETS['sbx'] if algo == 'sac' else '-'} "
                 f"| {per_cpu} | {med(jaxrl, seeds) / med('raw', seeds):.2g} "
