@@ -1,10 +1,15 @@
-"""Shared pytest setup: strict rank promotion, two CPU devices, the opt-in ``slow`` marker.
+"""Shared pytest setup: strict rank promotion, two CPU devices, one compilation cache per run,
+the opt-in ``slow`` marker.
 
 ``learning`` and ``slow`` are declared in ``pyproject.toml``; tests marked ``slow``
 are skipped unless ``--runslow`` is given (as gymnax's ``--all``).
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -13,6 +18,26 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Two XLA CPU devices, so tests can check that sharding runs over devices changes nothing.
 jax.config.update("jax_num_cpu_devices", 2)
+
+# One persistent compilation cache for the whole run, made by the first process (pytest
+# itself, before xdist starts its workers, which inherit the variable; so do the notebook
+# kernels and CLI subprocesses). Tests compile the same programs many times over (a run,
+# its interrupted twin and its resume; jit against vmap against a loop); each compiles once.
+# A cache of the user's own (JAX_COMPILATION_CACHE_DIR) is used as it is and kept.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxrl-tests-xla-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")),
+)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE and not hasattr(config, "workerinput"):  # pytest itself, not a worker
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
