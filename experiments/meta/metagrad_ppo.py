@@ -23,17 +23,31 @@ policy gradient) and Stable-Baselines3's A2C defaults: 16 envs x 5 steps, ``γ =
 (Adam instead of SB3's RMSprop). ``λ = 1`` has no logit, so meta arms start from
 ``min(λ, --meta-lambda-cap)`` (0.995 by default).
 
+``--preset NAME`` (e.g. ``ppo/pendulum``) takes the env, the ``Config`` fields and the
+hyperparameters of a jaxrl preset (:func:`jaxrl.runner.config.load_preset` and
+``resolve``), with ``anneal_lr=False``; the default of the ``fixed-default`` and meta arms
+is then the preset's hyperparameters with the discount replaced by PPO's *library default*
+(0.99), and an extra ``fixed-preset`` arm runs the preset's own ``γ`` as a reference.
+``--num-envs``, ``--rollout-len`` and ``--learning-rate`` override the preset when given.
+The preset's observation and reward normalisers (``RunningStats`` in the env state) are
+updated by each update's rollout exactly as in ``ppo.update`` and receive no
+meta-gradient (actions are sampled data). ``--pool A.json B.json ...`` prints the
+comparisons on the seeds of several result files pooled.
+
 ``--no-start-arms`` drops ``meta`` and ``fixed-start``. The score is the mean
 training-episode return over the last 10% of updates, per seed; the all-update mean is
 the area under the learning curve. Meta-from-default minus fixed-default is printed with
 its standard error (sample std, ``ddof=1``, over seeds).
 
     python experiments/meta/metagrad_ppo.py --seeds 4 --updates 150
+    python experiments/meta/metagrad_ppo.py --preset ppo/pendulum --names discount \
+        --meta-from-default --no-start-arms --seeds 8 --updates 292
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import time
@@ -45,12 +59,14 @@ import optax
 from jaxrl import envs
 from jaxrl.algorithms import ppo
 from jaxrl.meta import metagrad as mg
+from jaxrl.runner import config as config_lib
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--env", default=None, help="CartPole-v1, or the preset's env")
     p.add_argument("--algo", choices=("ppo", "a2c"), default="ppo")
+    p.add_argument("--preset", default=None, help="a PPO preset, e.g. ppo/pendulum")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--seed", type=int, default=0, help="keys split(key(seed), seeds)")
     p.add_argument("--updates", type=int, default=150, help="inner PPO updates per run")
@@ -79,6 +95,10 @@ def parse_args():
         "--no-start-arms", action="store_true", help="skip the meta and fixed-start arms"
     )
     p.add_argument("--out", default=None, help="write results JSON here")
+    p.add_argument(
+        "--pool", nargs="+", default=None, metavar="JSON",
+        help="only print the comparisons of these results files, their seeds pooled",
+    )  # fmt: skip
     return p.parse_args()
 
 
@@ -110,14 +130,18 @@ def run_meta(cfg, env, keys, hp, hp_ref, names, args):
 
 def summary(name, returns, env_steps):
     s, auc = score(returns), np.nanmean(returns, axis=1)
+    # the mean learning curve in (up to) 20 blocks of updates: episodes do not end every update
+    every = max(returns.shape[1] // 20, 1)
+    blocks = returns[:, : returns.shape[1] // every * every].reshape(returns.shape[0], -1, every)
     line = f"{name:>28s}: {s.mean():7.1f} ± {s.std():5.1f}  per seed {np.round(s, 1)}"
     print(f"{line}  (all-update mean {auc.mean():6.1f} ± {auc.std():5.1f}; {env_steps} steps)")
     return {"score_mean": float(s.mean()), "score_std": float(s.std()), "per_seed": s.tolist(),
             "auc_mean": float(auc.mean()), "auc_std": float(auc.std()),
-            "auc_per_seed": auc.tolist(), "env_steps": env_steps}  # fmt: skip
+            "auc_per_seed": auc.tolist(), "env_steps": env_steps,
+            "curve_mean": np.nanmean(blocks, (0, 2)).tolist(), "curve_every": every}  # fmt: skip
 
 
-def compare(a: dict, b: dict, name: str) -> dict:
+def compare(a: dict, b: dict, name: str, a_name: str = "meta-from-default") -> dict:
     """Difference of means ``a - b`` per seed-level metric, its standard error and ratio."""
     out = {}
     for key in ("per_seed", "auc_per_seed"):
@@ -125,18 +149,34 @@ def compare(a: dict, b: dict, name: str) -> dict:
         diff = x.mean() - y.mean()
         se = np.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
         label = "final" if key == "per_seed" else "all-update mean"
-        print(
-            f"  meta-from-default - {name}, {label}: {diff:+.1f} ± {se:.1f} SE ({diff / se:+.2f})"
-        )
+        print(f"  {a_name} - {name}, {label}: {diff:+.1f} ± {se:.1f} SE ({diff / se:+.2f})")
         out[label] = {"diff": float(diff), "se": float(se), "z": float(diff / se)}
     return out
 
 
-def main():
-    args = parse_args()
-    names = tuple(args.names.split(","))
-    env, _ = envs.make(args.env)
+def build(args):
+    """``(env, cfg, common, hp_preset)``: the env, PPO ``Config``, the hparams shared by every
+    arm (a dict; its ``discount`` is the default arm's) and the preset's ``HParams`` (or None)."""
     a2c = args.algo == "a2c"
+    preset = config_lib.load_preset(args.preset) if args.preset else None
+    if preset is not None and (a2c or not args.preset.startswith("ppo/")):
+        raise SystemExit("--preset takes a PPO preset (ppo/...) and --algo ppo")
+    if preset is not None and args.env not in (None, preset["env"]):
+        raise SystemExit(f"--env {args.env} differs from the preset's env {preset['env']}")
+    args.env = args.env or (preset or {}).get("env", "CartPole-v1")
+    env, _ = envs.make(args.env)
+    if preset is not None:  # jaxrl's own loader; anneal_lr off, budget for check_budget
+        cfg, hp = config_lib.resolve(ppo, preset, {}, total_timesteps=None)
+        given = {k: getattr(args, k) for k in ("num_envs", "rollout_len")}
+        cfg = dataclasses.replace(cfg, anneal_lr=False, **{k: v for k, v in given.items() if v})
+        cfg = dataclasses.replace(cfg, total_timesteps=cfg.steps_per_update * args.updates * 2)
+        common = {k: float(v) for k, v in vars(hp).items()}
+        if args.learning_rate is not None:
+            common["learning_rate"] = args.learning_rate
+        hp_preset = ppo.HParams.make(**common)
+        # the default arm: the preset with PPO's library-default discount
+        common["discount"] = ppo.HPARAM_DEFAULTS["discount"]
+        return env, cfg, common, hp_preset
     for name, ppo_value, a2c_value in (
         ("num_envs", 4, 16), ("rollout_len", 128, 5), ("learning_rate", 5e-4, 7e-4)
     ):  # fmt: skip
@@ -151,6 +191,39 @@ def main():
     common = dict(learning_rate=args.learning_rate)
     if a2c:  # SB3 A2C: n-step returns (λ = 1), no entropy bonus
         common |= dict(gae_lambda=1.0, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)
+    return env, cfg, common, None
+
+
+def pool(paths) -> None:
+    """Prints every ``a - b`` comparison of the result files with their seeds pooled."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    keys = ("per_seed", "auc_per_seed")
+    arms = [k for k in runs[0] if isinstance(runs[0][k], dict) and "per_seed" in runs[0][k]]
+    arms = [a for a in arms if all(a in r for r in runs)]
+    merged = {a: {k: sum((r[a][k] for r in runs), []) for k in keys} for a in arms}
+    print(
+        f"pooled {len(paths)} files: "
+        + ", ".join(f"{a} ({len(merged[a][keys[0]])} seeds)" for a in arms)
+    )
+    for a in arms:
+        for key in keys:
+            x = np.asarray(merged[a][key])
+            print(f"{a:>28s} {key:>12s}: {x.mean():7.1f} ± {x.std():5.1f}")
+    for a in ("meta-from-default", "meta", "fixed-preset"):
+        for b in ("fixed-default", "fixed-preset"):
+            if a != b and a in merged and b in merged:
+                compare(merged[a], merged[b], b, a_name=a)
+
+
+def main():
+    args = parse_args()
+    if args.pool:
+        return pool(args.pool)
+    names = tuple(args.names.split(","))
+    env, cfg, common, hp_preset = build(args)
     start = dict(discount=args.start_discount, gae_lambda=args.start_lambda)
     hp_start = ppo.HParams.make(**common | start)
     hp_default = ppo.HParams.make(**common)
@@ -163,6 +236,8 @@ def main():
     ppo.check(cfg, hp_start), ppo.check(cfg, hp_ref)
     show = lambda hp: {k: round(float(v), 6) for k, v in vars(hp).items()}
     print(f"{args.algo}: {cfg}\n  default {show(hp_default)}\n  reference {show(hp_ref)}")
+    if hp_preset is not None:
+        print(f"  preset {args.preset} {show(hp_preset)}")
     keys = jax.random.split(jax.random.key(args.seed), args.seeds)
     per_update = cfg.steps_per_update
     meta_updates = args.updates // args.k * args.k
@@ -185,13 +260,17 @@ def main():
             traj = metrics[f"meta/{name}"]  # [S, M], the value used at each meta-step
             results[arm][f"{name}_final"] = traj[:, -1].tolist()
             every = max(traj.shape[1] // 20, 1)
-            results[arm][f"{name}_curve_mean"] = traj.mean(0)[::every].tolist()
+            for stat in ("mean", "min", "max"):
+                curve = getattr(traj, stat)(0)[::every]
+                results[arm][f"{name}_curve_{stat}"] = curve.tolist()
             final = np.round(traj[:, -1], 3)
             print(f"{'':>28s}  {name}: start {traj[:, 0].mean():.3f} -> final {final}")
         results[arm]["seconds"] = time.time() - t0
         print(f"{'':>28s}  ({results[arm]['seconds']:.0f} s)")
 
     arms = {"fixed-start": (hp_start, args.updates), "fixed-default": (hp_default, args.updates)}
+    if hp_preset is not None:  # the preset's own (tuned) γ, λ: a reference, not the criterion
+        arms["fixed-preset"] = (hp_preset, args.updates)
     if not args.reuse:
         arms |= {
             "fixed-start (same steps)": (hp_start, matched),
@@ -210,6 +289,14 @@ def main():
                 results[f"meta-from-default - {base_arm}"] = compare(
                     results["meta-from-default"], results[base_arm], base_arm
                 )
+        if "fixed-preset" in results:
+            results["meta-from-default - fixed-preset"] = compare(
+                results["meta-from-default"], results["fixed-preset"], "fixed-preset"
+            )
+    if "fixed-preset" in results:
+        results["fixed-preset - fixed-default"] = compare(
+            results["fixed-preset"], results["fixed-default"], "fixed-default", "fixed-preset"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -289,6 +289,51 @@ def test_online_step_reuses_the_validation_rollout(setup):
         np.testing.assert_allclose(metrics[f"meta/grad/{n}"][0], grads[n], rtol=1e-4, atol=1e-8)
 
 
+def _stats(state):
+    """The float leaves of the normalisers' ``RunningStats`` in ``state.env_state``."""
+    leaves = jax.tree_util.tree_flatten_with_path(state.env_state)[0]
+    return [x for path, x in leaves if ".stats." in jax.tree_util.keystr(path)]
+
+
+def test_online_step_with_normalisers_updates_stats_as_ppo_and_never_differentiates_them():
+    """Pendulum with observation normalisation and reward scaling (``RunningStats`` in the
+    env state, as in the ``ppo/pendulum`` preset), K = 2: one online step leaves the agent,
+    normaliser statistics included, exactly where two ``ppo.update`` calls leave it, and
+    ``∂ stats_K / ∂η`` is zero (the statistics see only observations and rewards, which
+    sampled actions drive as data) while the meta-gradient is not."""
+    env, _ = envs.make("Pendulum-v1")
+    cfg = ppo.Config(**SMALL | dict(normalize_obs=True, scale_reward=True))
+    hp = ppo.HParams.make(learning_rate=3e-3, discount=0.9, gae_lambda=0.8, ent_coef=0.0)
+    hp_ref = ppo.HParams.make(learning_rate=3e-3, discount=0.99, gae_lambda=1.0, ent_coef=0.0)
+    names, meta_tx = ("discount", "gae_lambda"), optax.adam(0.1)
+    state0 = ppo.init(cfg, env, jax.random.key(0), hp)
+    ostate0 = mg.online_init(state0, mg.to_meta(hp, names), meta_tx)
+
+    def run(ostate):
+        ostate1, metrics = mg.online_step(ppo, cfg, env, ostate, hp, hp_ref, meta_tx, 2)
+        used = mg.from_meta(hp, ostate.meta_params)  # hp, to float rounding
+        plain, _ = ppo.train(cfg, env, ostate.state, used, 2)
+
+        def stats_sum(meta):
+            state_k, _ = mg.unroll(ppo, cfg, env, ostate.state, hp, meta, 2)
+            return sum(jnp.sum(x) for x in _stats(state_k))
+
+        return ostate1, metrics, plain, jax.grad(stats_sum)(ostate.meta_params)
+
+    ostate1, metrics, plain, d_stats = jit(run)(ostate0)
+    got = ostate1.state
+    chex.assert_trees_all_close(got.params, plain.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(_stats(got), _stats(plain), rtol=1e-6)
+    np.testing.assert_allclose(got.obs, plain.obs, rtol=1e-6)
+    # (mean, var, count) of the observation and the return normaliser: each saw 2 rollouts
+    (_, _, obs_count, _, _, ret_count), start = _stats(got), _stats(state0)
+    for count, count0 in ((obs_count, start[2]), (ret_count, start[5])):
+        assert float(count) - float(count0) == 2 * cfg.steps_per_update
+    for n in names:
+        assert float(d_stats[n]) == 0.0
+        assert np.isfinite(metrics[f"meta/grad/{n}"]) and metrics[f"meta/grad/{n}"] != 0.0
+
+
 # ---------------------------------------------------------------- bad input
 
 
