@@ -71,3 +71,28 @@ def cli_error_line(capsys):
         return lines[0]
 
     return read
+
+
+@pytest.fixture
+def preset_final_returns():
+    """``run(algo, name) -> (cfg, final [4])``: preset ``name`` trained on 4 seeds in one
+    ``loop.run``; the final returns are checked finite and printed with the run time."""
+    import numpy as np
+
+    from jaxrl import envs
+    from jaxrl.runner import config, loop, sweep
+
+    def run(algo, name: str):
+        preset = config.load_preset(name)
+        cfg, hp = config.resolve(algo, preset, {}, None)
+        env, _ = envs.make(preset["env"])
+        runs = sweep.grid(hp, seeds=range(4))
+        algo_name = name.split("/")[0]
+        result = loop.run(algo, env, cfg, runs, env_name=preset["env"], algo_name=algo_name,
+                          quiet=True)  # fmt: skip
+        final = np.asarray(result.summary["final_return"]["per_run"])
+        print(name, "final returns", final, result.summary["run_seconds"])
+        assert np.isfinite(final).all(), final
+        return cfg, final
+
+    return run

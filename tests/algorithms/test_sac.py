@@ -361,29 +361,14 @@ def test_discrete_learns_the_reward_from_obs_probe():
     assert returns.mean(1).min() > 0.8, returns.mean(1)
 
 
-def _preset_run(name):
-    from jaxrl import envs
-    from jaxrl.runner import config, loop, sweep
-
-    preset = config.load_preset(name)
-    cfg, hp = config.resolve(sac, preset, {}, None)
-    env, _ = envs.make(preset["env"])
-    runs = sweep.grid(hp, seeds=range(4))
-    result = loop.run(sac, env, cfg, runs, env_name=preset["env"], algo_name="sac", quiet=True)
-    final = np.asarray(result.summary["final_return"]["per_run"])
-    print(name, "final returns", final, result.summary["run_seconds"])
-    assert np.isfinite(final).all()
-    return cfg, final
-
-
 @pytest.mark.slow
-def test_preset_pendulum_reaches_minus_250_over_4_seeds_in_20k_steps():
-    cfg, final = _preset_run("sac/pendulum")
+def test_preset_pendulum_reaches_minus_250_over_4_seeds_in_20k_steps(preset_final_returns):
+    cfg, final = preset_final_returns(sac, "sac/pendulum")
     assert cfg.num_updates * cfg.steps_per_update <= 20_000
     assert final.mean() >= -250, final
 
 
 @pytest.mark.slow
-def test_discrete_preset_cartpole_reaches_400_over_4_seeds():
-    _, final = _preset_run("sac/cartpole")
+def test_discrete_preset_cartpole_reaches_400_over_4_seeds(preset_final_returns):
+    _, final = preset_final_returns(sac, "sac/cartpole")
     assert final.mean() >= 400, final
