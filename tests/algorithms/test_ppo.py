@@ -89,12 +89,13 @@ def test_kl_objective_adapts_beta():
         kl_target=jnp.float32(1e-9), kl_beta=jnp.float32(1.0), learning_rate=jnp.float32(1e-2)
     )
     state = ppo.init(cfg, env, jax.random.key(0), hp)
-    state, metrics = jax.jit(functools.partial(ppo.update, cfg, env))(state, hp)
+    update = jax.jit(functools.partial(ppo.update, cfg, env))  # one compile for both calls
+    state, metrics = update(state, hp)
     # A tiny KL target is exceeded by any real update, so beta must double.
     assert metrics["train/approx_kl"] > 1.5e-9
     np.testing.assert_allclose(state.kl_beta, 2.0)
     # and a huge target halves it
-    state, _ = jax.jit(functools.partial(ppo.update, cfg, env))(state, hp.replace(kl_target=1e3))
+    state, _ = update(state, hp.replace(kl_target=jnp.float32(1e3)))
     np.testing.assert_allclose(state.kl_beta, 1.0)
 
 
@@ -109,7 +110,8 @@ def test_custom_loss_fn_replaces_the_loss():
     new, metrics = jax.jit(lambda s: ppo.update(cfg, env, s, hp, frozen_loss))(state)
     _allclose(new.params, state.params, rtol=0, atol=0)
     assert metrics["train/custom"] == 7.0
-    moved, _ = jax.jit(lambda s: ppo.update(cfg, env, s, hp))(state)
+    # hp as an argument: the program of test_one_compile_... (the compilation cache hits)
+    moved, _ = jax.jit(lambda s, h: ppo.update(cfg, env, s, h))(state, hp)
     assert any(
         not np.allclose(a, b)
         for a, b in zip(jax.tree.leaves(moved.params), jax.tree.leaves(state.params), strict=False)
@@ -120,36 +122,50 @@ def test_custom_loss_fn_replaces_the_loss():
 
 
 def test_jit_equals_no_jit():
-    cfg, env, hp = _setup(num_envs=2, rollout_len=4, num_epochs=1, num_minibatches=2)
+    cfg, env, hp = _setup()
     state = ppo.init(cfg, env, jax.random.key(0), hp)
-    jitted = jax.jit(functools.partial(ppo.update, cfg, env))(state, hp)
+    # the program of test_one_compile_... and test_custom_loss_... (the compilation cache hits)
+    jitted = jax.jit(lambda s, h: ppo.update(cfg, env, s, h))(state, hp)
     with jax.disable_jit():
         eager = ppo.update(cfg, env, state, hp)
     _allclose(jitted, eager, rtol=1e-4, atol=1e-5)
 
 
+# The vmapped and one-by-one tests and the chunked-training test share one Config (with
+# both normalisers, whose statistics must carry over) and these compiled programs.
+TRAIN_CFG = dict(normalize_obs=True, scale_reward=True)
+
+
+@functools.cache
+def _train_fns():
+    """``(cfg, env, hp, train, vtrain3)``: ``train(state, hp, n)`` jitted (n static) and
+    ``vtrain3`` its 3-update run vmapped over runs, compiled once for the module."""
+    cfg, env, hp = _setup(**TRAIN_CFG)
+    train = jax.jit(lambda s, h, n: ppo.train(cfg, env, s, h, n), static_argnums=2)
+    vtrain3 = jax.jit(jax.vmap(lambda s, h: ppo.train(cfg, env, s, h, 3)))
+    return cfg, env, hp, train, vtrain3
+
+
 def test_vmapped_seeds_equal_one_by_one():
-    cfg, env, hp = _setup()
+    cfg, env, hp, train, vtrain3 = _train_fns()
     runs = sweep.grid(hp, seeds=[0, 1, 2])
-    train = jax.jit(jax.vmap(lambda s, h: ppo.train(cfg, env, s, h, 3)))
-    batched = train(sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps), runs.hps)
+    batched = vtrain3(sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps), runs.hps)
     for i in range(3):
         one = ppo.init(cfg, env, sweep.seed_key(i), hp)
-        alone = jax.jit(lambda s: ppo.train(cfg, env, s, hp, 3))(one)
+        alone = train(one, hp, 3)
         _allclose(jax.tree.map(lambda x, i=i: x[i], batched), alone)
 
 
 def test_vmapped_learning_rate_grid_equals_separate_runs():
-    cfg, env, hp = _setup()
-    rates = [1e-4, 3e-3]
+    cfg, env, hp, train, vtrain3 = _train_fns()
+    rates = [1e-4, 1e-3, 3e-3]
     runs = sweep.grid(hp, seeds=[7], learning_rate=rates)
-    train = jax.jit(jax.vmap(lambda s, h: ppo.train(cfg, env, s, h, 3)))
-    state, metrics = train(sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps), runs.hps)
+    state, metrics = vtrain3(sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps), runs.hps)
     np.testing.assert_allclose(metrics["train/learning_rate"][:, 0], rates, rtol=1e-6)
     for i, lr in enumerate(rates):
         hp_i = hp.replace(learning_rate=jnp.float32(lr))
         one = ppo.init(cfg, env, sweep.seed_key(7), hp_i)
-        alone = jax.jit(lambda s, h: ppo.train(cfg, env, s, h, 3))(one, hp_i)
+        alone = train(one, hp_i, 3)
         _allclose(jax.tree.map(lambda x, i=i: x[i], (state, metrics)), alone)
     # different rates must give different parameters (the grid is not ignored)
     leaves = jax.tree.leaves(state.params)
@@ -167,12 +183,12 @@ def test_one_compile_serves_every_hyperparameter_value():
 
 
 def test_chunked_training_equals_one_long_scan():
-    cfg, env, hp = _setup(normalize_obs=True, scale_reward=True)
+    cfg, env, hp, train, _ = _train_fns()
+    assert cfg.normalize_obs and cfg.scale_reward  # their statistics must carry over too
     state = ppo.init(cfg, env, jax.random.key(1), hp)
-    train = jax.jit(lambda s, n: ppo.train(cfg, env, s, hp, n), static_argnums=1)
-    long_state, long_metrics = train(state, 6)
-    s, m1 = train(state, 3)
-    s, m2 = train(s, 3)
+    long_state, long_metrics = train(state, hp, 6)
+    s, m1 = train(state, hp, 3)
+    s, m2 = train(s, hp, 3)
     chunked = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), m1, m2)
     _allclose(s, long_state)
     _allclose(chunked, long_metrics)
@@ -181,36 +197,37 @@ def test_chunked_training_equals_one_long_scan():
 # ---------------------------------------------------------------- meta-gradients
 
 
-def test_grad_wrt_learning_rate_matches_finite_difference():
+@pytest.fixture(scope="module")
+def meta():
+    """One compiled meta-gradient for both tests below: the loss on a fixed batch after two
+    updates, as a function of the whole HParams, its gradient (every hyperparameter at once)
+    and the jitted function itself for finite differences."""
     cfg, env, hp = _setup(anneal_lr=False)
     state0 = ppo.init(cfg, env, jax.random.key(0), hp)
     _, rollout = ppo.collect(cfg, env, state0)
     batch = ppo.make_batch(cfg, env, state0.params, rollout, hp)
 
-    def final_loss(lr):
-        h = hp.replace(learning_rate=lr)
+    def final_loss(h):
         state, _ = ppo.train(cfg, env, state0, h, 2)
         return ppo.loss(cfg, env, state.params, batch, h)[0]
 
-    lr = jnp.float32(3e-3)
-    grad = jax.jit(jax.grad(final_loss))(lr)
+    hp = hp.replace(learning_rate=jnp.float32(3e-3))
+    return hp, jax.jit(jax.grad(final_loss))(hp), jax.jit(final_loss)
+
+
+def test_grad_wrt_learning_rate_matches_finite_difference(meta):
+    hp, grad, f = meta
+    lr, grad = hp.learning_rate, grad.learning_rate
     eps = 5e-5  # 3e-4 is already outside the linear regime of a 2-update run
-    f = jax.jit(final_loss)
-    fd = (f(lr + eps) - f(lr - eps)) / (2 * eps)
+    fd = (f(hp.replace(learning_rate=lr + eps)) - f(hp.replace(learning_rate=lr - eps))) / (2 * eps)
     assert np.isfinite(grad) and abs(grad) > 1e-3
     np.testing.assert_allclose(grad, fd, rtol=0.02)
 
 
-def test_grad_reaches_discount_and_lambda():
-    cfg, env, hp = _setup(anneal_lr=False)
-    state0 = ppo.init(cfg, env, jax.random.key(0), hp)
-
-    def final_value_loss(discount, gae_lambda):
-        h = hp.replace(discount=discount, gae_lambda=gae_lambda)
-        state, metrics = ppo.train(cfg, env, state0, h, 2)
-        return metrics["train/policy_loss"][-1] + metrics["train/value_loss"][-1]
-
-    g_disc, g_lam = jax.jit(jax.grad(final_value_loss, argnums=(0, 1)))(0.99, 0.95)
+def test_grad_reaches_discount_and_lambda(meta):
+    """The loss on the fixed batch reads neither: their gradient comes through training."""
+    _, grad, _ = meta
+    g_disc, g_lam = grad.discount, grad.gae_lambda
     assert np.isfinite(g_disc) and np.isfinite(g_lam)
     assert abs(g_disc) > 0 and abs(g_lam) > 0
 

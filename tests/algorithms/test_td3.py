@@ -24,6 +24,13 @@ def setup():
     return cfg, env, hp, state
 
 
+@pytest.fixture(scope="module")
+def update(setup):
+    """One jitted ``update(state, hp)`` shared by the tests (one compile for the module)."""
+    cfg, env, _, _ = setup
+    return jax.jit(lambda s, h: td3.update(cfg, env, s, h))
+
+
 def _random_params(cfg, env, key):
     """Online and target networks all different, so the target uses the right ones."""
     actor, critic = td3.networks(cfg, env)
@@ -77,21 +84,20 @@ def test_loss_gradients_reach_each_network_from_its_own_term(setup):
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads.target_critic))
 
 
-def test_warmup_then_delayed_actor_and_polyak_targets(setup):
+def test_warmup_then_delayed_actor_and_polyak_targets(setup, update):
     cfg, env, hp, state = setup
-    learn = jax.jit(lambda s: td3.learn(cfg, env, s, hp))
     # Before learning_starts nothing learns.
-    update = jax.jit(lambda s: td3.update(cfg, env, s, hp)[0])
     s0 = state
     for _ in range(15):
-        s0 = update(s0)
+        s0, _ = update(s0, hp)
     assert int(s0.grad_steps) == 0  # update() learned nothing yet
-    s1 = update(s0)  # env_steps = 16: its learn step is gradient step 1
+    s1, _ = update(s0, hp)  # env_steps = 16: its learn step is gradient step 1
     assert int(s1.grad_steps) == 1
     same = lambda a, b: all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), a, b)))
     assert same(s1.params.actor, s0.params.actor)  # step 1: critic only (delay 2)
     assert not same(s1.params.critic, s0.params.critic)
-    s2, _ = learn(s1)  # step 2: actor, then targets towards the online nets
+    s2, _ = update(s1, hp)  # step 2: actor, then targets towards the online nets
+    assert int(s2.grad_steps) == 2
     assert not same(s2.params.actor, s1.params.actor)
     expected = jax.tree.map(
         lambda t, o: 0.9 * t + 0.1 * o, s1.params.target_critic, s2.params.critic
@@ -127,46 +133,69 @@ def test_vmapped_learn_keeps_real_branches(setup):
     assert jaxpr.count(" cond[") >= 2  # learning started, and the delayed actor step
 
 
-def test_skipped_steps_compute_nothing_and_report_nan(setup):
+def test_skipped_steps_compute_nothing_and_report_nan(setup, update):
     cfg, env, hp, state = setup
-    update = jax.jit(lambda s: td3.update(cfg, env, s, hp))
-    s, m = update(state)  # warm-up: no learning, NaN train metrics
+    s, m = update(state, hp)  # warm-up: no learning, NaN train metrics
     assert int(s.grad_steps) == 0 and np.isnan(float(m["train/critic_loss"]))
     for _ in range(14):
-        s, _ = update(s)
+        s, _ = update(s, hp)
     assert int(s.grad_steps) == 0
-    s1, m1 = update(s)  # env_steps = 16, gradient step 1: critic only
-    s2, m2 = update(s1)  # gradient step 2: critic and actor
+    s1, m1 = update(s, hp)  # env_steps = 16, gradient step 1: critic only
+    s2, m2 = update(s1, hp)  # gradient step 2: critic and actor
     assert np.isfinite(float(m1["train/critic_loss"])) and np.isnan(float(m1["train/actor_loss"]))
     assert np.isfinite(float(m2["train/actor_loss"]))
     assert int(s2.actor_opt_state[0].count) == 1 and int(s2.critic_opt_state[0].count) == 2
 
 
-def test_reverse_mode_gradient_through_the_branches(setup):
+def test_reverse_mode_gradient_through_the_branches(setup, update):
     """Meta-gradients pass the branches: 15 skipped updates, then one critic-only step, whose
     Adam update is linear in the learning rate (so finite differences are exact)."""
     cfg, env, hp, state = setup
+    critic_sum = lambda s: sum(jnp.sum(x) for x in jax.tree.leaves(s.params.critic))
 
     def final(lr):
         new, _ = td3.train(cfg, env, state, hp.replace(learning_rate=lr), 16)
-        return sum(jnp.sum(x) for x in jax.tree.leaves(new.params.critic))
+        return critic_sum(new)
+
+    def final_by_updates(lr):  # the same 16 updates, by the module's compiled update
+        s = state
+        for _ in range(16):
+            s, _ = update(s, hp.replace(learning_rate=lr))
+        return critic_sum(s)
 
     lr = hp.learning_rate
     g = jax.jit(jax.grad(final))(lr)
-    fd = (jax.jit(final)(2 * lr) - jax.jit(final)(0 * lr)) / (2 * lr)
+    fd = (final_by_updates(2 * lr) - final_by_updates(0 * lr)) / (2 * lr)
     assert float(g) != 0.0
     np.testing.assert_allclose(g, fd, rtol=1e-3)
 
 
-def test_vmapped_equals_looped(setup):
+def test_vmapped_equals_looped(setup, update):
+    """Two seeds warmed up by 14 updates, then 3 vmapped updates (the last skipped one, the
+    critic-only gradient step 1 and step 2 with the actor and targets) equal looped ones."""
     cfg, env, hp, _ = setup
     keys = jax.random.split(jax.random.key(4), 2)
-    run = lambda k: td3.train(cfg, env, td3.init(cfg, env, k, hp), hp, 24)
-    _, batched = jax.jit(jax.vmap(run))(keys)
+    states = []
+    for k in keys:
+        s = td3.init(cfg, env, k, hp)
+        for _ in range(cfg.learning_starts - 2):
+            s, _ = update(s, hp)
+        states.append(s)
+    vupdate = jax.jit(jax.vmap(lambda s: td3.update(cfg, env, s, hp)))
+    batched = jax.tree.map(lambda *x: jnp.stack(x), *states)
+    looped = list(states)
+    for _ in range(3):
+        batched, b_metrics = vupdate(batched)
+        for i in range(2):
+            looped[i], metrics = update(looped[i], hp)
+            for name in ("train/critic_loss", "train/actor_loss"):
+                np.testing.assert_allclose(b_metrics[name][i], metrics[name], rtol=1e-4, atol=1e-6)
+    assert int(looped[0].grad_steps) == 2 and int(looped[0].actor_opt_state[0].count) == 1
     for i in range(2):
-        _, single = jax.jit(run)(keys[i])
-        np.testing.assert_allclose(
-            batched["train/critic_loss"][i], single["train/critic_loss"], rtol=1e-4, atol=1e-6
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6),
+            batched.params,
+            looped[i].params,
         )
 
 
