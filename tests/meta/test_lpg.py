@@ -4,6 +4,7 @@ differences (L1), bandit, meta-update invariances, save/load."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -19,6 +20,29 @@ TINY = lpg.Config(
     num_lifetimes=2, num_envs=2, rollout_len=5, num_inner=2, lifetime_len=4, lstm_size=8,
     pred_dim=4, lr_grid=(1.0, 2.0), alpha_y_grid=(0.1, 0.5, 1.0),
 )  # fmt: skip
+
+
+# Compilation dominates the meta-update tests; XLA's cheaper CPU backend settings cut it.
+jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
+_UPDATE_TRACES = []  # the envs of every trace of _meta_update
+
+
+@functools.partial(jit, static_argnums=0)
+def _meta_init(envs, key, hp):
+    return lpg.init(TINY, envs, key, hp)
+
+
+@functools.partial(jit, static_argnums=0)
+def _meta_update(envs, state, hp):
+    """One compiled meta-update per env (tuple), shared by the meta-update tests."""
+    _UPDATE_TRACES.append(envs)
+    return lpg.update(TINY, envs, state, hp)
 
 
 def _inputs(key, t=6, b=2, m=4, done=None, dtype=jnp.float32):
@@ -148,10 +172,12 @@ def test_l1_meta_gradient_matches_finite_differences():
                 cfg, lpg.lpg_apply, e, theta, opt, batches, eval_batch, adv, lr, ay, hp
             )
 
-        grad = jax.jit(jax.grad(loss))(eta)
+        # finite differences reuse the gradient program's value: one compile, not two
+        value_and_grad = jit(jax.value_and_grad(loss))
+        grad = value_and_grad(eta)[1]
         for path, g in jax.tree_util.tree_leaves_with_path(grad):
             assert float(jnp.max(jnp.abs(g))) > 1e-8, f"zero meta-gradient for {path}"
-        loss_j = jax.jit(loss)
+        loss_j = lambda e: value_and_grad(e)[0]  # noqa: E731
         leaves, treedef = jax.tree.flatten(eta)
         eps = 1e-5
         for i in range(5):
@@ -209,15 +235,15 @@ def test_bandit_logits_and_ring_buffer():
 def test_meta_update_one_program_resets_and_finite(tmp_path):
     env = delayed_chain.make("short", max_length=6)
     hp = lpg.HParams.make(learning_rate=1e-3)
-    state = jax.jit(lambda k: lpg.init(TINY, env, k, hp))(jax.random.key(0))
+    state = _meta_init(env, jax.random.key(0), hp)
     np.testing.assert_array_equal(state.lifetimes[0].num_updates, [0, 2])  # staggered
-    chex.clear_trace_counter()
-    step = jax.jit(chex.assert_max_traces(lambda s, h: lpg.update(TINY, env, s, h), n=1))
     eta0 = state.eta
-    state, m = step(state, hp)
+    state, m = _meta_update(env, state, hp)
     np.testing.assert_array_equal(state.lifetimes[0].num_updates, [2, 0])  # lifetime 1 was reset
     assert int(m["meta/lifetimes_ended"]) == 1 and int(state.bandits[0].counts.sum()) == 1
-    state, m = step(state, hp.replace(learning_rate=jnp.float32(3e-4)))  # no retrace
+    traces = len(_UPDATE_TRACES)
+    state, m = _meta_update(env, state, hp.replace(learning_rate=jnp.float32(3e-4)))
+    assert len(_UPDATE_TRACES) == traces  # new hyperparameter values: no retrace
     assert all(np.isfinite(float(v)) for v in m.values())
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.eta, eta0)
     assert min(jax.tree.leaves(moved)) > 0.0
@@ -260,11 +286,10 @@ def test_two_env_meta_update_keeps_the_first_env_as_alone():
     env_b = delayed_chain.make("short_noisy", max_length=6)
     hp = lpg.HParams.make(learning_rate=1e-3)
 
-    def run(envs):
-        state = lpg.init(TINY, envs, jax.random.key(0), hp)
-        return lpg.update(TINY, envs, state, hp)
+    def run(envs):  # env_a alone: the program test_meta_update_one_program_... compiles
+        return _meta_update(envs, _meta_init(envs, jax.random.key(0), hp), hp)
 
-    (alone, m_alone), (both, m_both) = jax.jit(lambda: (run(env_a), run((env_a, env_b))))()
+    (alone, m_alone), (both, m_both) = run(env_a), run((env_a, env_b))
     assert len(both.lifetimes) == len(both.bandits) == 2
     chex.assert_trees_all_close(both.lifetimes[0], alone.lifetimes[0], rtol=1e-6)
     chex.assert_trees_all_equal(both.bandits[0], alone.bandits[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import chex
@@ -16,6 +17,22 @@ from jaxrl.errors import ConfigError
 from jaxrl.meta import metagenrl as mg
 
 _apply = jax.jit(mg.objective_apply, static_argnums=0)
+# Compilation dominates this file (second-order gradients through the objective's LSTM);
+# XLA's cheaper CPU backend settings cut it.
+jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
+
+
+@functools.partial(jit, static_argnums=(0, 1))
+def _meta_value_and_grad(cfg, env, alpha, params, windows, hp):
+    """``(L_meta, ∇_α L_meta)``: one compiled program per config, env(s) and shapes, shared
+    by the tests below (a Pendulum population of 2 serves four of them)."""
+    return jax.value_and_grad(lambda a: mg.meta_loss(cfg, env, a, params, windows, hp))(alpha)
 
 
 def _cfg(**kw) -> mg.Config:
@@ -126,7 +143,7 @@ def test_meta_gradient_nonzero_for_every_leaf():
     params, windows = _population(cfg, env, 2, jax.random.key(0))
     alpha = mg.init_objective(cfg, jax.random.key(1))
     hp = mg.HParams.make(inner_lr=0.1)
-    grads = jax.jit(jax.grad(lambda a: mg.meta_loss(cfg, env, a, params, windows, hp)))(alpha)
+    _, grads = _meta_value_and_grad(cfg, env, alpha, params, windows, hp)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert np.all(np.isfinite(g)), path
         assert np.linalg.norm(g) > 0, path
@@ -145,7 +162,7 @@ def test_meta_gradient_matches_finite_differences():
         hp = mg.HParams.make(inner_lr=0.5)
         hp = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), hp)
 
-        value_and_grad = jax.jit(
+        value_and_grad = jit(
             jax.value_and_grad(lambda a: mg.meta_loss(cfg, env, a, params, windows, hp))
         )
 
@@ -187,19 +204,11 @@ def test_two_group_meta_gradient_is_sum_of_groups(normalise):
     alpha = mg.init_objective(cfg, jax.random.key(7))
     hp = mg.HParams.make(inner_lr=0.1)
 
-    @jax.jit
-    def value_and_grad(a):
-        return jax.value_and_grad(lambda a: mg.meta_loss(cfg, envs, a, params, windows, hp))(a)
-
-    @jax.jit
-    def alone(a):
-        return [
-            jax.value_and_grad(lambda a, e=e, p=p, w=w: mg.meta_loss(cfg, e, a, p, w, hp))(a)
-            for e, p, w in zip(envs, params, windows, strict=True)
-        ]
-
-    loss, grads = value_and_grad(alpha)
-    (loss_0, grads_0), (loss_1, grads_1) = alone(alpha)
+    loss, grads = _meta_value_and_grad(cfg, envs, alpha, params, windows, hp)
+    (loss_0, grads_0), (loss_1, grads_1) = (
+        _meta_value_and_grad(cfg, e, alpha, p, w, hp)
+        for e, p, w in zip(envs, params, windows, strict=True)
+    )
     np.testing.assert_allclose(loss, loss_0 + loss_1, rtol=1e-6)
     summed = jax.tree.map(jnp.add, grads_0, grads_1)
     for (path, g), s, g0, g1 in zip(
@@ -223,11 +232,9 @@ def test_single_env_is_one_group():
     params, windows = _population(cfg, env, 2, jax.random.key(0))
     alpha = mg.init_objective(cfg, jax.random.key(1))
     hp = mg.HParams.make(inner_lr=0.1)
-    single = jax.jit(jax.value_and_grad(lambda a: mg.meta_loss(cfg, env, a, params, windows, hp)))
-    grouped = jax.jit(
-        jax.value_and_grad(lambda a: mg.meta_loss(cfg, (env,), a, (params,), (windows,), hp))
-    )
-    chex.assert_trees_all_equal(single(alpha), grouped(alpha))
+    single = _meta_value_and_grad(cfg, env, alpha, params, windows, hp)
+    grouped = _meta_value_and_grad(cfg, (env,), alpha, (params,), (windows,), hp)
+    chex.assert_trees_all_equal(single, grouped)
 
 
 def test_groups_must_match_envs():
@@ -257,9 +264,8 @@ def test_normalised_meta_gradient_ignores_value_scale():
     params, windows = _population(_cfg(), env, 2, jax.random.key(0))
     for normalise in (True, False):
         cfg = _cfg(normalise_meta_loss=normalise)
-        grad = jax.jit(jax.grad(lambda a, p, c=cfg: mg.meta_loss(c, env, a, p, windows, hp)))
-        g1 = grad(alpha, params)
-        g50 = grad(alpha, _scale_critic(params, 50.0))
+        g1 = _meta_value_and_grad(cfg, env, alpha, params, windows, hp)[1]
+        g50 = _meta_value_and_grad(cfg, env, alpha, _scale_critic(params, 50.0), windows, hp)[1]
         want = g1 if normalise else jax.tree.map(lambda x: 50 * x, g1)
         for a, b in zip(jax.tree.leaves(g50), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4 * np.max(np.abs(b)))
@@ -276,7 +282,7 @@ def test_single_env_training_matches_previous_behaviour():
     env, _ = registry.make("Pendulum-v1")
     hp = mg.HParams.make()
     state = mg.init(cfg, env, jax.random.key(0), hp)
-    state, m = jax.jit(lambda s: mg.train(cfg, env, s, hp, 20))(state)
+    state, m = jit(lambda s: mg.train(cfg, env, s, hp, 20))(state)
     assert isinstance(state.agents, td3.State)  # one env: no 1-tuple around the population
     assert int(state.meta_steps) == 5
     np.testing.assert_allclose(state.alpha["head2"]["w"][:, 0], _GOLDEN_HEAD2, rtol=1e-4)
