@@ -1,5 +1,7 @@
 """Prioritised replay: sampling law (chi-square), priorities, IS weights, sequences, vmap/jit."""
 
+import functools
+
 import chex
 import flashbax as fbx
 import jax
@@ -12,10 +14,15 @@ from jaxrl.errors import ConfigError
 from jaxrl.replay import buffers
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _vsample(sample, state, keys):
+    """Compiled once per buffer's ``sample`` (a static argument) and shapes."""
+    return jax.vmap(sample, in_axes=(None, 0))(state, keys)
+
+
 def _draws(buf, state, num_batches: int, seed: int = 0):
     """``num_batches`` independent calls of ``sample``: indices, probabilities, experience."""
-    sample = jax.jit(jax.vmap(buf.sample, in_axes=(None, 0)))
-    out = sample(state, jax.random.split(jax.random.key(seed), num_batches))
+    out = _vsample(buf.sample, state, jax.random.split(jax.random.key(seed), num_batches))
     return jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), out)
 
 
