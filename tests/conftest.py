@@ -23,11 +23,13 @@ jax.config.update("jax_num_cpu_devices", 2)
 # itself, before xdist starts its workers, which inherit the variable; so do the notebook
 # kernels and CLI subprocesses). Tests compile the same programs many times over (a run,
 # its interrupted twin and its resume; jit against vmap against a loop); each compiles once.
+# Every program is kept, however quick to compile: code run with jit disabled compiles each
+# small op once per process (hundreds per test), and the two xdist workers share them.
 # A cache of the user's own (JAX_COMPILATION_CACHE_DIR) is used as it is and kept.
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxrl-tests-xla-")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",

@@ -49,6 +49,30 @@ def _from_arrays(tree: Any, template: Any) -> Any:
     return jax.tree.map(back, tree, template)
 
 
+def _with_weak_types(tree: Any, template: Any) -> Any:
+    """``tree`` given the weak types of ``template``'s leaves (values and shardings kept).
+
+    The files keep each array's dtype but not JAX's weak-type flag, which leaves made from
+    Python scalars carry (e.g. gymnax's env parameters). A leaf that lost it is an input of
+    another type: the resumed run's program, and so its compilation-cache key, would differ
+    from the uninterrupted run's, and it would compile again. ``.at[...].set`` writes the
+    restored values into zeros of the template's type: a scatter keeps its operand's type.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    weak = [i for i, t in enumerate(jax.tree.leaves(template)) if getattr(t, "weak_type", False)]
+    if not weak:
+        return tree
+    like = jax.jit(
+        lambda ts, xs: [jnp.zeros_like(t).at[...].set(x) for t, x in zip(ts, xs, strict=True)],
+        out_shardings=[leaves[i].sharding for i in weak],
+    )
+    template_leaves = jax.tree.leaves(template)
+    fixed = like([template_leaves[i] for i in weak], [leaves[i] for i in weak])
+    for i, x in zip(weak, fixed, strict=True):
+        leaves[i] = x
+    return jax.tree.unflatten(treedef, leaves)
+
+
 class _Manager(ocp.CheckpointManager):
     """orbax's manager, minus its own queries of JAX's preemption sync point.
 
@@ -123,7 +147,9 @@ def restore(
             must equal the checkpoint's.
 
     Returns:
-        ``(state, step, manifest)``.
+        ``(state, step, manifest)``; ``state``'s leaves have the template's shapes, dtypes,
+        weak types and shardings (committed to them), so placed as the template would be,
+        they lower to the template's program.
 
     Raises:
         ConfigError: no checkpoint, a manifest for another run, arrays of other shapes or
@@ -150,4 +176,4 @@ def restore(
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             raise ConfigError(f"{where} does not fit this run (corrupt or incompatible): "
                               f"{first_line}") from None  # fmt: skip
-    return _from_arrays(arrays, template), step, manifest
+    return _with_weak_types(_from_arrays(arrays, template), template), step, manifest

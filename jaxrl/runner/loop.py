@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -69,10 +70,26 @@ class Result:
 
 
 def train_fn(algo: ModuleType, cfg: Any, env: Env, num_updates: int):
-    """``(state[R], hps[R]) -> (state[R], metrics[R, num_updates])``, jitted and vmapped."""
-    fn = jax.vmap(lambda s, h: algo.train(cfg, env, s, h, num_updates))
+    """``(state[R], hps[R]) -> (state[R], metrics[R, num_updates])``, jitted and vmapped.
+
+    The same function object for equal (hashable) arguments, so that the runs of one
+    process (a run, its interrupted twin and its resume; the settings of a sweep) trace,
+    lower and compile the program once, in JAX's in-memory caches.
+    """
     donate = () if jax.default_backend() == "cpu" else (0,)
+    try:
+        hash((algo, cfg, env))
+    except TypeError:  # e.g. an env holding a list: a program of its own each time
+        return _train_fn(algo, cfg, env, num_updates, donate)
+    return _cached_train_fn(algo, cfg, env, num_updates, donate)
+
+
+def _train_fn(algo: ModuleType, cfg: Any, env: Env, num_updates: int, donate: tuple[int, ...]):
+    fn = jax.vmap(lambda s, h: algo.train(cfg, env, s, h, num_updates))
     return jax.jit(fn, donate_argnums=donate)
+
+
+_cached_train_fn = functools.lru_cache(maxsize=8)(_train_fn)
 
 
 def run(
@@ -156,7 +173,7 @@ def run(
     manifest = _manifest(algo_name, env_name, cfg, runs)
     done_updates, history = 0, {}
     if resume:
-        template = jax.tree.map(lambda x: x[:num_runs], state)
+        template = _first(state, num_runs)
         with multihost.uninterrupted():  # every process restores (orbax syncs them)
             multihost.barrier("restore")
             restored, done_updates, _ = checkpoint_io.restore(run_dir, template, manifest)
@@ -268,6 +285,12 @@ def run(
         plots.learning_curve(run_dir / "curve.png", steps, returns, f"{algo_name} on {env_name}")
     state = multihost.take(state, num_runs)
     return Result(state, history_arr, summary, run_dir)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _first(tree: Any, num: int) -> Any:
+    """The first ``num`` runs of every leaf (one program, not one per leaf shape)."""
+    return jax.tree.map(lambda x: x[:num], tree)
 
 
 def check_fresh_run_dir(run_dir: str | Path) -> None:

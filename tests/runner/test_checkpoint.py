@@ -1,6 +1,7 @@
-"""Checkpoints and exact resume: interrupted + resumed equals uninterrupted bitwise (PPO, and
-TD3 with its replay buffer); a write killed midway leaves the previous checkpoint usable;
-corrupt, truncated or incompatible checkpoints are one clear ConfigError."""
+"""Checkpoints and exact resume: interrupted + resumed equals uninterrupted bitwise (PPO,
+Rainbow and TD3 with their replay buffers); a restored state has the template's types, so the
+resume runs the uninterrupted run's program; a write killed midway leaves the previous
+checkpoint usable; corrupt, truncated or incompatible checkpoints are one clear ConfigError."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl import envs
+from jaxrl import distributed, envs
 from jaxrl.algorithms import ppo, rainbow, td3
 from jaxrl.checkpoint import io as checkpoint_io
 from jaxrl.errors import ConfigError
@@ -84,7 +85,7 @@ def saved_run(tmp_path_factory):
     algo, env_name, cfg_kw = CASES["ppo"]
     env, _ = envs.make(env_name)
     cfg = algo.Config(**cfg_kw)
-    runs = sweep.grid(algo.HParams.make(), seeds=[0, 1])
+    runs = sweep.grid(algo.HParams.make(), seeds=[0, 1, 2])  # the shapes of the bitwise test
     run_dir = tmp_path_factory.mktemp("run")
     kw = dict(env_name=env_name, algo_name="ppo", quiet=True, target_chunks=4)
     result = loop.run(algo, env, cfg, runs, run_dir=run_dir, **kw)
@@ -110,6 +111,25 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(saved_run, tmp_pat
     assert restored_step == step == cfg.num_updates
     for a, b in zip(_arrays(result.state), _arrays(state), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_restored_state_has_the_template_types_so_a_resume_reuses_the_program(saved_run):
+    """Each restored leaf has its template leaf's type (shape, dtype, weak type) and sharding,
+    so the resumed run lowers to the uninterrupted run's program text (and cache key)."""
+    run_dir, env, cfg, runs, _ = saved_run
+    template = sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps)
+    # gymnax's env parameters are weakly typed: the files alone would lose that.
+    assert any(jax.typeof(x).weak_type for x in jax.tree.leaves(template))
+    state, _, _ = _restore(run_dir, env, cfg, runs)
+    for t, r in zip(jax.tree.leaves(template), jax.tree.leaves(state), strict=True):
+        assert jax.typeof(r) == jax.typeof(t) and jax.typeof(r).weak_type == jax.typeof(t).weak_type
+        assert r.sharding == t.sharding
+    # Placed as loop.run places them (padded to 4 runs, split over 2 devices), one program.
+    mesh = distributed.run_mesh(jax.devices()[:2])
+    placed = lambda s: distributed.shard_runs(distributed.pad_runs((s, runs.hps), 2), mesh)  # noqa: E731
+    train = loop.train_fn(ppo, cfg, env, 2)
+    assert train is loop.train_fn(ppo, cfg, env, 2)  # one program object per process
+    assert train.lower(*placed(state)).as_text() == train.lower(*placed(template)).as_text()
 
 
 def test_incompatible_checkpoints_are_clear_errors(saved_run, tmp_path):

@@ -25,7 +25,7 @@ LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 @pytest.fixture(scope="module")
 def setup():
     """A population of 8 tiny PPO agents on CartPole, each trained 2 updates (so Adam moments,
-    counters and env states differ between members)."""
+    counters and env states differ between members), and that 2-update vmapped program."""
     env, _ = envs.make("CartPole-v1")
     cfg = ppo.Config(total_timesteps=64 * 50, num_envs=4, rollout_len=16, hidden=(8, 8))
     hps = jax.tree.map(lambda x: jnp.broadcast_to(x, (P,)), ppo.HParams.make())
@@ -35,8 +35,9 @@ def setup():
     )
     keys = jnp.stack([sweep.seed_key(s) for s in range(P)])
     state = sweep.init_runs(ppo, cfg, env, keys, hps)
-    state, _ = jax.jit(jax.vmap(lambda s, h: ppo.train(cfg, env, s, h, 2)))(state, hps)
-    return env, cfg, keys, hps, state
+    train2 = jax.jit(jax.vmap(lambda s, h: ppo.train(cfg, env, s, h, 2)))
+    state, _ = train2(state, hps)
+    return env, cfg, keys, hps, state, train2
 
 
 def _member(tree, i):
@@ -71,7 +72,7 @@ def test_update_score_is_a_nan_safe_ema():
 
 
 def test_exploit_copies_the_donor_for_bottom_members_and_leaves_the_rest(setup):
-    _, _, _, hps, state = setup
+    _, _, _, hps, state, _ = setup
     # ranking (NaN lowest): 5 (NaN) < 2 (-1) < 0 < 7 < 4 < 1 < 3 (8) < 6 (9)
     score = jnp.asarray([0.0, 5.0, -1.0, 8.0, 3.0, jnp.nan, 9.0, 2.0], jnp.float32)
     fn = jax.jit(functools.partial(pbt.exploit, num_exploited=2, keep=pbt.KEEP))
@@ -130,7 +131,7 @@ def test_exploit_copies_normaliser_statistics_with_the_network():
 
 
 def test_exploit_with_no_bottom_group_is_the_identity(setup):
-    _, _, _, hps, state = setup
+    _, _, _, hps, state, _ = setup
     score = jnp.arange(P, dtype=jnp.float32)
     new_state, new_hps, source = pbt.exploit(state, hps, score, jax.random.key(0), 0)
     np.testing.assert_array_equal(source, np.arange(P))
@@ -189,7 +190,7 @@ def test_config_rejects_bad_settings():
 
 
 def test_one_compile_serves_every_round(setup):
-    env, cfg, keys, hps, state = setup
+    env, cfg, keys, hps, state, _ = setup
     conf = pbt.PBTConfig(names=("learning_rate", "ent_coef"), updates_per_round=1)
     pop = pbt.from_population(state, hps, jax.random.key(1))
     chex.clear_trace_counter()
@@ -218,13 +219,18 @@ def test_one_compile_serves_every_round(setup):
 
 
 def test_without_exploit_pbt_equals_independent_training_bitwise(setup):
-    env, cfg, keys, hps, state = setup
+    env, cfg, keys, hps, state, train2 = setup
     rounds, per_round = 3, 2
     conf = pbt.PBTConfig(names=("learning_rate",), updates_per_round=per_round, fraction=0.0)
     pop = pbt.from_population(state, hps, jax.random.key(1))
     pop, history = jax.jit(lambda p: pbt.run(ppo, cfg, env, conf, p, rounds))(pop)
-    independent = jax.vmap(lambda s, h: ppo.train(cfg, env, s, h, rounds * per_round))
-    ref_state, ref_metrics = jax.jit(independent)(state, hps)
+    # Independent training: every member alone, its 6 updates as 3 calls of the setup's
+    # 2-update program (the loop's chunks; chunking does not change the numbers).
+    ref_state, chunks = state, []
+    for _ in range(rounds):
+        ref_state, metrics = train2(ref_state, hps)
+        chunks.append(metrics)
+    ref_metrics = jax.tree.map(lambda *m: jnp.concatenate(m, axis=1), *chunks)
     _assert_trees_equal(pop.state, ref_state)
     _assert_trees_equal(pop.hps, hps)
     np.testing.assert_array_equal(history["source"], np.tile(np.arange(P), (rounds, 1)))
