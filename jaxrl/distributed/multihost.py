@@ -323,10 +323,8 @@ def abort(message: str) -> None:
         pass
 
 
-def _check_abort(client) -> None:
-    stopped = client.key_value_dir_get(ABORT_DIR)
-    if stopped:
-        raise Aborted("; ".join(sorted(message for _, message in stopped)))
+def _abort_messages(client) -> list[str]:
+    return sorted(message for _, message in client.key_value_dir_get(ABORT_DIR))
 
 
 def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
@@ -351,10 +349,16 @@ def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
     while arrived < num:
         time.sleep(pause)
         pause = min(2 * pause, 0.05)
+        # Aborts first, then the count: a process that aborted after passing this barrier
+        # had arrived before, so the count read next sees it, and the abort counts at the
+        # next barrier. (The other order races: it could read the count just before that
+        # process arrives, then its abort.)
+        stopped = _abort_messages(client)
         arrived = int(client.key_value_try_get(key))
-        if arrived >= num:  # everyone is here: an abort after arriving counts at the next one
+        if arrived >= num:
             break
-        _check_abort(client)
+        if stopped:
+            raise Aborted("; ".join(stopped))
         if time.monotonic() > deadline:
             raise Aborted(f"barrier {name!r}: {arrived} of {num} processes after {timeout_s} s")
 

@@ -231,6 +231,45 @@ def test_a_stopped_process_stops_the_others_at_their_next_barrier():
     assert time.monotonic() - t0 < 60  # no process waited out a timeout
 
 
+class _ScriptedClient:
+    """A coordination-service client for process 0 of 2 at a barrier: after its
+    ``arrive_after``-th call, process 1 arrives at the barrier and then aborts."""
+
+    def __init__(self, arrive_after: int):
+        self.calls, self.arrive_after, self.count, self.aborts = 0, arrive_after, 0, []
+
+    def _tick(self, result):
+        self.calls += 1
+        if self.calls == self.arrive_after:
+            self.count += 1
+            self.aborts.append(("1", "process 1 was interrupted"))
+        return result
+
+    def key_value_increment(self, key, by):
+        self.count += by
+        return self._tick(self.count)
+
+    def key_value_try_get(self, key):
+        return self._tick(str(self.count))
+
+    def key_value_dir_get(self, directory):
+        return self._tick(list(self.aborts))
+
+
+@pytest.mark.parametrize("arrive_after", [1, 2, 3, 4])
+def test_an_abort_by_a_process_that_passed_the_barrier_counts_at_the_next(
+    arrive_after, monkeypatch
+):
+    """Whenever process 1 arrives (after any of process 0's reads) and then aborts, process
+    0 passes this barrier: it reads the aborts before the count."""
+    client = _ScriptedClient(arrive_after)
+    monkeypatch.setattr(multihost, "_client", lambda: client)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    multihost.barrier("race")
+    assert client.count == 2 and client.aborts
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
