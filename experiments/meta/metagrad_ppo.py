@@ -109,7 +109,9 @@ def score(returns: np.ndarray) -> np.ndarray:
 
 
 def run_fixed(cfg, env, keys, hp, num_updates):
-    init = jax.jit(jax.vmap(lambda k: ppo.init(cfg, env, k, hp)))
+    # init is vmapped but not jitted, as in run_meta: jit(vmap(init)) with its LAPACK QR
+    # (orthogonal init) hung on UmbrellaChain-bsuite and Catch-bsuite on this CPU
+    init = jax.vmap(lambda k: ppo.init(cfg, env, k, hp))
     train = jax.jit(jax.vmap(lambda s: ppo.train(cfg, env, s, hp, num_updates)))
     _, metrics = train(init(keys))
     return np.asarray(metrics["episode/return"])  # [S, U]
@@ -133,8 +135,8 @@ def summary(name, returns, env_steps):
     # the mean learning curve in (up to) 20 blocks of updates: episodes do not end every update
     every = max(returns.shape[1] // 20, 1)
     blocks = returns[:, : returns.shape[1] // every * every].reshape(returns.shape[0], -1, every)
-    line = f"{name:>28s}: {s.mean():7.1f} ± {s.std():5.1f}  per seed {np.round(s, 1)}"
-    print(f"{line}  (all-update mean {auc.mean():6.1f} ± {auc.std():5.1f}; {env_steps} steps)")
+    line = f"{name:>28s}: {s.mean():8.3f} ± {s.std():6.3f}  per seed {np.round(s, 3)}"
+    print(f"{line}  (all-update mean {auc.mean():8.3f} ± {auc.std():6.3f}; {env_steps} steps)")
     return {"score_mean": float(s.mean()), "score_std": float(s.std()), "per_seed": s.tolist(),
             "auc_mean": float(auc.mean()), "auc_std": float(auc.std()),
             "auc_per_seed": auc.tolist(), "env_steps": env_steps,
@@ -149,7 +151,7 @@ def compare(a: dict, b: dict, name: str, a_name: str = "meta-from-default") -> d
         diff = x.mean() - y.mean()
         se = np.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
         label = "final" if key == "per_seed" else "all-update mean"
-        print(f"  {a_name} - {name}, {label}: {diff:+.1f} ± {se:.1f} SE ({diff / se:+.2f})")
+        print(f"  {a_name} - {name}, {label}: {diff:+.4g} ± {se:.3g} SE ({diff / se:+.2f})")
         out[label] = {"diff": float(diff), "se": float(se), "z": float(diff / se)}
     return out
 
@@ -211,9 +213,9 @@ def pool(paths) -> None:
     for a in arms:
         for key in keys:
             x = np.asarray(merged[a][key])
-            print(f"{a:>28s} {key:>12s}: {x.mean():7.1f} ± {x.std():5.1f}")
-    for a in ("meta-from-default", "meta", "fixed-preset"):
-        for b in ("fixed-default", "fixed-preset"):
+            print(f"{a:>28s} {key:>12s}: {x.mean():8.3f} ± {x.std():6.3f}")
+    for a in ("meta-from-default", "meta", "fixed-preset", "fixed-start"):
+        for b in ("fixed-default", "fixed-preset", "fixed-start"):
             if a != b and a in merged and b in merged:
                 compare(merged[a], merged[b], b, a_name=a)
 
