@@ -40,6 +40,7 @@ from jaxrl.logger import metrics as metric_utils
 from jaxrl.logger import plots, writers
 from jaxrl.runner import sweep
 from jaxrl.runner.sweep import Runs
+from jaxrl.utils import programs
 
 TARGET_CHUNKS = 20
 
@@ -77,19 +78,13 @@ def train_fn(algo: ModuleType, cfg: Any, env: Env, num_updates: int):
     lower and compile the program once, in JAX's in-memory caches.
     """
     donate = () if jax.default_backend() == "cpu" else (0,)
-    try:
-        hash((algo, cfg, env))
-    except TypeError:  # e.g. an env holding a list: a program of its own each time
-        return _train_fn(algo, cfg, env, num_updates, donate)
-    return _cached_train_fn(algo, cfg, env, num_updates, donate)
+    return _train_program(algo, cfg, env, num_updates, donate)
 
 
-def _train_fn(algo: ModuleType, cfg: Any, env: Env, num_updates: int, donate: tuple[int, ...]):
+@programs.per_arguments
+def _train_program(algo, cfg, env, num_updates: int, donate: tuple[int, ...]):
     fn = jax.vmap(lambda s, h: algo.train(cfg, env, s, h, num_updates))
     return jax.jit(fn, donate_argnums=donate)
-
-
-_cached_train_fn = functools.lru_cache(maxsize=8)(_train_fn)
 
 
 def run(

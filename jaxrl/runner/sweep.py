@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrl.utils import programs
+
 
 class Runs(NamedTuple):
     keys: jax.Array  # [R] PRNG keys
@@ -58,6 +60,12 @@ def init_runs(algo: Any, cfg: Any, env: Any, keys: jax.Array, hps: Any) -> Any:
     ``keys``: [R] PRNG keys; ``hps``: HParams with leaves [R]. Returns State with leaves [R].
     Uses ``lax.map`` rather than ``vmap``: init runs once, and a vmapped orthogonal
     initialiser becomes one batched QR that can stall XLA's CPU backend (see docs/design.md).
+    One program per ``(algo, cfg, env)`` in a process (:func:`jaxrl.utils.programs.per_arguments`).
     """
+    return _init_program(algo, cfg, env)(keys, hps)
+
+
+@programs.per_arguments
+def _init_program(algo: Any, cfg: Any, env: Any):
     one = lambda key_hp: algo.init(cfg, env, *key_hp)  # noqa: E731
-    return jax.jit(lambda k, h: jax.lax.map(one, (k, h)))(keys, hps)
+    return jax.jit(lambda k, h: jax.lax.map(one, (k, h)))

@@ -1,0 +1,52 @@
+"""jaxrl.utils.programs: one program object per set of static arguments."""
+
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl import envs
+from jaxrl.algorithms import ppo
+from jaxrl.runner import loop, sweep
+from jaxrl.utils import programs
+
+
+def test_equal_hashable_arguments_build_once_and_unhashable_ones_every_time():
+    built = []
+
+    @programs.per_arguments
+    def build(a, b):
+        built.append((a, b))
+        return object()
+
+    assert build(1, (2, 3)) is build(1, (2, 3))
+    assert build(1, (2, 4)) is not build(1, (2, 3))
+    assert len(built) == 2
+    first, second = build(1, [2]), build(1, [2])  # a list cannot be hashed: built each call
+    assert first is not second and len(built) == 4
+
+
+def test_init_runs_and_train_fn_trace_once_per_config():
+    traced = []
+
+    def init(cfg, env, key, hp):
+        traced.append("init")
+        return ppo.init(cfg, env, key, hp)
+
+    # a module-like algorithm (hashable by identity) that counts its traces
+    algo = types.ModuleType("counting_ppo")
+    algo.init, algo.train = init, ppo.train
+    env, _ = envs.make("probe/constant_reward")
+    cfg = ppo.Config(num_envs=2, rollout_len=4, num_minibatches=2, hidden=(4,))
+    runs = sweep.grid(ppo.HParams.make(), seeds=range(2))
+    a = sweep.init_runs(algo, cfg, env, runs.keys, runs.hps)
+    b = sweep.init_runs(algo, cfg, env, runs.keys, runs.hps)
+    assert traced == ["init"]  # the second call reused the first program
+    np.testing.assert_array_equal(jax.tree.leaves(a)[0], jax.tree.leaves(b)[0])
+    assert loop.train_fn(algo, cfg, env, 2) is loop.train_fn(algo, cfg, env, 2)
+    assert loop.train_fn(algo, cfg, env, 3) is not loop.train_fn(algo, cfg, env, 2)
+    wider = dataclasses.replace(cfg, hidden=(8,))
+    other = sweep.init_runs(algo, wider, env, runs.keys, runs.hps)
+    assert traced == ["init", "init"] and jnp.ndim(jax.tree.leaves(other)[0]) >= 1
