@@ -267,10 +267,21 @@ def _patch(buf, *, batch_size: int, sequence_length: int, period: int, items: bo
     set_batch = fbx_ptb.SET_BATCH_FN[_device()]
     return dataclasses.replace(
         buf,
+        init=functools.partial(_init, buf.init),
         add=functools.partial(_add, _allow_rank_promotion(buf.add), set_batch, **static),
         sample=functools.partial(_sample, batch_size=batch_size, **static),
         set_priorities=functools.partial(_set_priorities, buf.set_priorities),
     )
+
+
+def _init(fbx_init, item):
+    """flashbax's ``init`` with the max priority a float32 array, as ``set_priorities`` leaves
+    it: flashbax starts it weakly typed, so a fresh state and an updated one would be two
+    input types and every jitted function taking both would compile twice."""
+    state = fbx_init(item)
+    tree = state.sum_tree_state
+    top = jnp.asarray(tree.max_recorded_priority, jnp.float32)
+    return state.replace(sum_tree_state=tree.replace(max_recorded_priority=top))
 
 
 def _add(fbx_add, set_batch, state, batch, *, sequence_length: int, period: int, items: bool):

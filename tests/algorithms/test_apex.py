@@ -3,6 +3,7 @@ priorities against a numpy transcription of the n-step double-Q TD error, jit ==
 vmapped == looped, actors sharded over two devices == one device, config errors, and
 learning Andy Jones's probe 5 (two seeds)."""
 
+import functools
 import types
 
 import jax
@@ -39,31 +40,40 @@ def setup():
     )  # fmt: skip
 
 
+# The helpers compare and index on the host (numpy): each eager jax op of a new shape would
+# be one more compiled program.
 def _equal(a, b) -> bool:
-    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), a, b)))
+    return all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.device_get(a), jax.device_get(b))))
 
 
 def _leaves(replay) -> np.ndarray:
-    """The sum tree's leaves ``p_i^alpha`` ``[capacity]``."""
+    """The sum tree's leaves ``p_i^alpha`` ``[..., capacity]``."""
     tree = replay.sum_tree_state
     first = 2**tree.tree_depth - 1
-    return np.asarray(tree.nodes[first : first + tree.capacity])
+    return np.asarray(tree.nodes)[..., first : first + tree.capacity]
+
+
+@functools.cache
+def _q_values(cfg, env):
+    """The core's Q-values ``(params, obs [1, 1]) -> [1, A]``, compiled once."""
+    return jax.jit(lambda p, o: dqn.q_values(apex.core_config(cfg), env, p, o, None))
 
 
 def _td_by_hand(cfg, env, online, target, window, discount) -> np.ndarray:
     """n-step double-Q TD errors ``[B]`` of windows ``[B, n]``, transcribed from the paper."""
-    q = lambda p, o: np.asarray(dqn.q_values(apex.core_config(cfg), env, p, o, None))  # noqa: E731
-    r, done, term = (np.asarray(x) for x in (window.reward, window.done, window.terminated))
+    q = lambda p, o: np.asarray(_q_values(cfg, env)(p, o))  # noqa: E731
+    window = jax.device_get(window)
+    r, done, term = window.reward, window.done, window.terminated
     b, n = r.shape
     td = np.zeros(b)
     for i in range(b):
         k = int(np.argmax(done[i] > 0)) if done[i].any() else n - 1
         ret = sum(discount**j * r[i, j] for j in range(k + 1))
         boot = discount ** (k + 1) * (1.0 - term[i, k])
-        s_next = np.asarray(window.next_obs[i, k])[None]
+        s_next = window.next_obs[i, k][None]
         a_star = int(np.argmax(q(online, s_next)[0]))  # double: online picks, target rates
         target_value = ret + boot * q(target, s_next)[0, a_star]
-        td[i] = target_value - q(online, np.asarray(window.obs[i, 0])[None])[0, window.action[i, 0]]
+        td[i] = target_value - q(online, window.obs[i, 0][None])[0, window.action[i, 0]]
     return td
 
 
@@ -110,11 +120,12 @@ def test_initial_priorities_are_the_actors_td_by_hand(setup):
     cfg, env, hp = setup.cfg, setup.env, setup.hp
     actor_params = _random_params(cfg, env, jax.random.key(1))
     window = _hand_windows()
-    got = apex.actor_priorities(cfg, env, actor_params, window, hp, jax.random.key(2))
+    priorities = jax.jit(apex.actor_priorities, static_argnums=(0, 1))
+    got = priorities(cfg, env, actor_params, window, hp, jax.random.key(2))
     td = _td_by_hand(cfg, env, actor_params.online, actor_params.target, window, 0.9)
     np.testing.assert_allclose(got, np.abs(td), rtol=1e-5, atol=1e-6)
     # The compact replay item loses nothing the loss reads.
-    again = apex.actor_priorities(
+    again = priorities(
         cfg, env, actor_params, apex.to_window(apex.from_window(window)), hp, jax.random.key(2)
     )
     np.testing.assert_allclose(again, got, rtol=1e-6)
@@ -125,7 +136,7 @@ def test_added_items_carry_the_actors_priorities(setup):
     state = setup.state.replace(actor_params=_random_params(cfg, env, jax.random.key(3)))
     idx = np.asarray(apex.added_indices(cfg, state.replay, cfg.steps_per_update))
     new, metrics = setup.act(state)
-    stored = jax.tree.map(lambda x: x[0, idx], new.replay.experience)  # item buffer: one row
+    stored = jax.tree.map(lambda x: x[0, idx], jax.device_get(new.replay.experience))  # one row
     window = apex.to_window(stored)
     td = _td_by_hand(cfg, env, state.actor_params.online, state.actor_params.target, window, 0.9)
     np.testing.assert_allclose(
@@ -215,21 +226,23 @@ def test_vmapped_over_two_seeds_equals_loop(setup):
     cfg, env, hp, update, init = setup.cfg, setup.env, setup.hp, setup.update, setup.init
     keys = jax.random.split(jax.random.key(6), 2)
     singles = [init(k, hp) for k in keys]
-    batched = jax.tree.map(lambda *x: jnp.stack(x), *singles)
+    batched = jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s))(*singles)
     vupdate = jax.jit(jax.vmap(lambda s: apex.update(cfg, env, s, hp)))
     for _ in range(3):
         batched, m_batched = vupdate(batched)
+    nets = jax.device_get((batched.params, batched.actor_params, batched.actors.obs))
     for i, single in enumerate(singles):
         for _ in range(3):
             single, m_single = update(single)
-        np.testing.assert_allclose(m_batched["train/loss"][i], m_single["train/loss"], rtol=1e-4)
-        one = jax.tree.map(lambda x, i=i: x[i], batched)
+        np.testing.assert_allclose(
+            np.asarray(m_batched["train/loss"])[i], m_single["train/loss"], rtol=1e-4
+        )
         jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-            (one.params, one.actor_params, one.actors.obs),
+            lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6),
+            nets,
             (single.params, single.actor_params, single.actors.obs),
         )
-        np.testing.assert_allclose(_leaves(one.replay), _leaves(single.replay), rtol=1e-4)
+        np.testing.assert_allclose(_leaves(batched.replay)[i], _leaves(single.replay), rtol=1e-4)
 
 
 def test_actors_sharded_over_two_devices_equal_one_device(setup):

@@ -377,3 +377,15 @@ def test_vmapped_over_seeds_equals_looped(make, item_fn, example):
 def test_bad_settings_raise_config_error(make):
     with pytest.raises(ConfigError):
         make()
+
+
+@pytest.mark.parametrize("make, item_fn, example", [_FLAT, _SEQ], ids=["flat", "sequence"])
+def test_a_fresh_state_has_the_types_of_an_updated_one(make, item_fn, example):
+    """Dtypes and weak types equal before and after add / set_priorities, so one compiled
+    program serves a state fresh from ``init`` and every later one."""
+    buf = make()
+    fresh = buf.init(example)
+    state = buf.add(fresh, item_fn(jax.random.key(0)))
+    state = buf.set_priorities(state, jnp.arange(2), jnp.array([0.5, 2.0]))
+    types = lambda s: jax.tree.map(lambda x: (x.dtype, x.weak_type), s)  # noqa: E731
+    assert types(fresh) == types(state)
