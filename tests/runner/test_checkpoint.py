@@ -19,17 +19,22 @@ from jaxrl.checkpoint import io as checkpoint_io
 from jaxrl.errors import ConfigError
 from jaxrl.runner import cli, loop, sweep
 
+# PPO: 8 updates in 8 chunks (the CLI's chunking), 3 runs padded to 4 over the 2 devices; the
+# module's PPO runs (the bitwise test, saved_run and the CLI test) share one compiled program.
 PPO_CFG = dict(total_timesteps=8 * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
+PPO_SEEDS = [0, 1, 2]
 TD3_CFG = dict(total_timesteps=48, hidden=(8, 8), batch_size=8, buffer_size=64, learning_starts=16)
-# Rainbow: a prioritised sum tree, n-step windows and noisy-net keys in the state.
+# Rainbow: a prioritised sum tree, n-step windows and noisy-net keys in the state; target
+# copies every 4 gradient steps, so some happen before the interruption.
 RAINBOW_CFG = dict(
     total_timesteps=96, num_envs=2, hidden=(8, 8), batch_size=8, buffer_size=64,
-    learning_starts=16, num_atoms=11,
+    learning_starts=16, num_atoms=11, target_update_period=4,
 )  # fmt: skip
+# name: (algo, env, config, seeds, loop.run's chunking and checkpointing)
 CASES = {
-    "ppo": (ppo, "CartPole-v1", PPO_CFG),
-    "rainbow": (rainbow, "CartPole-v1", RAINBOW_CFG),
-    "td3": (td3, "Pendulum-v1", TD3_CFG),
+    "ppo": (ppo, "CartPole-v1", PPO_CFG, PPO_SEEDS, dict(checkpoint_every=2)),
+    "rainbow": (rainbow, "CartPole-v1", RAINBOW_CFG, [0, 1], dict(target_chunks=4)),
+    "td3": (td3, "Pendulum-v1", TD3_CFG, [0, 1], dict(target_chunks=4)),
 }
 
 
@@ -55,11 +60,11 @@ def _interrupt_at_save(monkeypatch, n: int):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_interrupted_and_resumed_equals_uninterrupted_bitwise(name, tmp_path, monkeypatch):
-    algo, env_name, cfg_kw = CASES[name]
+    algo, env_name, cfg_kw, seeds, chunking = CASES[name]
     env, _ = envs.make(env_name)
     cfg = algo.Config(**cfg_kw)
-    runs = sweep.grid(algo.HParams.make(), seeds=[0, 1, 2])
-    kw = dict(env_name=env_name, algo_name=name, quiet=True, target_chunks=4)
+    runs = sweep.grid(algo.HParams.make(), seeds=seeds)
+    kw = dict(env_name=env_name, algo_name=name, quiet=True, **chunking)
     whole = loop.run(algo, env, cfg, runs, run_dir=tmp_path / "whole", **kw)
 
     with monkeypatch.context() as m:
@@ -68,6 +73,9 @@ def test_interrupted_and_resumed_equals_uninterrupted_bitwise(name, tmp_path, mo
             loop.run(algo, env, cfg, runs, run_dir=tmp_path / "part", **kw)
     done = checkpoint_io.latest_step(tmp_path / "part")
     assert 0 < done < cfg.num_updates  # stopped midway; metrics were written past it
+    # Off-policy: learning had started (the checkpoint holds a filled replay, optimiser and
+    # target state that the resume must restore).
+    assert done * cfg.steps_per_update > getattr(cfg, "learning_starts", 0)
     resumed = loop.run(algo, env, cfg, runs, run_dir=tmp_path / "part", resume=True, **kw)
 
     for a, b in zip(_arrays(whole.state), _arrays(resumed.state), strict=True):
@@ -82,18 +90,25 @@ def test_interrupted_and_resumed_equals_uninterrupted_bitwise(name, tmp_path, mo
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
     """A finished tiny PPO run with checkpoints, and what resuming it needs."""
-    algo, env_name, cfg_kw = CASES["ppo"]
+    algo, env_name, cfg_kw, seeds, _ = CASES["ppo"]
     env, _ = envs.make(env_name)
     cfg = algo.Config(**cfg_kw)
-    runs = sweep.grid(algo.HParams.make(), seeds=[0, 1, 2])  # the shapes of the bitwise test
+    runs = sweep.grid(algo.HParams.make(), seeds=seeds)  # the bitwise test's program
     run_dir = tmp_path_factory.mktemp("run")
-    kw = dict(env_name=env_name, algo_name="ppo", quiet=True, target_chunks=4)
+    kw = dict(env_name=env_name, algo_name="ppo", quiet=True, checkpoint_every=4)
     result = loop.run(algo, env, cfg, runs, run_dir=run_dir, **kw)
     return run_dir, env, cfg, runs, result
 
 
+def _template(cfg, env, runs):
+    """Fresh PPO states of ``runs``, made as ``loop.run`` makes its resume template (init of
+    the runs padded for 2 devices, then the first ``len(runs)``): no program of its own."""
+    keys, hps = distributed.pad_runs((runs.keys, runs.hps), 2)
+    return loop._first(sweep.init_runs(ppo, cfg, env, keys, hps), len(runs))
+
+
 def _restore(run_dir, env, cfg, runs, **manifest):
-    template = sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps)
+    template = _template(cfg, env, runs)
     expected = loop._manifest("ppo", "CartPole-v1", cfg, runs) | manifest
     return checkpoint_io.restore(run_dir, template, expected)
 
@@ -117,7 +132,7 @@ def test_restored_state_has_the_template_types_so_a_resume_reuses_the_program(sa
     """Each restored leaf has its template leaf's type (shape, dtype, weak type) and sharding,
     so the resumed run lowers to the uninterrupted run's program text (and cache key)."""
     run_dir, env, cfg, runs, _ = saved_run
-    template = sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps)
+    template = _template(cfg, env, runs)
     # gymnax's env parameters are weakly typed: the files alone would lose that.
     assert any(jax.typeof(x).weak_type for x in jax.tree.leaves(template))
     state, _, _ = _restore(run_dir, env, cfg, runs)
@@ -127,8 +142,9 @@ def test_restored_state_has_the_template_types_so_a_resume_reuses_the_program(sa
     # Placed as loop.run places them (padded to 4 runs, split over 2 devices), one program.
     mesh = distributed.run_mesh(jax.devices()[:2])
     placed = lambda s: distributed.shard_runs(distributed.pad_runs((s, runs.hps), 2), mesh)  # noqa: E731
-    train = loop.train_fn(ppo, cfg, env, 2)
-    assert train is loop.train_fn(ppo, cfg, env, 2)  # one program object per process
+    chunk = loop.choose_chunk(cfg.num_updates)
+    train = loop.train_fn(ppo, cfg, env, chunk)
+    assert train is loop.train_fn(ppo, cfg, env, chunk)  # one program object per process
     assert train.lower(*placed(state)).as_text() == train.lower(*placed(template)).as_text()
 
 
@@ -140,9 +156,10 @@ def test_incompatible_checkpoints_are_clear_errors(saved_run, tmp_path):
         _restore(run_dir, env, cfg, runs, algo="td3")
     with pytest.raises(ConfigError, match="num_runs"):
         _restore(run_dir, env, cfg, runs, num_runs=5)
-    # Same manifest, other shapes: the arrays do not fit.
-    wide = ppo.Config(**{**PPO_CFG, "hidden": (32, 32)})
-    template = sweep.init_runs(ppo, wide, env, runs.keys, runs.hps)
+    # Same manifest, other shapes (the network twice as wide): the arrays do not fit.
+    template = _template(cfg, env, runs)
+    wide = lambda x: jnp.zeros((*x.shape[:-1], 2 * x.shape[-1]), x.dtype)  # noqa: E731
+    template = template.replace(params=jax.tree.map(wide, template.params))
     expected = loop._manifest("ppo", "CartPole-v1", cfg, runs)
     with pytest.raises(ConfigError, match="does not fit"):
         checkpoint_io.restore(run_dir, template, expected)
@@ -168,12 +185,13 @@ def test_corrupt_or_truncated_checkpoints_are_clear_errors(saved_run, tmp_path, 
 
 
 def test_cli_resume_continues_a_killed_run(tmp_path, monkeypatch, capsys):
-    base = ["train", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--quiet"]
-    base += ["--total-timesteps", "1024", "--set", "num_envs=4", "--set", "rollout_len=16"]
-    base += ["--set", "hidden=8,8"]
+    # PPO_CFG and PPO_SEEDS: the program of the PPO runs above.
+    base = ["train", "ppo", "--env", "CartPole-v1", "--num-seeds", "3", "--quiet"]
+    base += ["--total-timesteps", "512", "--set", "num_envs=4", "--set", "rollout_len=16"]
+    base += ["--set", "hidden=16,16", "--checkpoint-every", "2"]
     assert cli.main([*base, "--run-dir", str(tmp_path / "whole")]) == 0
     with monkeypatch.context() as m:
-        _interrupt_at_save(m, 4)
+        _interrupt_at_save(m, 3)  # after the checkpoint of update 4 of 8
         assert cli.main([*base, "--run-dir", str(tmp_path / "part")]) == 130
     assert cli.main(["train", "--resume", str(tmp_path / "part"), "--quiet"]) == 0
     read = lambda d: Path(d, "metrics.jsonl").read_text()
