@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 
 import jax
@@ -54,17 +55,32 @@ class VariableLength(Env):
         return spaces.Discrete(2)
 
 
-def _ppo(env, **overrides):
-    cfg = ppo.Config(num_envs=4, rollout_len=8, num_minibatches=2, total_timesteps=32, **overrides)
-    hp = ppo.HParams.make()
-    return cfg, hp, ppo.init(cfg, env, jax.random.key(0), hp)
+def _ppo_cfg_hp():
+    """A small PPO: 3 updates of 4 envs x 8 steps (test_cli.py trains it through the CLI)."""
+    return ppo.Config(num_envs=4, rollout_len=8, num_minibatches=2, total_timesteps=96), (
+        ppo.HParams.make()
+    )
+
+
+@functools.cache
+def _ppo(env):
+    """``_ppo_cfg_hp`` and its initial parameters on ``env`` (one per env class, shared)."""
+    cfg, hp = _ppo_cfg_hp()
+    return cfg, hp, _init_params(ppo, cfg, env, 0)[1]
+
+
+def _init_params(algo, cfg, env, seed: int):
+    """``algo.init(...).params`` with the default HParams, jitted (one compile, instead of
+    one per eager op)."""
+    hp = algo.HParams.make()
+    return hp, jax.jit(lambda k: algo.init(cfg, env, k, hp).params)(jax.random.key(seed))
 
 
 def test_variable_length_episodes_are_counted_exactly_once_each():
     env = VariableLength()
-    cfg, _, state = _ppo(env)
+    cfg, _, params = _ppo(env)
     key = jax.random.key(3)
-    got = jax.jit(lambda p, k: evaluate(ppo, cfg, env, p, k, 50, False))(state.params, key)
+    got = jax.jit(lambda p, k: evaluate(ppo, cfg, env, p, k, 50, False))(params, key)
     # The episode lengths evaluate() drew: the same reset keys, reproduced here.
     key_reset, _ = jax.random.split(key)
     lengths = jax.vmap(lambda k: jax.random.randint(k, (), 1, 7))(jax.random.split(key_reset, 50))
@@ -75,21 +91,21 @@ def test_variable_length_episodes_are_counted_exactly_once_each():
 
 def test_time_limit_truncation_ends_an_episode_and_the_loop_bound_gives_nan():
     env = TimeLimitChain()
-    cfg, _, state = _ppo(env)
+    cfg, _, params = _ppo(env)
     params7 = ProbeParams(jnp.asarray(7, jnp.int32))
-    full = evaluate(ppo, cfg, env, state.params, jax.random.key(0), 5, True, params7)
+    full = evaluate(ppo, cfg, env, params, jax.random.key(0), 5, True, params7)
     np.testing.assert_array_equal(np.asarray(full), np.full(5, 7.0))
     # An episode still running when the loop bound hits is an error (NaN), not a return of 6.
-    cut = evaluate(ppo, cfg, env, state.params, jax.random.key(0), 5, True, params7, max_steps=6)
+    cut = evaluate(ppo, cfg, env, params, jax.random.key(0), 5, True, params7, max_steps=6)
     assert np.all(np.isnan(np.asarray(cut)))
 
 
 def test_jit_and_no_jit_agree_and_eval_keys_differ_from_training_keys():
     env = VariableLength()
-    cfg, _, state = _ppo(env)
+    cfg, _, params = _ppo(env)
     key = eval_key(0, 1, 5)
     fn = lambda p, k: evaluate(ppo, cfg, env, p, k, 16, False)  # noqa: E731
-    np.testing.assert_array_equal(np.asarray(fn(state.params, key)), jax.jit(fn)(state.params, key))
+    np.testing.assert_array_equal(np.asarray(fn(params, key)), jax.jit(fn)(params, key))
     assert not np.array_equal(
         jax.random.key_data(key), jax.random.key_data(sweep.seed_key(1))
     )  # evaluation has its own key root
@@ -99,46 +115,45 @@ def test_jit_and_no_jit_agree_and_eval_keys_differ_from_training_keys():
 
 def test_deterministic_ppo_is_the_categorical_argmax():
     env = RewardFromObs()
-    cfg, _, state = _ppo(env)
+    cfg, _, params = _ppo(env)
     obs = jnp.asarray([[1.0], [-1.0], [0.5]])
-    dist, _ = ppo.network(cfg, env).apply(state.params, obs)
+    dist, _ = ppo.network(cfg, env).apply(params, obs)
     act = policy_fn(ppo, cfg, env, deterministic=True)
-    carry, got = act(state.params, (), obs, jax.random.key(0))
+    carry, got = act(params, (), obs, jax.random.key(0))
     assert carry == ()
     np.testing.assert_array_equal(got, np.argmax(np.asarray(dist.logits), -1))
 
 
 def test_deterministic_ppo_gaussian_is_the_mean_and_clipped():
     env = ContinuousTarget()
-    cfg, _, state = _ppo(env)
+    cfg, _, params = _ppo(env)
     obs = jnp.asarray([[0.3], [-0.7]])
-    dist, _ = ppo.network(cfg, env).apply(state.params, obs)
-    _, got = policy_fn(ppo, cfg, env, deterministic=True)(state.params, (), obs, jax.random.key(0))
+    dist, _ = ppo.network(cfg, env).apply(params, obs)
+    _, got = policy_fn(ppo, cfg, env, deterministic=True)(params, (), obs, jax.random.key(0))
     np.testing.assert_allclose(got, dist.mean(), rtol=1e-6)
     # The return uses the mean action clipped to [-2, 2]: reward -(a - o)^2 per one-step episode.
     key = jax.random.key(4)
-    rets = evaluate(ppo, cfg, env, state.params, key, 8, True)
+    rets = evaluate(ppo, cfg, env, params, key, 8, True)
     key_reset, _ = jax.random.split(key)
     o = jax.vmap(lambda k: env.reset(k, env.default_params())[0])(jax.random.split(key_reset, 8))
-    a = jnp.clip(ppo.network(cfg, env).apply(state.params, o)[0].mean(), -2.0, 2.0)
+    a = jnp.clip(ppo.network(cfg, env).apply(params, o)[0].mean(), -2.0, 2.0)
     np.testing.assert_allclose(rets, -jnp.sum(jnp.square(a - o), -1), rtol=1e-5)
 
 
 def test_td3_greedy_returns_match_the_actor():
     env = ContinuousTarget()
     cfg = td3.Config(num_envs=2, total_timesteps=64, buffer_size=64, batch_size=8)
-    hp = td3.HParams.make()
-    state = td3.init(cfg, env, jax.random.key(1), hp)
+    hp, params = _init_params(td3, cfg, env, 1)
     key = jax.random.key(2)
-    rets = evaluate(td3, cfg, env, state.params, key, 6, True)
+    rets = evaluate(td3, cfg, env, params, key, 6, True)
     key_reset, _ = jax.random.split(key)
     o = jax.vmap(lambda k: env.reset(k, env.default_params())[0])(jax.random.split(key_reset, 6))
-    a = td3.act(cfg, env, state.params, o)
+    a = td3.act(cfg, env, params, o)
     np.testing.assert_allclose(rets, -jnp.sum(jnp.square(a - o), -1), rtol=1e-5)
-    noisy = evaluate(td3, cfg, env, state.params, key, 6, False, hp=hp)
+    noisy = evaluate(td3, cfg, env, params, key, 6, False, hp=hp)
     assert not np.allclose(noisy, rets)  # the behaviour policy adds exploration noise
     with pytest.raises(ConfigError):
-        evaluate(td3, cfg, env, state.params, key, 6, False)  # no hp: no noise scale
+        evaluate(td3, cfg, env, params, key, 6, False)  # no hp: no noise scale
 
 
 def _reset_obs(env, key, n):
@@ -151,32 +166,30 @@ def _reset_obs(env, key, n):
 def test_ddpg_and_sac_greedy_returns_match_act_and_samples_differ(algo):
     env = ContinuousTarget()
     cfg = algo.Config(num_envs=2, total_timesteps=64, buffer_size=64, batch_size=8)
-    hp = algo.HParams.make()
-    state = algo.init(cfg, env, jax.random.key(1), hp)
+    hp, params = _init_params(algo, cfg, env, 1)
     key = jax.random.key(2)
-    rets = evaluate(algo, cfg, env, state.params, key, 6, True)
+    rets = evaluate(algo, cfg, env, params, key, 6, True)
     o = _reset_obs(env, key, 6)
-    a = algo.act(cfg, env, state.params, o)
+    a = algo.act(cfg, env, params, o)
     assert bool(jnp.all(jnp.abs(a) <= 2.0))  # scaled into the action bounds
     np.testing.assert_allclose(rets, -jnp.sum(jnp.square(a - o), -1), rtol=1e-5)
-    sampled = evaluate(algo, cfg, env, state.params, key, 6, False, hp=hp)
+    sampled = evaluate(algo, cfg, env, params, key, 6, False, hp=hp)
     assert np.isfinite(sampled).all() and not np.allclose(sampled, rets)
 
 
 def test_discrete_sac_greedy_is_the_argmax_of_the_actor():
     env = RewardFromObs()
     cfg = sac.Config(num_envs=2, total_timesteps=64, buffer_size=64, batch_size=8)
-    hp = sac.HParams.make()
-    state = sac.init(cfg, env, jax.random.key(3), hp)
+    _, params = _init_params(sac, cfg, env, 3)
     obs = jnp.asarray([[1.0], [-1.0]])
-    logits = sac.network(cfg, env).apply(state.params.actor, obs).logits
-    _, got = policy_fn(sac, cfg, env, deterministic=True)(state.params, (), obs, jax.random.key(0))
+    logits = sac.network(cfg, env).apply(params.actor, obs).logits
+    _, got = policy_fn(sac, cfg, env, deterministic=True)(params, (), obs, jax.random.key(0))
     np.testing.assert_array_equal(got, np.argmax(np.asarray(logits), -1))
     key = jax.random.key(5)
-    rets = evaluate(sac, cfg, env, state.params, key, 8, True)
+    rets = evaluate(sac, cfg, env, params, key, 8, True)
     o = _reset_obs(env, key, 8)
     best = (o[:, 0] > 0).astype(jnp.int32)
-    reward = (sac.act(cfg, env, state.params, o) == best).astype(jnp.float32)
+    reward = (sac.act(cfg, env, params, o) == best).astype(jnp.float32)
     np.testing.assert_allclose(rets, reward)
 
 
@@ -184,8 +197,8 @@ def test_trained_ppo_deterministic_policy_is_optimal_on_reward_from_obs():
     env = RewardFromObs()
     cfg = ppo.Config(num_envs=8, rollout_len=16, num_minibatches=2, total_timesteps=8 * 16 * 30)
     hp = ppo.HParams.make(learning_rate=1e-2)
-    state = ppo.init(cfg, env, jax.random.key(0), hp)
-    state, _ = jax.jit(lambda s: ppo.train(cfg, env, s, hp, cfg.num_updates))(state)
+    init_and_train = lambda k: ppo.train(cfg, env, ppo.init(cfg, env, k, hp), hp, cfg.num_updates)  # noqa: E731
+    state, _ = jax.jit(init_and_train)(jax.random.key(0))
     run = jax.jit(lambda p, k, d: evaluate(ppo, cfg, env, p, k, 200, d), static_argnums=2)
     det = np.asarray(run(state.params, jax.random.key(9), True))
     sto = np.asarray(run(state.params, jax.random.key(9), False))
@@ -203,7 +216,7 @@ def _args(parser_argv):
 @pytest.fixture(scope="module")
 def trained_run_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    cfg, hp, _ = _ppo(TimeLimitChain())
+    cfg, hp = _ppo_cfg_hp()
     runs = sweep.grid(hp, [3, 4])
     config = {
         "algo": "ppo", "env": "probe/time_limit_chain", "num_seeds": 2, "seed": 3,
@@ -242,7 +255,7 @@ def test_cli_eval_errors_are_one_line(tmp_path, trained_run_dir):
 
 def test_periodic_eval_writes_rows(tmp_path):
     env = TimeLimitChain()
-    cfg, hp, _ = _ppo(env)
+    cfg, hp = _ppo_cfg_hp()
     runs = sweep.grid(hp, [0, 1])
     state = sweep.init_runs(ppo, cfg, env, runs.keys, runs.hps)
     ev = PeriodicEval(ppo, cfg, env, num_episodes=3, path=tmp_path / "eval.jsonl")
@@ -264,10 +277,9 @@ def test_recurrent_r2d2_evaluation_carries_the_lstm_state_through_each_episode()
         total_timesteps=2_000, num_envs=4, buffer_size=512, batch_size=8, sequence_length=8,
         burn_in=2, period=4, n_step=3, learning_starts=64, hidden=(16,), lstm_features=16,
     )  # fmt: skip
-    hp = r2d2.HParams.make()
     # Init key 4: a network whose greedy action depends on its LSTM state on CartPole (some
     # random networks push right whatever they remember, which would make the check empty).
-    params = r2d2.init(cfg, env, jax.random.key(4), hp).params
+    _, params = _init_params(r2d2, cfg, env, 4)
     key, episodes, steps = jax.random.key(5), 3, 500
     rets = evaluate(r2d2, cfg, env, params, key, episodes, True, env_params, steps)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
 from jaxrl import envs
 from jaxrl.algorithms import ppo
+from jaxrl.checkpoint import io as checkpoint_io
 from jaxrl.logger import metrics
 from jaxrl.runner import loop, sweep
 
@@ -52,39 +55,61 @@ def test_forward_fill_matches_a_loop():
             np.testing.assert_equal(b, last)
 
 
-def test_chunking_does_not_change_the_numbers():
+# CartPole PPO for the chunking and device tests: one Config, three seeds, so the runs share
+# compiled programs (``loop.train_fn`` is cached per Config and update count). 23 updates:
+# with target_chunks=5 no divisor fits, so the chunked run also has a shorter last chunk.
+NUM_UPDATES = 23
+CFG = ppo.Config(total_timesteps=NUM_UPDATES * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
+KW = dict(env_name="CartPole-v1", algo_name="ppo", quiet=True)
+
+
+def _runs():
+    return sweep.grid(ppo.HParams.make(), seeds=[0, 1, 2])  # 3 runs: padded to 4 on 2 devices
+
+
+@pytest.fixture(scope="module")
+def whole_run():
+    """The reference: all 23 updates in one chunk, the 3 runs on one device."""
     env, _ = envs.make("CartPole-v1")
-    cfg = ppo.Config(total_timesteps=23 * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
-    runs = sweep.grid(ppo.HParams.make(), seeds=[0, 1])
-    kw = dict(env_name="CartPole-v1", algo_name="ppo", quiet=True)
-    whole = loop.run(ppo, env, cfg, runs, target_chunks=1, **kw)
-    chunked = loop.run(ppo, env, cfg, runs, target_chunks=5, **kw)  # 23 = 5 x 4 + 3 updates
+    return loop.run(ppo, env, CFG, _runs(), target_chunks=1, devices=jax.devices()[:1], **KW)
+
+
+def _state_arrays(result):
+    """The final state's leaves as numpy arrays, PRNG keys as their raw bits."""
+    as_data = lambda x: (  # noqa: E731
+        jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    )
+    return [np.asarray(as_data(x)) for x in jax.tree.leaves(result.state)]
+
+
+def test_chunking_does_not_change_the_numbers(whole_run):
+    env, _ = envs.make("CartPole-v1")
+    chunked = loop.run(
+        ppo, env, CFG, _runs(), target_chunks=5, devices=jax.devices()[:1], **KW
+    )  # 23 = 5 x 4 + 3 updates
+    assert loop.choose_chunk(NUM_UPDATES, 5) == 4  # chunks of 4, then a shorter one of 3
+    whole = whole_run
     assert whole.metrics.keys() == chunked.metrics.keys()
     for name in whole.metrics:
         np.testing.assert_array_equal(whole.metrics[name], chunked.metrics[name], err_msg=name)
-    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(chunked.state), strict=True):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(_state_arrays(whole), _state_arrays(chunked), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_runs_sharded_over_devices_equal_runs_on_one_device():
+def test_runs_sharded_over_devices_equal_runs_on_one_device(whole_run):
     assert len(jax.devices()) >= 2, "conftest exposes two CPU devices"
     env, _ = envs.make("CartPole-v1")
-    cfg = ppo.Config(total_timesteps=8 * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
-    runs = sweep.grid(ppo.HParams.make(), seeds=[0, 1, 2])  # 3 runs: padded to 4 on 2 devices
-    kw = dict(env_name="CartPole-v1", algo_name="ppo", quiet=True)
-    one = loop.run(ppo, env, cfg, runs, devices=jax.devices()[:1], **kw)
-    two = loop.run(ppo, env, cfg, runs, devices=jax.devices()[:2], **kw)
-    assert len(two.summary["devices"]) == 2
+    # Two devices, in the default chunks (one update each): the sharded state is carried
+    # from chunk to chunk. Chunking alone changes nothing (the test above).
+    two = loop.run(ppo, env, CFG, _runs(), devices=jax.devices()[:2], **KW)
+    one = whole_run
+    assert len(one.summary["devices"]) == 1 and len(two.summary["devices"]) == 2
     for name in one.metrics:
-        assert one.metrics[name].shape == two.metrics[name].shape == (3, 8)
+        assert one.metrics[name].shape == two.metrics[name].shape == (3, NUM_UPDATES)
         np.testing.assert_allclose(one.metrics[name], two.metrics[name], rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(two.state), strict=True):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
+    for a, b in zip(_state_arrays(one), _state_arrays(two), strict=True):
         assert a.shape == b.shape and a.shape[0] == 3
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_data_parallel_runs_use_a_run_by_data_mesh_and_equal_vmapped_shards(tmp_path):
@@ -93,21 +118,20 @@ def test_data_parallel_runs_use_a_run_by_data_mesh_and_equal_vmapped_shards(tmp_
     checkpoint and the resumed run see the same [R, ...] state."""
     assert len(jax.devices()) >= 2, "conftest exposes two CPU devices"
     env, _ = envs.make("CartPole-v1")
-    cfg = ppo.Config(
-        total_timesteps=6 * 64, num_envs=4, rollout_len=16, hidden=(16, 16), data_shards=2
-    )
-    runs = sweep.grid(ppo.HParams.make(), seeds=[0, 1, 2])  # 3 runs vmapped on one group
-    kw = dict(env_name="CartPole-v1", algo_name="ppo", quiet=True)
+    cfg = dataclasses.replace(CFG, total_timesteps=6 * 64, data_shards=2)
+    runs = _runs()  # 3 runs vmapped on one group
+    # 3 chunks of 2 updates: the meshed state is carried from chunk to chunk (and
+    # checkpointed after each).
+    kw = dict(KW, target_chunks=3)
     one = loop.run(ppo, env, cfg, runs, devices=jax.devices()[:1], **kw)
     meshed = loop.run(ppo, env, cfg, runs, devices=jax.devices()[:2], run_dir=tmp_path, **kw)
     assert len(meshed.summary["devices"]) == 2
+    assert checkpoint_io.latest_step(tmp_path) == 6
     env_state = jax.tree.leaves(meshed.state.env_state)[0]
     assert env_state.shape[:2] == (3, 2)  # [R, D, ...]
     assert env_state.sharding.spec[1] == "data", env_state.sharding  # one shard per device
     for name in one.metrics:
         np.testing.assert_allclose(one.metrics[name], meshed.metrics[name], rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(meshed.state), strict=True):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
+    for a, b in zip(_state_arrays(one), _state_arrays(meshed), strict=True):
         assert a.shape == b.shape
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
