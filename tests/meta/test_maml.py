@@ -81,9 +81,11 @@ def test_baseline_stays_finite_with_collinear_task_features():
     traj = random_traj(rng, n=20, t=100, obs_dim=4)
     goal = jnp.broadcast_to(jnp.asarray([0.37, -0.21]), (20, 100, 2))
     traj = traj.replace(obs=jnp.concatenate([traj.obs[..., :2], goal], axis=-1))
-    adv = maml.advantages(cfg, traj, maml.HParams.make())
+    hp = maml.HParams.make()
+    advantages = lambda t: maml.advantages(cfg, t, hp)  # noqa: E731
+    # one program (op by op the two least-squares fits cost more than its compile)
+    adv, plain = jit(lambda t: (advantages(t), advantages(t.replace(obs=t.obs[..., :2]))))(traj)
     assert bool(jnp.all(jnp.isfinite(adv)))
-    plain = maml.advantages(cfg, traj.replace(obs=traj.obs[..., :2]), maml.HParams.make())
     np.testing.assert_allclose(adv, plain, atol=2e-2)  # the goal columns add nothing
 
 
@@ -206,37 +208,49 @@ def test_m2_nested_grad_equals_hand_derived_meta_gradient():
 def small_batch():
     cfg = maml.Config(**SMALL, outer="trpo")
     hp = maml.HParams.make(inner_lr=0.5, max_kl=0.01)
-    state = maml.init(cfg, ENV, jax.random.key(1), hp)
-    data = jit(lambda p, k: maml.collect_meta_batch(cfg, ENV, p, k, hp))(
-        state.params, jax.random.key(2)
-    )
+
+    def start():  # one program: op by op, init costs more than its compile
+        state = maml.init(cfg, ENV, jax.random.key(1), hp)
+        return state, maml.collect_meta_batch(cfg, ENV, state.params, jax.random.key(2), hp)
+
+    state, data = jit(start)()
     return cfg, hp, state, data
 
 
 def test_fisher_vector_product_is_the_kl_hessian(small_batch):
     cfg, hp, state, data = small_batch
-    fvp, flat, unravel = maml.fisher_vector_product(cfg, ENV, state.params, data, hp)
     per_task_kl = jax.vmap(maml.task_kl, in_axes=(None, None, None, 0, None, None))
 
-    def kl(x):
-        return jnp.mean(per_task_kl(cfg, ENV, unravel(x), data, hp, state.params))
+    @jit  # one program for both products (the linearisation op by op cost more)
+    def products(params, data):
+        fvp, flat, unravel = maml.fisher_vector_product(cfg, ENV, params, data, hp)
 
-    v = jax.random.normal(jax.random.key(3), flat.shape)
-    exact = jit(lambda v: jax.jvp(jax.grad(kl), (flat,), (v,))[1])(v)
-    got = jit(fvp)(v)
+        def kl(x):
+            return jnp.mean(per_task_kl(cfg, ENV, unravel(x), data, hp, params))
+
+        v = jax.random.normal(jax.random.key(3), flat.shape)
+        return v, fvp(v), jax.jvp(jax.grad(kl), (flat,), (v,))[1]
+
+    v, got, exact = products(state.params, data)
     np.testing.assert_allclose(got, exact, rtol=2e-3, atol=1e-5 * float(jnp.abs(exact).max()))
     assert float(jnp.dot(v, got)) > 0.0
 
 
 def test_trpo_step_respects_the_kl_bound(small_batch):
     cfg, hp, state, data = small_batch
-    new_params, metrics = jit(lambda p, d: maml.trpo_step(cfg, ENV, p, d, hp))(state.params, data)
-    assert float(metrics["train/step_frac"]) > 0.0  # a step was taken
     per_task_kl = jax.vmap(maml.task_kl, in_axes=(None, None, None, 0, None, None))
-    kl = float(jnp.mean(per_task_kl(cfg, ENV, new_params, data, hp, state.params)))
+
+    @jit  # the step, and the KL and loss after it, as one program
+    def step(params, data):
+        new_params, metrics = maml.trpo_step(cfg, ENV, params, data, hp)
+        kl = jnp.mean(per_task_kl(cfg, ENV, new_params, data, hp, params))
+        return metrics, kl, maml.meta_loss(cfg, ENV, new_params, data, hp)
+
+    metrics, kl, loss = step(state.params, data)
+    kl, loss = float(kl), float(loss)
+    assert float(metrics["train/step_frac"]) > 0.0  # a step was taken
     assert 0.0 < kl <= float(hp.max_kl) * (1 + 1e-4)
     np.testing.assert_allclose(kl, metrics["train/kl"], rtol=1e-3)
-    loss = float(maml.meta_loss(cfg, ENV, new_params, data, hp))
     assert loss < float(metrics["train/loss"])
     # A quadratic model of the KL: the first try is sized to max_kl, so the KL is near it.
     assert kl > 0.1 * float(hp.max_kl)
@@ -256,14 +270,14 @@ def test_conjugate_gradient_solves_spd_system():
 
 def test_vmapped_over_tasks_equals_looped(small_batch):
     cfg, hp, state, data = small_batch
-    vmapped = jit(jax.value_and_grad(lambda p: maml.meta_loss(cfg, ENV, p, data, hp)))
-    loss_v, grad_v = vmapped(state.params)
+    vmapped = jax.value_and_grad(lambda p: maml.meta_loss(cfg, ENV, p, data, hp))
 
     def looped(p):
         tasks = [jax.tree.map(lambda x, i=i: x[i], data) for i in range(cfg.meta_batch_size)]
         return sum(maml.task_surrogate(cfg, ENV, p, t, hp) for t in tasks) / len(tasks)
 
-    loss_l, grad_l = jit(jax.value_and_grad(looped))(state.params)
+    both = jit(lambda p: (vmapped(p), jax.value_and_grad(looped)(p)))  # one program
+    (loss_v, grad_v), (loss_l, grad_l) = both(state.params)
     np.testing.assert_allclose(loss_v, loss_l, rtol=1e-5, atol=1e-7)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad_v, grad_l

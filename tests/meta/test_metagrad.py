@@ -45,11 +45,16 @@ class Setup:
         self.env, _ = envs.make("CartPole-v1")
         self.cfg = ppo.Config(**SMALL)
         self.hp = ppo.HParams.make(learning_rate=3e-3, discount=0.9, gae_lambda=0.8)
-        self.state0 = ppo.init(self.cfg, self.env, jax.random.key(0), self.hp)
-        _, rollout = ppo.collect(self.cfg, self.env, self.state0.replace(key=jax.random.key(9)))
-        batch = ppo.make_batch(self.cfg, self.env, self.state0.params, rollout, self.hp)
+
+        def start():  # jitted: op by op it costs more than its compile
+            state0 = ppo.init(self.cfg, self.env, jax.random.key(0), self.hp)
+            _, rollout = ppo.collect(self.cfg, self.env, state0.replace(key=jax.random.key(9)))
+            return state0, ppo.make_batch(self.cfg, self.env, state0.params, rollout, self.hp)
+
+        self.state0, batch = jit(start)()
         self.outer = lambda s: ppo.loss(self.cfg, self.env, s.params, batch, self.hp)
         self._programs = {}
+        self._forward = None
 
     def args(self):
         return self.outer, ppo, self.cfg, self.env, self.state0, self.hp
@@ -64,6 +69,19 @@ class Setup:
             self._programs[key] = grad, loss
         return self._programs[key]
 
+    def forward(self, meta):
+        """``(meta_loss(meta)[0], ppo.train(state0, hp, K).params)``: the forward-only
+        references of two tests, as one jitted program."""
+        if self._forward is None:
+            cfg, env, hp = self.cfg, self.env, self.hp
+            self._forward = jit(
+                lambda m, s: (
+                    mg.meta_loss(m, *self.args(), K)[0],
+                    ppo.train(cfg, env, s, hp, K)[0].params,
+                )
+            )
+        return self._forward(meta, self.state0)
+
 
 @pytest.fixture(scope="module")
 def setup():
@@ -73,18 +91,26 @@ def setup():
 HP_NAMES = ("learning_rate", "discount", "gae_lambda")
 
 
+# The helpers below work in numpy or as one jitted program: op by op, every small jnp op
+# would be compiled on its own (seconds in all).
+
+
 def _central_difference(f, x, direction, eps):
-    up = jax.tree.map(lambda a, d: a + eps * d, x, direction)
-    down = jax.tree.map(lambda a, d: a - eps * d, x, direction)
+    up = jax.tree.map(lambda a, d: np.asarray(a) + np.float32(eps) * np.asarray(d), x, direction)
+    down = jax.tree.map(lambda a, d: np.asarray(a) - np.float32(eps) * np.asarray(d), x, direction)
     return float((f(up) - f(down)) / (2 * eps))
 
 
 def _dot(a, b):
-    return float(
-        sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-    )
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return float(sum(np.vdot(np.asarray(x), np.asarray(y)) for x, y in pairs))
 
 
+def _norm(tree):
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(x))) for x in jax.tree.leaves(tree))))
+
+
+@jit
 def _random_direction(key, tree):
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(key, len(leaves))
@@ -109,11 +135,11 @@ def test_hparam_meta_grad_matches_finite_differences(setup):
     meta = mg.to_meta(setup.hp, HP_NAMES)
     grad, loss = setup.programs()
     grads, (value, _, _, _) = grad(meta)
-    plain = jit(lambda m: mg.meta_loss(m, *setup.args(), K)[0])(meta)  # forward only
+    plain, _ = setup.forward(meta)  # meta_loss, forward only
     np.testing.assert_allclose(plain, value, rtol=1e-5)
     # λ has a clipping kink close by (FD drifts for eps > 1e-3); lr and γ are smooth here
     for name in ("learning_rate", "discount"):
-        e = {n: jnp.float32(n == name) for n in meta}
+        e = {n: np.float32(n == name) for n in meta}
         fd = _central_difference(loss, meta, e, eps=3e-3)
         assert np.isfinite(grads[name]) and abs(grads[name]) > 1e-4, name
         np.testing.assert_allclose(grads[name], fd, rtol=0.02, err_msg=name)
@@ -126,10 +152,9 @@ def test_remat_same_gradient_and_unroll_equals_train(setup):
     g_remat, (_, _, s_remat, _) = setup.programs(remat=True)[0](meta)
     chex.assert_trees_all_close(g_remat, g_plain, rtol=1e-5, atol=1e-8)
     chex.assert_trees_all_close(s_remat.params, s_plain.params, rtol=1e-6, atol=1e-7)
-    # the unroll is ppo.train in value (forward only: a cheap compile)
-    cfg, env, hp = setup.cfg, setup.env, setup.hp
-    s_train, _ = jit(lambda s: ppo.train(cfg, env, s, hp, K))(setup.state0)
-    chex.assert_trees_all_close(s_plain.params, s_train.params, rtol=1e-5, atol=1e-6)
+    # the unroll is ppo.train in value (forward only: a cheap compile, shared)
+    _, train_params = setup.forward(meta)
+    chex.assert_trees_all_close(s_plain.params, train_params, rtol=1e-5, atol=1e-6)
 
 
 def _zero_cotangent(tree):
@@ -176,14 +201,18 @@ def test_maml_grad_matches_finite_difference(setup):
     grads, _ = grad(theta0)
     d = _random_direction(jax.random.key(1), theta0)
     fd = _central_difference(loss, theta0, d, eps=1e-3)
-    assert np.isfinite(optax.global_norm(grads)) and optax.global_norm(grads) > 1e-3
+    assert np.isfinite(_norm(grads)) and _norm(grads) > 1e-3
     np.testing.assert_allclose(_dot(grads, d), fd, rtol=0.03)
 
 
 def test_fomaml_is_the_gradient_at_the_adapted_parameters(setup):
     """FOMAML with K = 1: ``∇_θ0 L(θ_1) ≈ ∇L(θ_1)`` (all second-derivative terms dropped)."""
-    g_fo, (_, _, s1, _) = setup.programs(1, wrt="params", first_order=True)[0](setup.state0.params)
-    g_at_theta1 = jax.grad(lambda p: setup.outer(s1.replace(params=p))[0])(s1.params)
+
+    def both(theta0):  # one program: the op-by-op gradient at θ_1 cost more than its compile
+        g_fo, (_, _, s1, _) = mg.meta_grad(*setup.args(), theta0, 1, wrt="params", first_order=True)
+        return g_fo, jax.grad(lambda p: setup.outer(s1.replace(params=p))[0])(s1.params)
+
+    g_fo, g_at_theta1 = jit(both)(setup.state0.params)
     chex.assert_trees_all_close(g_fo, g_at_theta1, rtol=1e-5, atol=1e-8)
 
 
@@ -264,10 +293,8 @@ def test_online_step_reuses_the_validation_rollout(setup):
     ostate0 = mg.online_init(setup.state0, mg.to_meta(hp, names), meta_tx)
 
     step = lambda o, _: mg.online_step(ppo, cfg, env, o, hp, hp_ref, meta_tx)
-    ostate2, metrics = jit(lambda o: jax.lax.scan(step, o, None, 2))(ostate0)
-    used = [{n: metrics[f"meta/{n}"][i] for n in names} for i in range(2)]
 
-    def by_hand(state0):
+    def by_hand(state0, used):  # ``used``: the γ, λ of the online run's second step
         def outer(meta):  # step 1's objective, through the first update
             state1, _ = ppo.update(cfg, env, state0, mg.from_meta(hp, meta))
             _, tau = ppo.collect(cfg, env, mg.stop_float_gradients(state1))  # τ', by θ_1
@@ -277,10 +304,15 @@ def test_online_step_reuses_the_validation_rollout(setup):
 
         grads, state1 = jax.grad(outer, has_aux=True)(ostate0.meta_params)
         state1 = mg.stop_float_gradients(state1)
-        state2, _ = ppo.update(cfg, env, state1, hp.replace(**used[1]))  # collects τ' again
+        state2, _ = ppo.update(cfg, env, state1, hp.replace(**used))  # collects τ' again
         return state2, grads
 
-    state2, grads = jit(by_hand)(setup.state0)
+    def online_and_by_hand(ostate0):  # one program (cheaper to compile than two)
+        ostate2, metrics = jax.lax.scan(step, ostate0, None, 2)
+        used = {n: metrics[f"meta/{n}"][1] for n in names}
+        return ostate2, metrics, by_hand(ostate0.state, used)
+
+    ostate2, metrics, (state2, grads) = jit(online_and_by_hand)(ostate0)
     got = ostate2.state
     chex.assert_trees_all_close(got.params, state2.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(got.env_state, state2.env_state, rtol=1e-5, atol=1e-6)
@@ -306,10 +338,10 @@ def test_online_step_with_normalisers_updates_stats_as_ppo_and_never_differentia
     hp = ppo.HParams.make(learning_rate=3e-3, discount=0.9, gae_lambda=0.8, ent_coef=0.0)
     hp_ref = ppo.HParams.make(learning_rate=3e-3, discount=0.99, gae_lambda=1.0, ent_coef=0.0)
     names, meta_tx = ("discount", "gae_lambda"), optax.adam(0.1)
-    state0 = ppo.init(cfg, env, jax.random.key(0), hp)
-    ostate0 = mg.online_init(state0, mg.to_meta(hp, names), meta_tx)
 
-    def run(ostate):
+    def run(key):  # one program, init included (op by op it costs more than its compile)
+        state0 = ppo.init(cfg, env, key, hp)
+        ostate = mg.online_init(state0, mg.to_meta(hp, names), meta_tx)
         ostate1, metrics = mg.online_step(ppo, cfg, env, ostate, hp, hp_ref, meta_tx, 2)
         used = mg.from_meta(hp, ostate.meta_params)  # hp, to float rounding
         plain, _ = ppo.train(cfg, env, ostate.state, used, 2)
@@ -318,9 +350,10 @@ def test_online_step_with_normalisers_updates_stats_as_ppo_and_never_differentia
             state_k, _ = mg.unroll(ppo, cfg, env, ostate.state, hp, meta, 2)
             return sum(jnp.sum(x) for x in _stats(state_k))
 
-        return ostate1, metrics, plain, jax.grad(stats_sum)(ostate.meta_params)
+        # forward mode: the same derivative as jax.grad, without a second reverse pass
+        return state0, ostate1, metrics, plain, jax.jacfwd(stats_sum)(ostate.meta_params)
 
-    ostate1, metrics, plain, d_stats = jit(run)(ostate0)
+    state0, ostate1, metrics, plain, d_stats = jit(run)(jax.random.key(0))
     got = ostate1.state
     chex.assert_trees_all_close(got.params, plain.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(_stats(got), _stats(plain), rtol=1e-6)

@@ -197,19 +197,28 @@ def _adapt_smoke(context_len: int):
     )  # fmt: skip
     hp = td3.HParams.make()
     env = mql.make_meta_env(NAV, cfg.context_len)
-    state = jit(lambda k: mql.meta_init(cfg, NAV, k, hp))(jax.random.key(0))
-    state, _ = jit(lambda s: td3.train(cfg, env, s, hp, 40))(state)
+    # one program for init and training (init op by op costs more than its compile)
+    state, _ = jit(lambda k: td3.train(cfg, env, mql.meta_init(cfg, NAV, k, hp), hp, 40))(
+        jax.random.key(0)
+    )
     task = NAV.sample_params(jax.random.key(7))
 
     def run(s, key, acfg):
         params, info = mql.adapt(cfg, acfg, NAV, s, task, key, hp)
         return params, info, mql.evaluate(cfg, NAV, params, task, key)
 
-    for reuse in (True, False):
-        acfg = mql.AdaptConfig(new_envs=2, new_steps=20, adapt_steps=4, old_pool=64, reuse=reuse)
-        params, info, ret = jit(functools.partial(run, acfg=acfg))(state, jax.random.key(1))
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
-        moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params, state.params)
+    def both(s, key):  # both adaptation modes as one program
+        configs = [
+            mql.AdaptConfig(new_envs=2, new_steps=20, adapt_steps=4, old_pool=64, reuse=reuse)
+            for reuse in (True, False)
+        ]
+        return [run(s, key, acfg) for acfg in configs]
+
+    results = jit(both)(state, jax.random.key(1))
+    for reuse, (params, info, ret) in zip((True, False), results, strict=True):
+        assert all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(params))
+        gap = lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b))))  # noqa: E731
+        moved = jax.tree.map(gap, params, state.params)
         assert max(jax.tree.leaves(moved.critic)) > 0.0
         assert max(jax.tree.leaves(moved.actor)) > 0.0
         assert np.isfinite(float(ret)) and float(ret) <= 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import distrax
 import jax
@@ -105,20 +106,26 @@ def test_carry_resets_between_trials_and_persists_inside(cell):
     a zero carry; inside a trial they depend on the earlier pulls (the carry persists)."""
     cfg, env, state, _ = _setup(cell)
     n = env.episodes_per_trial
-    _, ro = rp.collect(cfg, env, state)
-    np.testing.assert_array_equal(ro.reset[:, 0], [1, 0, 0, 1, 0, 0])
     net = rp.network(cfg, env)
     zero = initial_carry(cell, (cfg.num_envs,), cfg.hidden)
-    no_reset = jnp.zeros((n, cfg.num_envs), bool)
-    _, logits2, value2 = net.apply(state.params, zero, ro.obs[n:], no_reset)
+
+    @jax.jit  # one program (op by op, the four recurrent scans cost more than its compile)
+    def run(params):
+        _, ro = rp.collect(cfg, env, state)
+        no_reset = jnp.zeros((n, cfg.num_envs), bool)
+        _, logits2, value2 = net.apply(params, zero, ro.obs[n:], no_reset)
+        log_prob2 = distrax.Categorical(logits=logits2).log_prob(ro.action[n:])
+        _, _, value_leak = net.apply(params, zero, ro.obs, jnp.zeros_like(ro.reset))
+        _, _, value_all = net.apply(params, ro.carry0, ro.obs, ro.reset)
+        return ro, value2, log_prob2, value_leak, value_all
+
+    ro, value2, log_prob2, value_leak, value_all = run(state.params)
+    np.testing.assert_array_equal(ro.reset[:, 0], [1, 0, 0, 1, 0, 0])
     np.testing.assert_allclose(value2, ro.value[n:], rtol=1e-5, atol=1e-6)
-    dist = distrax.Categorical(logits=logits2)
-    np.testing.assert_allclose(dist.log_prob(ro.action[n:]), ro.log_prob[n:], atol=1e-5)
+    np.testing.assert_allclose(log_prob2, ro.log_prob[n:], atol=1e-5)
     # Without the reset the carry of trial 1 leaks into trial 2 and changes the values.
-    _, _, value_leak = net.apply(state.params, zero, ro.obs, jnp.zeros_like(ro.reset))
     assert np.max(np.abs(value_leak[n:] - ro.value[n:])) > 1e-5
     # The loss re-runs whole rollouts from carry0 and reproduces the rollout's values.
-    _, _, value_all = net.apply(state.params, ro.carry0, ro.obs, ro.reset)
     np.testing.assert_allclose(value_all, ro.value, rtol=1e-5, atol=1e-6)
 
 
@@ -200,10 +207,19 @@ def test_loss_matches_hand_computation(algo):
     np.testing.assert_allclose(float(got), pg + 0.7 * vl - 0.05 * ent, rtol=1e-4, atol=1e-6)
 
 
-def test_update_jit_equals_no_jit():
+@functools.cache
+def _annealed_update():
+    """``_setup()`` with the entropy bonus annealed over 5 updates, and its jitted update
+    (``hp`` traced): one compile shared by the two tests below."""
     cfg, env, state, hp = _setup()
+    cfg = dataclasses.replace(cfg, num_updates=5, anneal_ent=True)
+    return cfg, env, state, hp, jax.jit(lambda s, h: rp.update(cfg, env, s, h))
+
+
+def test_update_jit_equals_no_jit():
+    cfg, env, state, hp, upd = _annealed_update()
     want, m_want = rp.update(cfg, env, state, hp)  # op by op (scan bodies still compile)
-    got, m_got = jax.jit(lambda s: rp.update(cfg, env, s, hp))(state)
+    got, m_got = upd(state, hp)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5),
                  got.params, want.params)  # fmt: skip
     np.testing.assert_allclose(m_got["episode/return"], m_want["episode/return"])
@@ -222,9 +238,7 @@ def test_entropy_coef_anneals_linearly_to_zero():
 def test_update_uses_annealed_entropy_coef():
     """At ``update_count = num_updates`` the entropy bonus is gone: ``ent_coef`` 0.5 and 0 give
     the same update; at count 0 they differ. One compile (``hp`` is traced)."""
-    cfg, env, state, hp = _setup()
-    cfg = dataclasses.replace(cfg, num_updates=5, anneal_ent=True)
-    upd = jax.jit(lambda s, h: rp.update(cfg, env, s, h))
+    _, _, state, hp, upd = _annealed_update()
     big, zero = hp.replace(ent_coef=jnp.float32(0.5)), hp.replace(ent_coef=jnp.float32(0.0))
     end = state.replace(update_count=jnp.int32(5))
     (a, m), (b, _) = upd(end, big), upd(end, zero)
