@@ -50,3 +50,9 @@ def test_init_runs_and_train_fn_trace_once_per_config():
     wider = dataclasses.replace(cfg, hidden=(8,))
     other = sweep.init_runs(algo, wider, env, runs.keys, runs.hps)
     assert traced == ["init", "init"] and jnp.ndim(jax.tree.leaves(other)[0]) >= 1
+
+
+def test_quick_jit_gives_the_numbers_of_jit():
+    f = lambda x: jnp.tanh(x @ x.T).sum(0)  # noqa: E731
+    x = jax.random.normal(jax.random.key(0), (8, 8))
+    np.testing.assert_allclose(programs.quick_jit(f)(x), jax.jit(f)(x), rtol=1e-5)
