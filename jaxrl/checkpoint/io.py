@@ -59,14 +59,14 @@ def _with_weak_types(tree: Any, template: Any) -> Any:
     restored values into zeros of the template's type: a scatter keeps its operand's type.
     """
     leaves, treedef = jax.tree.flatten(tree)
-    weak = [i for i, t in enumerate(jax.tree.leaves(template)) if getattr(t, "weak_type", False)]
+    template_leaves = jax.tree.leaves(template)
+    weak = [i for i, t in enumerate(template_leaves) if getattr(t, "weak_type", False)]
     if not weak:
         return tree
     like = jax.jit(
         lambda ts, xs: [jnp.zeros_like(t).at[...].set(x) for t, x in zip(ts, xs, strict=True)],
         out_shardings=[leaves[i].sharding for i in weak],
     )
-    template_leaves = jax.tree.leaves(template)
     fixed = like([template_leaves[i] for i in weak], [leaves[i] for i in weak])
     for i, x in zip(weak, fixed, strict=True):
         leaves[i] = x

@@ -1,10 +1,11 @@
-"""One jitted program object per set of static arguments, so a process traces it once.
+"""Compiling programs once, and quickly where they run briefly.
 
 JAX caches traces and compiled executables per function object: two ``jax.jit`` wrappers of
 equal closures trace, lower and compile twice. :func:`per_arguments` memoises a builder of
 jitted functions on its (hashable) arguments, e.g. ``(algo, cfg, env, num_updates)``, so the
 runs of one process (a run, its interrupted twin and its resume, the settings of a sweep,
-the tests of a module) share one program.
+the tests of a module) share one program. :func:`quick_jit` compiles small programs with
+XLA:CPU options that trade execution speed for compile time.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from typing import Any
 import jax
 
 
-def per_arguments(build: Callable[..., Any], maxsize: int = 8) -> Callable[..., Any]:
-    """``build`` memoised on its positional arguments (the last ``maxsize`` distinct ones).
+def per_arguments(build: Callable[..., Any]) -> Callable[..., Any]:
+    """``build`` memoised on its positional arguments (the last 8 distinct ones).
 
     Arguments that cannot be hashed (e.g. an env holding a list) get a fresh ``build(*args)``
     on every call, so the result is always correct and at worst compiled again.
     """
-    cached = functools.lru_cache(maxsize=maxsize)(build)
+    cached = functools.lru_cache(maxsize=8)(build)
 
     @functools.wraps(build)
     def get(*args: Any) -> Any:
@@ -32,7 +33,6 @@ def per_arguments(build: Callable[..., Any], maxsize: int = 8) -> Callable[..., 
             return build(*args)
         return cached(*args)
 
-    get.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
     return get
 
 
