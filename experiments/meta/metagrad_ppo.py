@@ -34,6 +34,12 @@ updated by each update's rollout exactly as in ``ppo.update`` and receive no
 meta-gradient (actions are sampled data). ``--pool A.json B.json ...`` prints the
 comparisons on the seeds of several result files pooled.
 
+``--condition`` conditions the agent on ``(γ, λ)`` as Xu et al. do: the env is wrapped as
+:class:`jaxrl.envs.wrappers.Conditioned` (size 2), every arm observes the ``γ, λ`` it uses
+(fixed arms: constants), and the meta arms pass ``condition_on=("discount", "gae_lambda")``
+to :func:`jaxrl.meta.metagrad.online_step`, whose outer loss reads the validation rollout
+under ``(γ', λ')``.
+
 ``--no-start-arms`` drops ``meta`` and ``fixed-start``. The score is the mean
 training-episode return over the last 10% of updates, per seed; the all-update mean is
 the area under the learning curve. Meta-from-default minus fixed-default is printed with
@@ -58,6 +64,7 @@ import optax
 
 from jaxrl import envs
 from jaxrl.algorithms import ppo
+from jaxrl.envs.wrappers import Conditioned
 from jaxrl.meta import metagrad as mg
 from jaxrl.runner import config as config_lib
 
@@ -94,6 +101,10 @@ def parse_args():
     p.add_argument(
         "--no-start-arms", action="store_true", help="skip the meta and fixed-start arms"
     )
+    p.add_argument(
+        "--condition", action="store_true",
+        help="observe (γ, λ): Xu et al.'s η-conditioned policy and value",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="write results JSON here")
     p.add_argument(
         "--pool", nargs="+", default=None, metavar="JSON",
@@ -108,10 +119,21 @@ def score(returns: np.ndarray) -> np.ndarray:
     return np.nanmean(returns[:, -tail:], axis=1)
 
 
+CONDITION_ON = ("discount", "gae_lambda")
+
+
+def init_state(cfg, env, key, hp):
+    """``ppo.init``; a :class:`Conditioned` env observes ``hp``'s ``(γ, λ)``."""
+    if not isinstance(env, Conditioned):
+        return ppo.init(cfg, env, key, hp)
+    env_params = env.with_params(env.env.default_params(), mg.condition_values(hp, CONDITION_ON))
+    return ppo.init(cfg, env, key, hp, env_params)
+
+
 def run_fixed(cfg, env, keys, hp, num_updates):
     # init is vmapped but not jitted, as in run_meta: jit(vmap(init)) with its LAPACK QR
     # (orthogonal init) hung on UmbrellaChain-bsuite and Catch-bsuite on this CPU
-    init = jax.vmap(lambda k: ppo.init(cfg, env, k, hp))
+    init = jax.vmap(lambda k: init_state(cfg, env, k, hp))
     train = jax.jit(jax.vmap(lambda s: ppo.train(cfg, env, s, hp, num_updates)))
     _, metrics = train(init(keys))
     return np.asarray(metrics["episode/return"])  # [S, U]
@@ -119,10 +141,11 @@ def run_fixed(cfg, env, keys, hp, num_updates):
 
 def run_meta(cfg, env, keys, hp, hp_ref, names, args):
     meta_tx = optax.adam(args.meta_lr)
-    start = lambda k: mg.online_init(ppo.init(cfg, env, k, hp), mg.to_meta(hp, names), meta_tx)
+    start = lambda k: mg.online_init(init_state(cfg, env, k, hp), mg.to_meta(hp, names), meta_tx)
     step = functools.partial(
         mg.online_step, ppo, cfg, env, hp=hp, hp_ref=hp_ref, meta_tx=meta_tx,
         num_steps=args.k, reuse_rollout=args.reuse,
+        condition_on=CONDITION_ON if isinstance(env, Conditioned) else (),
     )  # fmt: skip
     num_meta = args.updates // args.k
     run = lambda o: jax.lax.scan(lambda o, _: step(o), o, None, num_meta)
@@ -167,6 +190,8 @@ def build(args):
         raise SystemExit(f"--env {args.env} differs from the preset's env {preset['env']}")
     args.env = args.env or (preset or {}).get("env", "CartPole-v1")
     env, _ = envs.make(args.env)
+    if args.condition:
+        env = Conditioned(env, size=len(CONDITION_ON))
     if preset is not None:  # jaxrl's own loader; anneal_lr off, budget for check_budget
         cfg, hp = config_lib.resolve(ppo, preset, {}, total_timesteps=None)
         given = {k: getattr(args, k) for k in ("num_envs", "rollout_len")}
@@ -226,6 +251,8 @@ def main():
         return pool(args.pool)
     names = tuple(args.names.split(","))
     env, cfg, common, hp_preset = build(args)
+    if args.condition and cfg.normalize_obs:
+        raise SystemExit("--condition: observation normalisation would normalise (γ, λ) away")
     start = dict(discount=args.start_discount, gae_lambda=args.start_lambda)
     hp_start = ppo.HParams.make(**common | start)
     hp_default = ppo.HParams.make(**common)

@@ -252,6 +252,73 @@ class History(Wrapper):
         return spaces.Box(-np.inf, np.inf, (width,))
 
 
+class ConditionedParams(struct.PyTreeNode):
+    """The inner env's params and the condition vector ``[C]`` appended to observations."""
+
+    env_params: object
+    condition: jax.Array  # [C] float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Conditioned(Wrapper):
+    """Appends a condition vector ``c`` ``[size]`` to every (flat) observation: ``[D + size]``.
+
+    ``c`` lives in the env *params* (:class:`ConditionedParams`), not in the env or its
+    state, so it is a traced value that an algorithm carries in ``State.env_params`` and a
+    meta-learner may change between updates without recompiling. Conditioning an agent on
+    its own hyperparameters this way (e.g. ``c = (γ, λ)``) is how Xu et al. 2018 make the
+    value function and policy follow a meta-learned ``γ`` (see
+    :func:`jaxrl.meta.metagrad.online_step`'s ``condition_on``). Put it innermost
+    (``make_vec_env(Conditioned(env, C), N)``); ``final_obs`` carries the same ``c``.
+    """
+
+    size: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ConfigError(f"Conditioned size must be an int >= 1, got {self.size!r}")
+
+    def default_params(self) -> ConditionedParams:
+        return self.with_params(self.env.default_params(), jnp.zeros(self.size))
+
+    def with_params(self, env_params, condition) -> ConditionedParams:
+        """``ConditionedParams`` of the inner ``env_params`` and ``condition`` ``[size]``."""
+        condition = jnp.asarray(condition, jnp.float32)
+        if condition.shape != (self.size,):
+            raise ConfigError(
+                f"condition has shape {condition.shape}; this Conditioned env takes ({self.size},)"
+            )
+        return ConditionedParams(env_params, condition)
+
+    def attach(self, obs: jax.Array, condition: jax.Array) -> jax.Array:
+        """``[..., D]`` observations and ``[size]`` -> ``[..., D + size]``."""
+        c = jnp.broadcast_to(condition.astype(jnp.float32), (*obs.shape[:-1], self.size))
+        return jnp.concatenate([obs.astype(jnp.float32), c], axis=-1)
+
+    def replace_condition(self, obs: jax.Array, condition: jax.Array) -> jax.Array:
+        """Conditioned observations ``[..., D + size]`` with their last ``size`` entries set to
+        ``condition`` ``[size]`` (e.g. a rollout re-read under reference hyperparameters)."""
+        return self.attach(obs[..., : obs.shape[-1] - self.size], condition)
+
+    def reset(self, key, params):
+        obs, env_state = self.env.reset(key, params.env_params)
+        return self.attach(jnp.reshape(obs, (-1,)), params.condition), env_state
+
+    def step(self, key, state, action, params):
+        obs, env_state, step = self.env.step(key, state, action, params.env_params)
+        final_obs = self.attach(jnp.reshape(step.final_obs, (-1,)), params.condition)
+        obs = self.attach(jnp.reshape(obs, (-1,)), params.condition)
+        return obs, env_state, step.replace(final_obs=final_obs)
+
+    def observation_space(self, params):
+        inner = self.env.observation_space(params.env_params)
+        obs_dim = int(np.prod(inner.shape))
+        return spaces.Box(-np.inf, np.inf, (obs_dim + self.size,))
+
+    def action_space(self, params):
+        return self.env.action_space(params.env_params)
+
+
 def make_vec_env(
     env: Env,
     num_envs: int,

@@ -302,7 +302,7 @@ def meta_grad(
 
 
 def validation_loss(
-    algo: ModuleType, cfg: Any, env: Any, state: Any, hp_ref: Any
+    algo: ModuleType, cfg: Any, env: Any, state: Any, hp_ref: Any, condition: Any = None
 ) -> tuple[jax.Array, tuple[Any, Metrics]]:
     """The algorithm's own loss on a fresh rollout, with reference hyperparameters.
 
@@ -314,14 +314,52 @@ def validation_loss(
     gradient. For PPO at ``θ_K`` itself the ratio is 1, so the clipped surrogate's
     gradient is the policy gradient ``−E[Â ∇log π]`` plus the value and entropy terms.
 
+    **Conditioned agents.** With ``condition`` (``[C]``, e.g. ``(γ', λ')``) and ``env`` a
+    :class:`jaxrl.envs.wrappers.Conditioned` env, the rollout is re-read under the
+    reference: its observations get ``condition`` in place of the acting one, and its
+    values and behaviour log-probabilities are recomputed from ``sg(θ_K)`` (so the ratio
+    is again 1). The outer loss is then ``L'(τ', θ_K, η')`` with the policy and value
+    conditioned on ``η'``, as in Xu et al. 2018 (§1.4). Needs ``algo.network(cfg, env)``
+    whose ``apply(params, obs)`` gives ``(dist, value)`` (PPO's).
+
     Returns:
         ``(loss, (next_state, metrics))``: ``next_state`` is ``sg(state)`` advanced past
         the validation rollout (env state, observation, key), for an online loop.
     """
     data_state, rollout = algo.collect(cfg, env, stop_float_gradients(state))
+    if condition is not None:
+        rollout = recondition(algo, cfg, env, data_state.params, rollout, condition)
     batch = algo.make_batch(cfg, env, data_state.params, rollout, hp_ref)
     loss, metrics = algo.loss(cfg, env, state.params, stop_float_gradients(batch), hp_ref)
     return loss, (data_state, metrics)
+
+
+def recondition(algo: ModuleType, cfg: Any, env: Any, params: Any, rollout: Any, condition):
+    """A rollout ``[T, N, ...]`` of a :class:`~jaxrl.envs.wrappers.Conditioned` env re-read
+    with ``condition`` ``[C]``: observations (and ``final_obs``) carry ``condition``, and
+    ``value`` and ``log_prob`` are those of ``params`` on the new observations."""
+    _check_conditioned(env, jnp.shape(condition)[-1])
+    obs = env.replace_condition(rollout.obs, condition)
+    final_obs = env.replace_condition(rollout.final_obs, condition)
+    dist, value = algo.network(cfg, env).apply(params, obs)
+    return rollout.replace(
+        obs=obs, final_obs=final_obs, value=value, log_prob=dist.log_prob(rollout.action)
+    )
+
+
+def _check_conditioned(env: Any, size: int) -> None:
+    from jaxrl.envs.wrappers import Conditioned  # envs import nothing from meta
+
+    if not isinstance(env, Conditioned) or env.size != size:
+        raise ConfigError(
+            f"conditioning on {size} value(s) needs the env wrapped as Conditioned(env, "
+            f"size={size}); got {env!r}"
+        )
+
+
+def condition_values(hp: Any, names) -> jax.Array:
+    """``[len(names)]`` float32: the values of the ``HParams`` fields ``names`` of ``hp``."""
+    return jnp.stack([jnp.asarray(getattr(hp, n), jnp.float32) for n in names])
 
 
 # ---------------------------------------------------------------- online meta-gradient RL
@@ -358,6 +396,7 @@ def online_step(
     first_order: bool = False,
     remat: bool = False,
     reuse_rollout: bool = True,
+    condition_on: tuple[str, ...] = (),
 ) -> tuple[OnlineState, Metrics]:
     """``K`` inner updates with meta-parameters ``η``, then one meta-update of ``η``.
 
@@ -387,6 +426,14 @@ def online_step(
             with ``reuse_rollout=False``.
         reuse_rollout: continue from ``sg(state_K)``, so the next update trains on the
             validation rollout ``τ'`` (the paper's scheme); else from ``next_state``.
+        condition_on: ``HParams`` names whose values the agent observes (Xu et al.'s
+            ``η``-conditioned policy and value): ``env`` must be
+            ``Conditioned(env, size=len(condition_on))`` and the algorithm's ``State``
+            hold ``env_params``. Before the inner updates the condition is set to the
+            values in use (``sg``: an input, not a path of the meta-gradient); the default
+            outer loss reads ``τ'`` under ``hp_ref``'s values (:func:`validation_loss`).
+            With reuse, the next update re-collects ``τ'`` under the new ``η``, so its
+            observations' last ``C`` entries (and hence its sampled actions) may differ.
 
     Returns:
         ``(ostate, metrics)``: ``"meta/outer_loss"``, ``"meta/grad/<name>"`` and, for
@@ -395,10 +442,22 @@ def online_step(
     """
     if wrt == "params":
         raise ConfigError('online_step meta-learns "hparams" or "loss", not initial "params"')
+    state, condition_ref = ostate.state, None
+    if condition_on:
+        if wrt != "hparams":
+            raise ConfigError('condition_on needs wrt="hparams"')
+        check_hparam_names(hp, tuple(condition_on))
+        _check_conditioned(env, len(condition_on))
+        used = condition_values(from_meta(hp, ostate.meta_params), condition_on)
+        inner = state.env_params.env_params
+        state = state.replace(env_params=env.with_params(inner, jax.lax.stop_gradient(used)))
+        condition_ref = condition_values(hp_ref, condition_on)
     if outer_fn is None:
-        outer_fn = functools.partial(validation_loss, algo, cfg, env, hp_ref=hp_ref)
+        outer_fn = functools.partial(
+            validation_loss, algo, cfg, env, hp_ref=hp_ref, condition=condition_ref
+        )
     grads, (outer, (next_state, _), state_k, metrics) = meta_grad(
-        outer_fn, algo, cfg, env, ostate.state, hp, ostate.meta_params, num_steps,
+        outer_fn, algo, cfg, env, state, hp, ostate.meta_params, num_steps,
         wrt=wrt, loss_fn=loss_fn, first_order=first_order, remat=remat,
     )  # fmt: skip
     updates, meta_opt_state = meta_tx.update(grads, ostate.meta_opt_state, ostate.meta_params)

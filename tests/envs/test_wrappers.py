@@ -360,3 +360,47 @@ def test_history_rows_and_reset_at_episode_end():
     np.testing.assert_allclose(observed[2][1], [1, 1 / 3, 1, 0, 1, 2 / 3, 0, 1, 1], rtol=1e-6)
     np.testing.assert_array_equal(observed[2][0], np.zeros(9))
     assert History(probe.TimeLimitChain(), 2).observation_space(params).shape == (9,)
+
+
+# ----------------------------------------------------------------------------- Conditioned
+
+
+def test_conditioned_appends_the_traced_condition_to_every_observation():
+    from jaxrl.envs.wrappers import Conditioned
+
+    env, params = make("CartPole-v1")
+    cond = Conditioned(env, size=2)
+    conditions = jnp.asarray([[0.99, 0.95], [0.5, -3.0]])
+    vparams = jax.vmap(lambda c: cond.with_params(params, c))(conditions)
+    venv, cvenv = make_vec_env(env, 3), make_vec_env(cond, 3)
+    actions = _cartpole_actions(jax.random.key(1), (40, 3))  # episodes end inside 40 steps
+    key = jax.random.key(0)
+    obs0, _, obs, steps, _ = _rollout(venv, params, key, actions)
+    # the condition is a traced param: one program for both conditions
+    run = jax.vmap(lambda p: _scan(cvenv, p, key, actions))
+    cobs0, _, _, (cobs, csteps, _) = run(vparams)
+    assert bool(jnp.any(steps.done)), "no episode ended: final_obs untested"
+    # the inner env's numbers match to float rounding (vmap fuses differently); c exactly
+    close = functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-6)
+    for i, c in enumerate(conditions):
+        close(cobs0[i], jnp.concatenate([obs0, jnp.tile(c, (3, 1))], -1))
+        close(cobs[i][..., :4], obs)
+        np.testing.assert_array_equal(cobs[i][..., 4:], jnp.broadcast_to(c, (40, 3, 2)))
+        close(csteps.final_obs[i][..., :4], steps.final_obs)
+        np.testing.assert_array_equal(csteps.final_obs[i][..., 4:], jnp.broadcast_to(c, (40, 3, 2)))
+        np.testing.assert_array_equal(csteps.reward[i], steps.reward)
+    swapped = cond.replace_condition(cobs[0], conditions[1])
+    np.testing.assert_array_equal(swapped, cobs[1])
+    assert cond.observation_space(cond.default_params()).shape == (6,)
+    assert cond.action_space(cond.default_params()) == env.action_space(params)
+
+
+def test_conditioned_rejects_bad_sizes_and_conditions():
+    from jaxrl.envs.wrappers import Conditioned
+    from jaxrl.errors import ConfigError
+
+    env, params = make("CartPole-v1")
+    with pytest.raises(ConfigError, match="size must be an int >= 1"):
+        Conditioned(env, size=0)
+    with pytest.raises(ConfigError, match=r"takes \(2,\)"):
+        Conditioned(env, size=2).with_params(params, jnp.zeros(3))

@@ -321,6 +321,73 @@ def test_online_step_reuses_the_validation_rollout(setup):
         np.testing.assert_allclose(metrics[f"meta/grad/{n}"][0], grads[n], rtol=1e-4, atol=1e-8)
 
 
+def test_conditioned_online_step_reads_the_validation_rollout_under_the_reference():
+    """Xu et al.'s ``η``-conditioned agent (``condition_on``): the inner update acts and
+    learns with ``c = (γ, λ)`` in use appended to its observations, and the outer loss
+    reads ``τ'`` with ``c' = (γ', λ')`` instead, values and behaviour log-probabilities
+    recomputed at ``sg(θ_1)`` (ratio 1). Two online steps against the same written out by
+    hand: step 1's meta-gradient, and the condition of step 2 (the new ``γ, λ``). The
+    hand-written gradient *without* re-reading ``τ'`` differs, so the test sees it."""
+    names, meta_tx = ("discount", "gae_lambda"), optax.adam(0.1)
+    env = envs.wrappers.Conditioned(envs.make("CartPole-v1")[0], size=2)
+    cfg = ppo.Config(**SMALL)
+    hp = ppo.HParams.make(learning_rate=3e-3, discount=0.9, gae_lambda=0.8)
+    hp_ref = ppo.HParams.make(learning_rate=3e-3, discount=0.99, gae_lambda=1.0)
+    c_ref = jnp.asarray([0.99, 1.0])
+    net = ppo.network(cfg, env)
+    step = lambda o, _: mg.online_step(ppo, cfg, env, o, hp, hp_ref, meta_tx, condition_on=names)
+
+    def by_hand(ostate0, reread):
+        c0 = jnp.asarray([hp.discount, hp.gae_lambda], jnp.float32)
+        state0 = ostate0.state.replace(
+            env_params=env.with_params(ostate0.state.env_params.env_params, c0)
+        )
+
+        def outer(meta):
+            state1, _ = ppo.update(cfg, env, state0, mg.from_meta(hp, meta))
+            _, tau = ppo.collect(cfg, env, mg.stop_float_gradients(state1))
+            assert tau.obs.shape[-1] == 6
+            if reread:
+                obs = jnp.concatenate(
+                    [tau.obs[..., :4], jnp.broadcast_to(c_ref, (*tau.obs.shape[:-1], 2))], -1
+                )
+                fin = jnp.concatenate(
+                    [tau.final_obs[..., :4], jnp.broadcast_to(c_ref, (*obs.shape[:-1], 2))], -1
+                )
+                dist, value = net.apply(jax.lax.stop_gradient(state1.params), obs)
+                tau = tau.replace(
+                    obs=obs, final_obs=fin, value=value, log_prob=dist.log_prob(tau.action)
+                )
+            batch = jax.lax.stop_gradient(ppo.make_batch(cfg, env, state1.params, tau, hp_ref))
+            return ppo.loss(cfg, env, state1.params, batch, hp_ref)[0]
+
+        return jax.grad(outer)(ostate0.meta_params)
+
+    def run(key):  # one program
+        state0 = ppo.init(cfg, env, key, hp)
+        ostate0 = mg.online_init(state0, mg.to_meta(hp, names), meta_tx)
+        ostate2, metrics = jax.lax.scan(step, ostate0, None, 2)
+        return ostate2, metrics, by_hand(ostate0, True), by_hand(ostate0, False)
+
+    ostate2, metrics, grads, grads_plain = jit(run)(jax.random.key(0))
+    for n in names:
+        np.testing.assert_allclose(metrics[f"meta/grad/{n}"][0], grads[n], rtol=1e-4, atol=1e-8)
+    differ = [abs(float(grads[n] - grads_plain[n])) > 1e-3 * abs(float(grads[n])) for n in names]
+    assert any(differ), "re-reading τ' under (γ', λ') made no difference: test is blind"
+    used2 = jnp.stack([metrics[f"meta/{n}"][1] for n in names])
+    np.testing.assert_allclose(ostate2.state.env_params.condition, used2, rtol=1e-6)
+    assert not np.allclose(used2, [0.9, 0.8]), "η did not move: step 2's condition untested"
+
+
+def test_conditioned_online_step_needs_a_conditioned_env(setup):
+    _, _, cfg, env, state0, hp = setup.args()
+    ostate = mg.online_init(state0, mg.to_meta(hp, ["discount"]), optax.adam(1e-3))
+    with pytest.raises(ConfigError, match=r"Conditioned\(env, size=1\)"):
+        mg.online_step(ppo, cfg, env, ostate, hp, hp, optax.adam(1e-3), condition_on=("discount",))
+    with pytest.raises(ConfigError, match="unknown hyperparameter"):
+        mg.online_step(ppo, cfg, env, ostate, hp, hp, optax.adam(1e-3), condition_on=("gama",))
+
+
 def _stats(state):
     """The float leaves of the normalisers' ``RunningStats`` in ``state.env_state``."""
     leaves = jax.tree_util.tree_flatten_with_path(state.env_state)[0]
