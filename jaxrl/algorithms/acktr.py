@@ -36,7 +36,6 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import kfac_jax
 import optax
 from flax import struct
 
@@ -52,7 +51,8 @@ from jaxrl.algorithms.a2c import (  # noqa: F401  (the algorithm contract, re-ex
 )
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
-from jaxrl.optim import kfac
+from jaxrl.optim import kfac, kfac_jax_compat
+from jaxrl.optim.kfac_jax_compat import kfac_jax
 from jaxrl.types import Metrics
 
 CRITIC_VARIANCE = 1.0  # σ² of the critic's Gaussian output (the paper's σ = 1: Gauss-Newton)
@@ -153,8 +153,10 @@ class HParams(struct.PyTreeNode):
 
 
 def check(cfg: Config, hp: HParams) -> None:
-    """Raises ``ConfigError`` for out-of-range concrete hyperparameters (before compiling)."""
+    """Raises ``ConfigError`` for out-of-range concrete hyperparameters, or when kfac-jax
+    does not import with this jax (:mod:`jaxrl.optim.kfac_jax_compat`), before compiling."""
     del cfg
+    kfac_jax_compat.require()
     base.check_ranges(hp, HPARAM_RANGES)
 
 

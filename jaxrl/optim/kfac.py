@@ -39,20 +39,27 @@ Compatibility: kfac-jax 0.0.8 (the newest release) predates jax 0.9.2, where
 ``(subfuns, params)``; its graph tracer then fails on the first equation. Importing this
 module replaces kfac-jax's ``tag_graph_matcher.eval_jaxpr_eqn`` with the version in
 kfac-jax's main branch, only when the installed one fails that way
-(:func:`patch_kfac_jax`).
+(:func:`patch_kfac_jax`). With jax 0.11, kfac-jax 0.0.8 does not import at all; this
+module then imports without it and :func:`make_estimator` raises the
+:class:`~jaxrl.errors.ConfigError` of :func:`jaxrl.optim.kfac_jax_compat.require`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import kfac_jax
-from kfac_jax._src import tag_graph_matcher
+
+from jaxrl.optim import kfac_jax_compat
+from jaxrl.optim.kfac_jax_compat import kfac_jax
+
+if kfac_jax is not None:  # None on jax 0.11 (kfac_jax_compat): only ACKTR needs it
+    tag_graph_matcher = importlib.import_module("kfac_jax._src.tag_graph_matcher")
 
 ESTIMATION_MODES = (
     "fisher_gradients",  # K-FAC's original: one sampled y per input, its log-prob gradient
@@ -61,7 +68,7 @@ ESTIMATION_MODES = (
     "ggn_curvature_prop",  # the generalised Gauss-Newton matrix (= Fisher for these losses)
     "ggn_exact",
 )
-EstimatorState = kfac_jax.BlockDiagonalCurvature.State
+EstimatorState = Any if kfac_jax is None else kfac_jax.BlockDiagonalCurvature.State
 FisherFn = Callable[..., jax.Array]
 
 
@@ -94,7 +101,8 @@ def patch_kfac_jax() -> bool:
     return True
 
 
-patch_kfac_jax()
+if kfac_jax is not None:
+    patch_kfac_jax()
 
 
 def _allow_rank_promotion(fn: Callable) -> Callable:
@@ -124,6 +132,7 @@ def make_estimator(
             ``jax.ShapeDtypeStruct`` (only shapes are read, so this is safe under a trace).
         estimation_mode: one of :data:`ESTIMATION_MODES`.
     """
+    kfac_jax_compat.require()
     if estimation_mode not in ESTIMATION_MODES:
         raise ValueError(
             f"estimation_mode must be one of {ESTIMATION_MODES}, got {estimation_mode!r}"

@@ -38,6 +38,8 @@ def per_arguments(build: Callable[..., Any]) -> Callable[..., Any]:
 
 # XLA:CPU options that cut compile time about threefold for small programs, at the cost of
 # slower execution: for notebooks, examples and tests dominated by compiling, not running.
+# Not every XLA knows every option (jax 0.11's has no xla_cpu_use_fusion_emitters):
+# quick_jit passes only those this one accepts (cpu_quick_compile_options).
 CPU_QUICK_COMPILE = {
     "xla_backend_optimization_level": 0,
     "xla_llvm_disable_expensive_passes": True,
@@ -45,10 +47,25 @@ CPU_QUICK_COMPILE = {
 }
 
 
+@functools.cache
+def cpu_quick_compile_options() -> dict[str, Any]:
+    """The entries of :data:`CPU_QUICK_COMPILE` that this jaxlib's XLA:CPU accepts, each
+    found by compiling a one-op program with it (once per process)."""
+    accepted = {}
+    for name, value in CPU_QUICK_COMPILE.items():
+        probe = jax.jit(lambda x: x + 1, compiler_options={name: value})
+        try:
+            probe.lower(jax.ShapeDtypeStruct((), "float32")).compile()
+        except jax.errors.JaxRuntimeError:  # INVALID_ARGUMENT: No such compile option
+            continue
+        accepted[name] = value
+    return accepted
+
+
 def quick_jit(fun: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
-    """``jax.jit(fun, **jit_kwargs)`` compiled with :data:`CPU_QUICK_COMPILE` on a CPU backend
-    (other backends get plain ``jax.jit``). Use it for programs that run briefly; long
-    training runs are faster with the default optimisations."""
+    """``jax.jit(fun, **jit_kwargs)`` compiled with :func:`cpu_quick_compile_options` on a
+    CPU backend (other backends get plain ``jax.jit``). Use it for programs that run
+    briefly; long training runs are faster with the default optimisations."""
     if jax.default_backend() == "cpu":
-        jit_kwargs = {"compiler_options": CPU_QUICK_COMPILE, **jit_kwargs}
+        jit_kwargs = {"compiler_options": cpu_quick_compile_options(), **jit_kwargs}
     return jax.jit(fun, **jit_kwargs)

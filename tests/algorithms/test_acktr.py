@@ -9,7 +9,6 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import kfac_jax
 import numpy as np
 import pytest
 
@@ -17,8 +16,12 @@ from jaxrl import envs
 from jaxrl.algorithms import acktr, base
 from jaxrl.envs import registry
 from jaxrl.optim import kfac
+from jaxrl.optim.kfac_jax_compat import kfac_jax
 from jaxrl.runner import config as run_config
 from jaxrl.runner import loop, sweep
+
+if kfac_jax is None:  # jax 0.11: kfac-jax 0.0.8 does not import (see test_kfac_jax_compat.py)
+    pytest.skip("kfac-jax does not import with this jax", allow_module_level=True)
 
 # Andy Jones's probe 5 (reward +1 iff action == (obs > 0), else -1; optimum +1); the
 # inverses refresh every other update (a lax.cond, a select under vmap).

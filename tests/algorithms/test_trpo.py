@@ -314,7 +314,9 @@ def test_vmapped_seeds_and_hparams_equal_one_by_one():
         for u in range(2):
             _, _, (state, m) = update(state, hp_i)
             _allclose(jax.tree.map(lambda x, i=i, u=u: x[i, u], metrics), m)
-        _allclose(jax.tree.map(lambda x, i=i: x[i], batched), state)
+        # atol 5e-5: with jax 0.11 one bias in 32 differed by 1.2e-5 after two updates (the
+        # conjugate-gradient reductions run in another order under vmap)
+        _allclose(jax.tree.map(lambda x, i=i: x[i], batched), state, atol=5e-5)
     # the runs' hyperparameters differ, and so do their results
     assert not np.allclose(metrics["train/kl"][0], metrics["train/kl"][1])
 

@@ -6,6 +6,7 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxrl import envs
 from jaxrl.algorithms import ppo
@@ -56,3 +57,18 @@ def test_quick_jit_gives_the_numbers_of_jit():
     f = lambda x: jnp.tanh(x @ x.T).sum(0)  # noqa: E731
     x = jax.random.normal(jax.random.key(0), (8, 8))
     np.testing.assert_allclose(programs.quick_jit(f)(x), jax.jit(f)(x), rtol=1e-5)
+
+
+def test_quick_compile_options_are_the_ones_this_xla_accepts():
+    """Each accepted option compiles; each left out is one XLA rejects (jax 0.11 has no
+    ``xla_cpu_use_fusion_emitters``), so quick_jit works on jax 0.10 and 0.11 alike."""
+    accepted = programs.cpu_quick_compile_options()
+    assert "xla_backend_optimization_level" in accepted
+    shape = jax.ShapeDtypeStruct((), "float32")
+    for name, value in programs.CPU_QUICK_COMPILE.items():
+        jitted = jax.jit(lambda x: x * 2, compiler_options={name: value})
+        if name in accepted:
+            jitted.lower(shape).compile()
+        else:
+            with pytest.raises(jax.errors.JaxRuntimeError, match="compile option"):
+                jitted.lower(shape).compile()
