@@ -87,6 +87,7 @@ class Config:
     v_min: float = -10.0  # C51 support
     v_max: float = 10.0
     noisy: bool = False
+    noisy_sigma0: float = 0.5  # initial noise scale sigma0 of the noisy layers (Fortunato et al.)
     anneal_lr: bool = False  # linear decay of the learning rate to 0 over total_timesteps
     data_shards: int = 1  # data-parallel shards of the envs, the replay and every batch
 
@@ -107,6 +108,8 @@ class Config:
                 raise base.ConfigError(f"{name} must be one of {valid}, got {value!r}")
         if self.learning_starts < 0:
             raise base.ConfigError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        if self.noisy_sigma0 < 0:
+            raise base.ConfigError(f"noisy_sigma0 must be >= 0, got {self.noisy_sigma0}")
         if self.priority_exponent < 0:
             raise base.ConfigError(f"priority_exponent must be >= 0, got {self.priority_exponent}")
         if self.distribution == "c51" and not self.v_min < self.v_max:
@@ -255,6 +258,7 @@ def network(cfg: Config, env: Env) -> QNetwork:
         dueling=cfg.dueling,
         noisy=cfg.noisy,
         num_atoms=1 if cfg.distribution == "none" else cfg.num_atoms,
+        noisy_sigma0=cfg.noisy_sigma0,
     )
 
 

@@ -128,8 +128,9 @@ class QHead(nn.Module):
     Plain: one output layer. Dueling (Wang et al. 2016, https://arxiv.org/abs/1511.06581):
     value and advantage streams, each one hidden layer of ``stream_width`` units, combined as
     ``Q = V + (Adv - mean_a Adv)`` (per atom when ``num_atoms > 1``). With ``noisy`` every
-    layer here is a :class:`NoisyDense`. Output layers are named ``"q"`` (plain) or
-    ``"value"`` ``[..., num_atoms]`` and ``"advantage"`` ``[..., A * num_atoms]`` (dueling).
+    layer here is a :class:`NoisyDense` of initial scale ``noisy_sigma0``. Output layers are
+    named ``"q"`` (plain) or ``"value"`` ``[..., num_atoms]`` and ``"advantage"``
+    ``[..., A * num_atoms]`` (dueling).
     """
 
     num_actions: int
@@ -138,10 +139,11 @@ class QHead(nn.Module):
     noisy: bool = False
     num_atoms: int = 1
     activation: str = "relu"
+    noisy_sigma0: float = 0.5
 
     def _dense(self, features: int, name: str, scale: float) -> nn.Module:
         if self.noisy:
-            return NoisyDense(features, name=name)
+            return NoisyDense(features, self.noisy_sigma0, name=name)
         return nn.Dense(features, kernel_init=kernel_init(True, scale), name=name)
 
     @nn.compact
@@ -167,7 +169,8 @@ class QNetwork(nn.Module):
     """Torso then a :class:`QHead`: the Q-network of DQN and its extensions.
 
     DQN: defaults. Double DQN: the same network (the loss differs). Dueling: ``dueling``.
-    Noisy Nets: ``noisy`` (head layers only; the torso stays deterministic). C51 / QR-DQN:
+    Noisy Nets: ``noisy`` with initial noise scale ``noisy_sigma0`` (head layers only; the
+    torso stays deterministic). C51 / QR-DQN:
     ``num_atoms``. Rainbow: ``dueling=True, noisy=True, num_atoms=51``.
 
     Torsos: ``"mlp"`` = ``MLP(hidden)`` on ``obs [..., D]``; ``"minatar"`` = the default
@@ -184,6 +187,7 @@ class QNetwork(nn.Module):
     noisy: bool = False
     num_atoms: int = 1
     activation: str = "relu"
+    noisy_sigma0: float = 0.5
 
     def __post_init__(self):
         _check(
@@ -206,6 +210,7 @@ class QNetwork(nn.Module):
             self.noisy,
             self.num_atoms,
             self.activation,
+            self.noisy_sigma0,
             name="head",
         )
         return head(x)

@@ -75,6 +75,15 @@ def test_noisy_only_in_head_layers():
     assert params["head"]["advantage"]["kernel_mu"].shape == (8, A)
 
 
+def test_noisy_sigma0_reaches_every_head_layer():
+    obs = _obs("mlp", (2,))
+    params = QNetwork(A, hidden=(16, 8), dueling=True, noisy=True, noisy_sigma0=0.1).init(KEY, obs)
+    head = params["params"]["head"]
+    for name in ("value_hidden", "value", "advantage_hidden", "advantage"):  # all 8 inputs wide
+        np.testing.assert_allclose(head[name]["kernel_sigma"], 0.1 / math.sqrt(8), rtol=1e-6)
+        np.testing.assert_allclose(head[name]["bias_sigma"], 0.1 / math.sqrt(8), rtol=1e-6)
+
+
 def test_minatar_torso_is_the_default_cnn():
     params = QNetwork(A, torso="minatar").init(KEY, _obs("minatar", (1,)))["params"]["torso"]
     assert params["Conv_0"]["kernel"].shape == (3, 3, 4, 16)
