@@ -492,11 +492,6 @@ def loss(
     return value, metrics
 
 
-def polyak(target, online, tau: jax.Array):
-    """``(1 - tau) target + tau online`` leafwise."""
-    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
-
-
 def gradient_step(
     cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, ready: jax.Array
 ) -> tuple[State, Metrics, jax.Array]:
@@ -518,7 +513,7 @@ def gradient_step(
     grad_steps = state.grad_steps + 1
     target = tree.select(
         grad_steps % cfg.target_update_period == 0,
-        polyak(state.params.target, online, hp.tau),
+        optax.incremental_update(online, state.params.target, hp.tau),
         state.params.target,
     )
     # Select only what a step changes: selecting the whole state would copy the replay

@@ -575,7 +575,7 @@ def gradient_step(
     grad_steps = state.grad_steps + 1
     target = tree.select(
         grad_steps % cfg.target_update_period == 0,
-        dqn.polyak(state.params.target, online, hp.tau),
+        optax.incremental_update(online, state.params.target, hp.tau),
         state.params.target,
     )
     buffer_state = buffer(cfg).set_priorities(state.buffer, batch.indices, priorities + 1e-6)

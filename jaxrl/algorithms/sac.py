@@ -52,7 +52,7 @@ import optax
 from flax import struct
 
 from jaxrl.algorithms import base, td3
-from jaxrl.algorithms.td3 import Transition, polyak  # noqa: F401  (re-exported)
+from jaxrl.algorithms.td3 import Transition  # noqa: F401  (re-exported)
 from jaxrl.distributed import data_parallel as dp
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
@@ -561,7 +561,7 @@ def gradient_step(
             fields = ("params", "actor_opt_state", "alpha_opt_state")
             new, at_metrics = run_if(delayed, actor_and_temperature, new, fields)
         p = new.params
-        p = p.replace(target_critic=polyak(p.target_critic, p.critic, hp.tau))
+        p = p.replace(target_critic=optax.incremental_update(p.critic, p.target_critic, hp.tau))
         return new.replace(params=p, grad_steps=st.grad_steps + 1), c_metrics | at_metrics
 
     return run_if(ready, step, state, LEARNER_FIELDS)

@@ -419,11 +419,6 @@ def sample_batch(cfg: Config, env: Env, buffer_state, key: jax.Array) -> Batch:
     return Batch(transition, jax.random.normal(key_noise, transition.action.shape))
 
 
-def polyak(target, online, tau: jax.Array):
-    """``(1 - tau) target + tau online`` leafwise."""
-    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
-
-
 # State fields a gradient step changes (the replay and the envs stay out of its branches).
 LEARNER_FIELDS = ("params", "actor_opt_state", "critic_opt_state", "grad_steps")
 
@@ -461,8 +456,8 @@ def actor_step(
     params = Params(
         actor_params,
         p.critic,
-        polyak(p.target_actor, actor_params, hp.tau),
-        polyak(p.target_critic, p.critic, hp.tau),
+        optax.incremental_update(actor_params, p.target_actor, hp.tau),
+        optax.incremental_update(p.critic, p.target_critic, hp.tau),
     )
     return state.replace(params=params, actor_opt_state=opt_state), metrics
 

@@ -359,8 +359,8 @@ def adapt(
         with_actor = td3.Params(
             actor,
             params.critic,
-            td3.polyak(params.target_actor, actor, hp.tau),
-            td3.polyak(params.target_critic, params.critic, hp.tau),
+            optax.incremental_update(actor, params.target_actor, hp.tau),
+            optax.incremental_update(params.critic, params.target_critic, hp.tau),
         )
         params = jax.tree.map(lambda u, v: jnp.where(delayed, u, v), with_actor, params)
         a_opt = jax.tree.map(lambda u, v: jnp.where(delayed, u, v), a_opt_new, a_opt)

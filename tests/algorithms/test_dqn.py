@@ -162,8 +162,6 @@ def test_periodic_and_polyak_target_updates():
     assert int(state.grad_steps) == 8
     assert not np.allclose(state.params.target["params"]["torso"]["Dense_0"]["kernel"],
                            state.params.online["params"]["torso"]["Dense_0"]["kernel"])  # fmt: skip
-    polyak = dqn.polyak({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, jnp.float32(0.25))
-    np.testing.assert_allclose(polyak["w"], [0.25, 0.25])
 
 
 def test_jit_equals_no_jit_and_vmap_equals_loop():
