@@ -618,6 +618,7 @@ def run_part(args) -> None:
                 log(f"gradient steps {result['grad_steps_per_seed']} differ from {expected}")
         if args.only.startswith("jaxrl"):
             record["jaxrl"] = jaxrl_revision()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(record) + "\n")
         compile_s = result["lower_s"] + result["compile_s"]
