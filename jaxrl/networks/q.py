@@ -170,8 +170,8 @@ class QNetwork(nn.Module):
 
     DQN: defaults. Double DQN: the same network (the loss differs). Dueling: ``dueling``.
     Noisy Nets: ``noisy`` with initial noise scale ``noisy_sigma0`` (head layers only; the
-    torso stays deterministic). C51 / QR-DQN:
-    ``num_atoms``. Rainbow: ``dueling=True, noisy=True, num_atoms=51``.
+    torso stays deterministic). C51 / QR-DQN: ``num_atoms``. Rainbow: ``dueling=True,
+    noisy=True, num_atoms=51``.
 
     Torsos: ``"mlp"`` = ``MLP(hidden)`` on ``obs [..., D]``; ``"minatar"`` = the default
     :class:`CNN` (MinAtar's conv 16x3x3 then 128 units) on ``obs [..., H, W, C]``, where

@@ -152,7 +152,7 @@ def test_epsilon_schedule():
     assert float(dqn.epsilon(noisy, hp, jnp.int32(500))) == 0.0
 
 
-def test_periodic_and_polyak_target_updates():
+def test_periodic_target_updates():
     env, _ = registry.make("probe/obs_action_reward")
     cfg = dqn.Config(**{**PROBE_CFG, "learning_starts": 0, "target_update_period": 3})
     hp = dqn.HParams.make()
