@@ -164,6 +164,24 @@ def test_periodic_target_updates():
                            state.params.online["params"]["torso"]["Dense_0"]["kernel"])  # fmt: skip
 
 
+def test_polyak_target_moves_by_tau_towards_the_online_net():
+    env, _ = registry.make("probe/obs_action_reward")
+    overrides = dict(learning_starts=0, gradient_steps=1, target_update_period=1, batch_size=4)
+    cfg = dqn.Config(**{**PROBE_CFG, **overrides})
+    hp = dqn.HParams.make(tau=0.25)
+    state0 = dqn.init(cfg, env, jax.random.key(0), hp)
+    state = jax.jit(lambda s: dqn.train(cfg, env, s, hp, 1)[0])(state0)  # one gradient step
+    assert int(state.grad_steps) == 1
+    jax.tree.map(
+        lambda old, online, target: np.testing.assert_allclose(
+            target, 0.75 * old + 0.25 * online, rtol=1e-6, atol=1e-7
+        ),
+        state0.params.target, state.params.online, state.params.target,
+    )  # fmt: skip
+    assert not np.allclose(state.params.online["params"]["head"]["q"]["kernel"],
+                           state0.params.online["params"]["head"]["q"]["kernel"])  # fmt: skip
+
+
 def test_jit_equals_no_jit_and_vmap_equals_loop():
     env, _ = registry.make("probe/two_step_reward")
     cfg = dqn.Config(**{**PROBE_CFG, "learning_starts": 8}, prioritised=True, n_step=2)
