@@ -174,14 +174,18 @@ class State(struct.PyTreeNode):
 
 
 def network(cfg: Config, env: Env) -> nn.Module:
-    """A2C's (PPO's) actor-critic; raises ``ConfigError`` unless actions are Discrete."""
+    """A2C's (PPO's) actor-critic with XLA's convolutions, which kfac-jax factors.
+
+    kfac-jax gives Kronecker-factored conv blocks to XLA convolutions only, not to the patch
+    matmuls ``CNN`` uses by default. Raises ``ConfigError`` unless actions are Discrete.
+    """
     action_space = env.action_space(env.default_params())
     if not isinstance(action_space, spaces.Discrete):
         raise base.ConfigError(
             "ACKTR needs a Discrete action space (its Fisher registers a categorical "
             f"policy); got {type(action_space).__name__}"
         )
-    return a2c.network(cfg, env)
+    return a2c.network(cfg, env).clone(conv_patches=False)
 
 
 def fisher_fn(cfg: Config, env: Env) -> Callable[[dict, jax.Array], jax.Array]:

@@ -51,18 +51,64 @@ class MLP(nn.Module):
         return x
 
 
+def patch_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` for channel-last layouts as image patches times a matrix.
+
+    ``lhs [N, *spatial, C]``, ``rhs [*window, C, F]`` (flax's NHWC / HWIO), output
+    ``[N, *out_spatial, F]``: the same numbers as the convolution up to float rounding. The
+    patches ``[N, *out_spatial, C * prod(window)]`` (feature order ``(C, *window)``) meet
+    the kernel in one matmul, so the kernel's gradient is a matmul too. On XLA:CPU that
+    makes a MinAtar torso's gradient step about 3x faster than XLA's convolution, and
+    about 4-5x when ``vmap`` over seeds batches the kernels (XLA then runs a grouped
+    convolution). Grouped convolutions (``feature_group_count > 1``) are not supported.
+    """
+    if feature_group_count != 1:
+        raise ValueError(f"patch_conv needs feature_group_count 1, got {feature_group_count}")
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        raise ValueError(f"patch_conv needs 2-D images, got lhs {lhs.shape}, rhs {rhs.shape}")
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    if dimension_numbers is not None and dimension_numbers != nhwc:
+        raise ValueError(f"patch_conv needs NHWC inputs and HWIO kernels, got {dimension_numbers}")
+    patches = jax.lax.conv_general_dilated_patches(
+        lhs,
+        rhs.shape[:2],
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=nhwc,
+        precision=precision,
+    )
+    kernel = jnp.moveaxis(rhs, -2, 0).reshape(-1, rhs.shape[-1])  # [C * prod(window), F]
+    return jnp.matmul(patches, kernel, precision=precision)
+
+
 class CNN(nn.Module):
     """Conv stack then an MLP, for image observations ``[..., H, W, C]``.
 
     ``convs`` is a tuple of ``(features, kernel, stride)``; the default is the MinAtar
     torso (one 3x3 conv with 16 channels); the Nature-DQN torso is
-    ``((32, 8, 4), (64, 4, 2), (64, 3, 1))`` with ``hidden=(512,)``.
+    ``((32, 8, 4), (64, 4, 2), (64, 3, 1))`` with ``hidden=(512,)``. The convolutions are
+    flax ``nn.Conv`` layers computed by :func:`patch_conv`, or with ``patches=False`` by
+    XLA's convolution (same parameters, same numbers up to rounding): kfac-jax recognises a
+    conv layer by XLA's convolution, so K-FAC (ACKTR) needs ``patches=False``.
     """
 
     convs: tuple[tuple[int, int, int], ...] = ((16, 3, 1),)
     hidden: tuple[int, ...] = (128,)
     activation: str = "relu"
     ortho_init: bool = True
+    patches: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -75,6 +121,7 @@ class CNN(nn.Module):
                 (kernel, kernel),
                 (stride, stride),
                 kernel_init=kernel_init(self.ortho_init),
+                conv_general_dilated=patch_conv if self.patches else None,
             )
             x = act(conv(x))
         x = x.reshape((x.shape[0], -1))

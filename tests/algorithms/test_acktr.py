@@ -303,6 +303,16 @@ def test_estimator_has_a_kronecker_block_per_dense_layer():
     assert all(isinstance(b, kfac_jax.KroneckerFactored) for b in separate.blocks)
 
 
+def test_estimator_has_a_kronecker_block_per_conv_layer():
+    """The CNN torso's convolutions get kfac-jax's conv blocks (ACKTR turns off the patch
+    matmuls, which kfac-jax would only give diagonal blocks)."""
+    env, _ = envs.make("Breakout-MinAtar")
+    blocks = acktr.estimator(acktr.Config(**SMALL, torso="cnn"), env).blocks
+    conv = [b for b in blocks if isinstance(b, kfac_jax.Conv2DTwoKroneckerFactored)]
+    assert len(conv) == 2  # the actor's and the critic's conv layer
+    assert all(isinstance(b, kfac_jax.KroneckerFactored) for b in blocks)
+
+
 def test_update_steps_to_the_trust_region_edge(small):
     cfg, env, hp, init, step, _ = small
     state = init(jax.random.key(0))

@@ -19,6 +19,7 @@ from jaxrl.networks import (
     TanhGaussianHead,
     ValueHead,
 )
+from jaxrl.networks.torsos import patch_conv
 
 KEY = jax.random.key(0)
 
@@ -82,6 +83,67 @@ def test_nature_cnn_shapes():
     params = jax.eval_shape(cnn.init, KEY, x)
     out = jax.eval_shape(cnn.apply, params, x)
     assert out.shape == (2, 512)
+
+
+@pytest.mark.parametrize(
+    "image, window, stride, padding",
+    [(10, 3, 1, "SAME"), (84, 8, 4, "VALID"), (20, 4, 2, "SAME"), (9, 3, 2, ((1, 0), (2, 1)))],
+)
+def test_patch_conv_and_its_gradients_equal_xla_convolution(image, window, stride, padding):
+    """Values and both gradients (input and kernel) of the patch convolution against XLA's
+    convolution, on random NHWC images and HWIO kernels."""
+    key_x, key_k, key_g = jax.random.split(KEY, 3)
+    x = jax.random.normal(key_x, (3, image, image, 5))
+    k = jax.random.normal(key_k, (window, window, 5, 7)) / window
+    nhwc = ("NHWC", "HWIO", "NHWC")
+
+    def xla(x, k):
+        dims = jax.lax.conv_dimension_numbers(x.shape, k.shape, nhwc)
+        return jax.lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=dims)
+
+    def patches(x, k):
+        return patch_conv(x, k, (stride, stride), padding)
+
+    want = xla(x, k)
+    np.testing.assert_allclose(patches(x, k), want, rtol=1e-4, atol=1e-4)
+    cotangent = jax.random.normal(key_g, want.shape)
+    grad_xla = jax.vjp(xla, x, k)[1](cotangent)
+    grad_patches = jax.vjp(patches, x, k)[1](cotangent)
+    for got, expected in zip(grad_patches, grad_xla, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_cnn_equals_the_same_parameters_under_xla_convolution():
+    """The torso (patch convolutions) against flax's own convolution with the same params."""
+    convs = ((8, 4, 2), (6, 3, 1))
+    x = jax.random.uniform(KEY, (2, 20, 20, 3))
+    params = CNN(convs=convs, hidden=(16,)).init(KEY, x)
+
+    class XlaCNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i, (features, window, stride) in enumerate(convs):
+                x = nn.relu(
+                    nn.Conv(features, (window, window), (stride, stride), name=f"Conv_{i}")(x)
+                )
+            x = x.reshape((x.shape[0], -1))
+            return nn.relu(nn.Dense(16, name="Dense_0")(x))
+
+    theirs = {"params": {**params["params"], "Dense_0": params["params"]["MLP_0"]["Dense_0"]}}
+    del theirs["params"]["MLP_0"]
+    np.testing.assert_allclose(
+        CNN(convs=convs, hidden=(16,)).apply(params, x),
+        XlaCNN().apply(theirs, x),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_patch_conv_rejects_grouped_convolution():
+    with pytest.raises(ValueError, match="feature_group_count"):
+        patch_conv(
+            jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 2, 4)), (1, 1), "SAME", feature_group_count=2
+        )
 
 
 # ----------------------------------------------------------------------------- heads
