@@ -64,13 +64,13 @@ def patch_conv(
 ) -> jax.Array:
     """``lax.conv_general_dilated`` for channel-last layouts as image patches times a matrix.
 
-    ``lhs [N, *spatial, C]``, ``rhs [*window, C, F]`` (flax's NHWC / HWIO), output
-    ``[N, *out_spatial, F]``: the same numbers as the convolution up to float rounding. The
-    patches ``[N, *out_spatial, C * prod(window)]`` (feature order ``(C, *window)``) meet
-    the kernel in one matmul, so the kernel's gradient is a matmul too. On XLA:CPU that
-    makes a MinAtar torso's gradient step about 3x faster than XLA's convolution, and
-    about 4-5x when ``vmap`` over seeds batches the kernels (XLA then runs a grouped
-    convolution). Grouped convolutions (``feature_group_count > 1``) are not supported.
+    ``lhs [N, H, W, C]``, ``rhs [kh, kw, C, F]`` (flax's NHWC / HWIO), output
+    ``[N, H', W', F]``: the same numbers as the convolution up to float rounding. The
+    patches ``[N, H', W', C * kh * kw]`` (feature order ``(C, kh, kw)``) meet the kernel in
+    one matmul, so the kernel's gradient is a matmul too. On XLA:CPU that is much faster
+    than XLA's convolution gradient, above all under a seed ``vmap``, which makes the
+    latter a grouped convolution (figures: ``docs/design.md`` item 13). Grouped
+    convolutions (``feature_group_count > 1``) are not supported.
     """
     if feature_group_count != 1:
         raise ValueError(f"patch_conv needs feature_group_count 1, got {feature_group_count}")
