@@ -51,6 +51,34 @@ class MLP(nn.Module):
         return x
 
 
+def image_patches(
+    x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding
+) -> jax.Array:
+    """The ``kh x kw`` windows of ``x [N, H, W, C]`` at ``strides``, flattened into
+    features: ``[N, H', W', kh * kw * C]`` in ``(kh, kw, C)`` order.
+
+    ``padding`` is ``"SAME"``, ``"VALID"`` or ``((top, bottom), (left, right))``. Built
+    from ``kh * kw`` strided slices: data movement only, where
+    ``lax.conv_general_dilated_patches`` runs a convolution with a one-hot kernel, which
+    costs ``kh * kw * C`` multiply-adds per patch feature.
+    """
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    out_h = (x.shape[1] - window[0]) // strides[0] + 1
+    out_w = (x.shape[2] - window[1]) // strides[1] + 1
+    slices = [
+        x[
+            :,
+            i : i + strides[0] * (out_h - 1) + 1 : strides[0],
+            j : j + strides[1] * (out_w - 1) + 1 : strides[1],
+        ]
+        for i in range(window[0])
+        for j in range(window[1])
+    ]
+    return jnp.concatenate(slices, axis=-1)
+
+
 def patch_conv(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -66,31 +94,24 @@ def patch_conv(
 
     ``lhs [N, H, W, C]``, ``rhs [kh, kw, C, F]`` (flax's NHWC / HWIO), output
     ``[N, H', W', F]``: the same numbers as the convolution up to float rounding. The
-    patches ``[N, H', W', C * kh * kw]`` (feature order ``(C, kh, kw)``) meet the kernel in
-    one matmul, so the kernel's gradient is a matmul too. On XLA:CPU that is much faster
-    than XLA's convolution gradient, above all under a seed ``vmap``, which makes the
-    latter a grouped convolution (figures: ``docs/design.md`` item 13). Grouped
-    convolutions (``feature_group_count > 1``) are not supported.
+    :func:`image_patches` ``[N, H', W', kh * kw * C]`` meet the kernel reshaped to
+    ``[kh * kw * C, F]`` in one matmul, so the kernel's gradient is a matmul too. On
+    XLA:CPU that is much faster than XLA's convolution gradient, above all under a seed
+    ``vmap``, which makes the latter a grouped convolution (figures: ``docs/design.md``
+    item 13). Dilations and grouped convolutions are not supported.
     """
     if feature_group_count != 1:
         raise ValueError(f"patch_conv needs feature_group_count 1, got {feature_group_count}")
+    for name, dilation in (("lhs_dilation", lhs_dilation), ("rhs_dilation", rhs_dilation)):
+        if dilation is not None and any(d != 1 for d in dilation):
+            raise ValueError(f"patch_conv does not support {name} {dilation}")
     if lhs.ndim != 4 or rhs.ndim != 4:
         raise ValueError(f"patch_conv needs 2-D images, got lhs {lhs.shape}, rhs {rhs.shape}")
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     if dimension_numbers is not None and dimension_numbers != nhwc:
         raise ValueError(f"patch_conv needs NHWC inputs and HWIO kernels, got {dimension_numbers}")
-    patches = jax.lax.conv_general_dilated_patches(
-        lhs,
-        rhs.shape[:2],
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=nhwc,
-        precision=precision,
-    )
-    kernel = jnp.moveaxis(rhs, -2, 0).reshape(-1, rhs.shape[-1])  # [C * prod(window), F]
-    return jnp.matmul(patches, kernel, precision=precision)
+    patches = image_patches(lhs, rhs.shape[:2], tuple(window_strides), padding)
+    return jnp.matmul(patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
 
 
 class CNN(nn.Module):
