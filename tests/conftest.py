@@ -22,9 +22,9 @@ import pytest
 # 2 cores), and the tests dominated by running changed little (DQN solving CartPole 44 s
 # against 43 s); -O0 instead was 0.76x on a subset, with that DQN run 2.8x slower. XLA reads
 # XLA_FLAGS once, when the backend starts, so they are set here, before any computation,
-# by the first process (workers, notebook kernels and CLI subprocesses inherit them); an
-# XLA aborts on a flag it does not know (jax 0.11's has no xla_cpu_use_fusion_emitters), so
-# a subprocess tries them first. The user's own XLA_FLAGS come after ours and win. Workers
+# by the first process (workers, notebook kernels and CLI subprocesses inherit them).
+# XLA aborts on a flag it does not know (jax 0.11's has no xla_cpu_use_fusion_emitters),
+# so a subprocess tries them first. The user's own XLA_FLAGS come after ours and win. Workers
 # find JAXRL_TEST_XLA_FLAGS set and leave XLA_FLAGS alone, as does a user who sets it (to ""
 # for XLA's defaults).
 FAST_COMPILE_XLA_FLAGS = (
