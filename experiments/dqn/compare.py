@@ -23,9 +23,11 @@ says whether each arm's IQM is at least DQN's and whether their intervals overla
 runs both environments, arms one after another. ``--env`` picks one; results of earlier
 invocations already in ``--json`` are kept, so the environments can run separately and
 ``--report`` prints the table of everything in the file. ``--timesteps N`` overrides the
-budget (for a smoke test). ``--rainbow-set KEY=VALUE`` (repeatable) runs an ablation of
+budget (for a smoke test). ``--rainbow-set KEY=VALUE`` (repeatable) runs a variant of
 the Rainbow arm, stored as ``Rainbow[KEY=VALUE]``, e.g. ``--arms Rainbow --rainbow-set
-noisy=false``. RESULTS.md in this folder records a run.
+noisy=false``; ``--dqn-set`` does the same for the DQN arm (``DQN[KEY=VALUE]``; the
+verdict lines compare against the unchanged ``DQN`` only). RESULTS.md in this folder
+records the runs.
 """
 
 from __future__ import annotations
@@ -60,21 +62,24 @@ BUDGET_FIELDS = ("total_timesteps", "num_envs", "train_freq", "gradient_steps", 
 CURVE_POINTS = 100
 
 
-def ablation_name(rainbow_sets: dict[str, str]) -> str:
-    """``"Rainbow"``, or ``"Rainbow[k=v,...]"`` for an ablation of the Rainbow arm."""
-    if not rainbow_sets:
-        return "Rainbow"
-    return "Rainbow[" + ",".join(f"{k}={v}" for k, v in rainbow_sets.items()) + "]"
+def ablation_name(sets: dict[str, str], arm: str = "Rainbow") -> str:
+    """``arm``, or ``"<arm>[k=v,...]"`` for a variant of it with ``sets`` changed."""
+    if not sets:
+        return arm
+    return f"{arm}[" + ",".join(f"{k}={v}" for k, v in sets.items()) + "]"
 
 
 def arm_settings(
-    env_name: str, timesteps: int | None, rainbow_sets: dict[str, str] | None = None
+    env_name: str,
+    timesteps: int | None,
+    rainbow_sets: dict[str, str] | None = None,
+    dqn_sets: dict[str, str] | None = None,
 ) -> dict[str, tuple]:
     """Arm name -> ``(algorithm module, Config, HParams)``, presets read now (not copied).
 
-    ``rainbow_sets`` (``--set``-style strings) change the Rainbow arm, which is then named
-    by :func:`ablation_name`. Raises SystemExit if the arms would differ in env steps or
-    gradient steps.
+    ``rainbow_sets`` and ``dqn_sets`` (``--set``-style strings) change the Rainbow and the
+    DQN arm, which are then named by :func:`ablation_name`. Raises SystemExit if the arms
+    would differ in env steps or gradient steps.
     """
     dqn_preset, rainbow_preset = (config.load_preset(p) for p in PRESETS[env_name])
     for name, preset in zip(PRESETS[env_name], (dqn_preset, rainbow_preset), strict=True):
@@ -82,7 +87,10 @@ def arm_settings(
             raise SystemExit(f"preset {name} is for {preset['env']}, not {env_name}")
     timesteps = timesteps or dqn_preset["config"]["total_timesteps"]
     arms = {
-        "DQN": (dqn, *config.resolve(dqn, dqn_preset, {}, timesteps)),
+        ablation_name(dqn_sets or {}, "DQN"): (
+            dqn,
+            *config.resolve(dqn, dqn_preset, dqn_sets or {}, timesteps),
+        ),
         "Double+Dueling": (
             dqn,
             *config.resolve(dqn, dqn_preset, {"double": "true", "dueling": "true"}, timesteps),
@@ -232,6 +240,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="ablation: override a Rainbow Config/HParams field (arm Rainbow[KEY=VALUE])",
     )
+    parser.add_argument(
+        "--dqn-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a DQN Config/HParams field (arm DQN[KEY=VALUE])",
+    )
     parser.add_argument("--json", type=Path, help="results file (read, updated, written)")
     parser.add_argument("--plot-dir", type=Path, help="write curves_<env>.png here")
     parser.add_argument("--report", action="store_true", help="only print --json's table")
@@ -245,10 +260,12 @@ def main() -> None:
         if unknown := set(arms) - set(ARMS):
             raise SystemExit(f"unknown arm(s) {sorted(unknown)}; valid: {', '.join(ARMS)}")
         rainbow_sets = config.parse_sets(args.rainbow_set)
-        arms = [ablation_name(rainbow_sets) if a == "Rainbow" else a for a in arms]
+        dqn_sets = config.parse_sets(args.dqn_set)
+        renamed = {"Rainbow": ablation_name(rainbow_sets), "DQN": ablation_name(dqn_sets, "DQN")}
+        arms = [renamed.get(a, a) for a in arms]
         record["machine"] = f"{platform.processor() or platform.machine()}, jax {jax.__version__}"
         for env_name in args.env or list(PRESETS):
-            settings = arm_settings(env_name, args.timesteps, rainbow_sets)
+            settings = arm_settings(env_name, args.timesteps, rainbow_sets, dqn_sets)
             env, env_params = registry.make(env_name)
             results = record["envs"].setdefault(env_name, {})
             for arm in arms:
