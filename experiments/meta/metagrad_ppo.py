@@ -40,10 +40,17 @@ comparisons on the seeds of several result files pooled.
 to :func:`jaxrl.meta.metagrad.online_step`, whose outer loss reads the validation rollout
 under ``(γ', λ')``.
 
+``--outer-loss pg`` makes the outer objective the policy term alone (the reference
+``HParams`` get ``vf_coef = ent_coef = 0``): Xu et al.'s ``J'``, the policy-gradient
+objective; the default ``ppo`` is PPO's whole loss, value and entropy terms included.
+
 ``--no-start-arms`` drops ``meta`` and ``fixed-start``. The score is the mean
 training-episode return over the last 10% of updates, per seed; the all-update mean is
 the area under the learning curve. Meta-from-default minus fixed-default is printed with
-its standard error (sample std, ``ddof=1``, over seeds).
+its standard error (sample std, ``ddof=1``, over seeds). Each meta arm also prints the
+statistics of its meta-gradients (:func:`grad_stats`); with ``--meta-lr 0`` the
+hyperparameters stay frozen at their start, so those are the meta-gradients along a fixed
+run (Run 10 of RESULTS_metagrad.md).
 
     python experiments/meta/metagrad_ppo.py --seeds 4 --updates 150
     python experiments/meta/metagrad_ppo.py --preset ppo/pendulum --names discount \
@@ -89,6 +96,10 @@ def parse_args():
     p.add_argument("--start-lambda", type=float, default=0.5)
     p.add_argument("--ref-discount", type=float, default=0.99)
     p.add_argument("--ref-lambda", type=float, default=1.0)
+    p.add_argument(
+        "--outer-loss", choices=("ppo", "pg"), default="ppo",
+        help="outer objective: PPO's whole loss, or its policy term only (Xu et al.'s J')",
+    )  # fmt: skip
     p.add_argument("--meta-lr", type=float, default=0.03)
     p.add_argument("--names", default="discount,gae_lambda")
     p.add_argument(
@@ -151,6 +162,27 @@ def run_meta(cfg, env, keys, hp, hp_ref, names, args):
     run = lambda o: jax.lax.scan(lambda o, _: step(o), o, None, num_meta)
     _, metrics = jax.jit(jax.vmap(run))(jax.vmap(start)(keys))
     return jax.tree.map(np.asarray, metrics)  # leaves [S, M]
+
+
+def grad_stats(grads: np.ndarray) -> dict:
+    """Statistics of the meta-gradients ``[S, M]`` (seeds x meta-steps) of one logit.
+
+    ``snr`` is mean / std over all ``S * M`` samples; ``z`` is mean / (std / sqrt(S * M)),
+    how far the average is from zero if the samples were independent; ``thirds_*`` split the
+    meta-steps into three equal blocks (early, middle, late training). A negative mean
+    raises the hyperparameter (gradient descent on the outer loss)."""
+    g = grads.astype(np.float64)
+    std = g.std()
+    thirds = np.array_split(g, 3, axis=1)
+    absg = np.abs(g)
+    return {
+        "mean": float(g.mean()), "std": float(std), "snr": float(g.mean() / std),
+        "z": float(g.mean() / std * np.sqrt(g.size)), "frac_negative": float((g < 0).mean()),
+        "median_abs": float(np.median(absg)), "p99_abs": float(np.quantile(absg, 0.99)),
+        "max_abs": float(absg.max()),
+        "thirds_mean": [float(t.mean()) for t in thirds],
+        "thirds_snr": [float(t.mean() / t.std()) for t in thirds],
+    }  # fmt: skip
 
 
 def summary(name, returns, env_steps):
@@ -256,9 +288,10 @@ def main():
     start = dict(discount=args.start_discount, gae_lambda=args.start_lambda)
     hp_start = ppo.HParams.make(**common | start)
     hp_default = ppo.HParams.make(**common)
-    hp_ref = ppo.HParams.make(
-        **common | dict(discount=args.ref_discount, gae_lambda=args.ref_lambda)
-    )
+    ref = dict(discount=args.ref_discount, gae_lambda=args.ref_lambda)
+    if args.outer_loss == "pg":  # the clipped surrogate alone: at θ' the policy gradient
+        ref |= dict(vf_coef=0.0, ent_coef=0.0)
+    hp_ref = ppo.HParams.make(**common | ref)
     # meta arms learning λ start from λ ≤ cap: λ = 1 is sigmoid(∞), not a finite logit
     lam = lambda hp: min(float(hp.gae_lambda), args.meta_lambda_cap)
     cap = lambda hp: hp.replace(gae_lambda=lam(hp)) if "gae_lambda" in names else hp
@@ -294,6 +327,14 @@ def main():
                 results[arm][f"{name}_curve_{stat}"] = curve.tolist()
             final = np.round(traj[:, -1], 3)
             print(f"{'':>28s}  {name}: start {traj[:, 0].mean():.3f} -> final {final}")
+            gs = results[arm][f"{name}_grad"] = grad_stats(metrics[f"meta/grad/{name}"])
+            print(
+                f"{'':>28s}  meta-gradient of logit({name}): mean {gs['mean']:.3g}, "
+                f"std {gs['std']:.3g}, mean/std {gs['snr']:+.3f} (z {gs['z']:+.1f}; thirds "
+                f"{np.round(gs['thirds_snr'], 3).tolist()}), negative {gs['frac_negative']:.2f}, "
+                f"|g| median {gs['median_abs']:.3g}, p99 {gs['p99_abs']:.3g}, "
+                f"max {gs['max_abs']:.3g}"
+            )
         results[arm]["seconds"] = time.time() - t0
         print(f"{'':>28s}  ({results[arm]['seconds']:.0f} s)")
 
