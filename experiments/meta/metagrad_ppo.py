@@ -41,8 +41,8 @@ to :func:`jaxrl.meta.metagrad.online_step`, whose outer loss reads the validatio
 under ``(γ', λ')``.
 
 ``--outer-loss pg`` makes the outer objective the policy term alone (the reference
-``HParams`` get ``vf_coef = ent_coef = 0``): Xu et al.'s ``J'``, the policy-gradient
-objective; the default ``ppo`` is PPO's whole loss, value and entropy terms included.
+``HParams`` get ``vf_coef = ent_coef = 0``), a policy-gradient meta-objective as we read
+Xu et al.'s ``J'``; the default ``ppo`` is PPO's whole loss, value and entropy terms included.
 
 ``--no-start-arms`` drops ``meta`` and ``fixed-start``. The score is the mean
 training-episode return over the last 10% of updates, per seed; the all-update mean is
@@ -98,7 +98,7 @@ def parse_args():
     p.add_argument("--ref-lambda", type=float, default=1.0)
     p.add_argument(
         "--outer-loss", choices=("ppo", "pg"), default="ppo",
-        help="outer objective: PPO's whole loss, or its policy term only (Xu et al.'s J')",
+        help="outer objective: PPO's whole loss, or its policy term only",
     )  # fmt: skip
     p.add_argument("--meta-lr", type=float, default=0.03)
     p.add_argument("--names", default="discount,gae_lambda")
