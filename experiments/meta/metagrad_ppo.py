@@ -116,6 +116,10 @@ def parse_args():
         "--condition", action="store_true",
         help="observe (γ, λ): Xu et al.'s η-conditioned policy and value",
     )  # fmt: skip
+    p.add_argument(
+        "--best-chain", type=int, default=None, choices=range(5),
+        help="DiscountingChain-bsuite: the chain paying 1.1 (bsuite's mapping_seed)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="write results JSON here")
     p.add_argument(
         "--pool", nargs="+", default=None, metavar="JSON",
@@ -133,26 +137,42 @@ def score(returns: np.ndarray) -> np.ndarray:
 CONDITION_ON = ("discount", "gae_lambda")
 
 
-def init_state(cfg, env, key, hp):
+def chain_params(env, best_chain):
+    """DiscountingChain-bsuite's params with chain ``best_chain``'s delay on chain 0.
+
+    gymnax pays 1.1 on chain 0 (bsuite's ``mapping_seed`` 0) and 1 on the others, at the
+    delays ``reward_timestep = (1, 3, 10, 30, 100)``. Swapping delays 0 and ``best_chain``
+    makes the 1.1 reward arrive after ``reward_timestep[best_chain]`` steps: bsuite's
+    ``mapping_seed = best_chain`` with actions 0 and ``best_chain`` relabelled."""
+    params = env.default_params()
+    delays = params.reward_timestep
+    swapped = delays.at[0].set(delays[best_chain]).at[best_chain].set(delays[0])
+    return params.replace(reward_timestep=swapped)
+
+
+def init_state(cfg, env, key, hp, env_params=None):
     """``ppo.init``; a :class:`Conditioned` env observes ``hp``'s ``(γ, λ)``."""
     if not isinstance(env, Conditioned):
-        return ppo.init(cfg, env, key, hp)
-    env_params = env.with_params(env.env.default_params(), mg.condition_values(hp, CONDITION_ON))
+        return ppo.init(cfg, env, key, hp, env_params)
+    inner = env.env.default_params() if env_params is None else env_params
+    env_params = env.with_params(inner, mg.condition_values(hp, CONDITION_ON))
     return ppo.init(cfg, env, key, hp, env_params)
 
 
-def run_fixed(cfg, env, keys, hp, num_updates):
+def run_fixed(cfg, env, keys, hp, num_updates, env_params=None):
     # init is vmapped but not jitted, as in run_meta: jit(vmap(init)) with its LAPACK QR
     # (orthogonal init) hung on UmbrellaChain-bsuite and Catch-bsuite on this CPU
-    init = jax.vmap(lambda k: init_state(cfg, env, k, hp))
+    init = jax.vmap(lambda k: init_state(cfg, env, k, hp, env_params))
     train = jax.jit(jax.vmap(lambda s: ppo.train(cfg, env, s, hp, num_updates)))
     _, metrics = train(init(keys))
     return np.asarray(metrics["episode/return"])  # [S, U]
 
 
-def run_meta(cfg, env, keys, hp, hp_ref, names, args):
+def run_meta(cfg, env, keys, hp, hp_ref, names, args, env_params=None):
     meta_tx = optax.adam(args.meta_lr)
-    start = lambda k: mg.online_init(init_state(cfg, env, k, hp), mg.to_meta(hp, names), meta_tx)
+    start = lambda k: mg.online_init(
+        init_state(cfg, env, k, hp, env_params), mg.to_meta(hp, names), meta_tx
+    )
     step = functools.partial(
         mg.online_step, ppo, cfg, env, hp=hp, hp_ref=hp_ref, meta_tx=meta_tx,
         num_steps=args.k, reuse_rollout=args.reuse,
@@ -283,6 +303,10 @@ def main():
         return pool(args.pool)
     names = tuple(args.names.split(","))
     env, cfg, common, hp_preset = build(args)
+    if args.best_chain is not None and args.env != "DiscountingChain-bsuite":
+        raise SystemExit("--best-chain takes --env DiscountingChain-bsuite")
+    inner_env = env.env if isinstance(env, Conditioned) else env
+    env_params = chain_params(inner_env, args.best_chain) if args.best_chain is not None else None
     if args.condition and cfg.normalize_obs:
         raise SystemExit("--condition: observation normalisation would normalise (γ, λ) away")
     start = dict(discount=args.start_discount, gae_lambda=args.start_lambda)
@@ -315,7 +339,7 @@ def main():
         meta_arms["meta-from-default"] = cap(hp_default)
     for arm, hp in meta_arms.items():
         t0 = time.time()
-        metrics = run_meta(cfg, env, keys, hp, hp_ref, names, args)
+        metrics = run_meta(cfg, env, keys, hp, hp_ref, names, args, env_params)
         # one meta-step's inner metrics are averaged over its K updates
         results[arm] = summary(arm, metrics["episode/return"], meta_steps)
         for name in names:
@@ -350,7 +374,7 @@ def main():
         arms = {k: v for k, v in arms.items() if not k.startswith("fixed-start")}
     for arm, (hp, n) in arms.items():
         t0 = time.time()
-        returns = run_fixed(cfg, env, keys, hp, n)
+        returns = run_fixed(cfg, env, keys, hp, n, env_params)
         results[arm] = summary(arm, returns, per_update * n)
         results[arm]["seconds"] = time.time() - t0
     if args.meta_from_default:

@@ -4,6 +4,11 @@ gymnax 1.0 reports termination and truncation separately, and its own ``step``
 auto-resets. We call its ``step_env``/``reset_env`` instead, so that the raw
 adapter never resets (``AutoReset`` does, once, for every backend) and the time
 limit comes from gymnax's ``is_truncated``.
+
+One gymnax port reports as a time limit what the original task ends by termination:
+bsuite's DiscountingChain ends every episode after 100 steps with discount 0, and a
+learner that bootstraps there adds a value that the task does not have. For the ids in
+:data:`ENDS_BY_TERMINATION` the adapter reports that end as ``terminated``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ if not _GYMNAX_VERSION.startswith("1."):  # the step API we adapt changed in 1.0
     raise ImportError(f"jaxrl needs gymnax 1.x, found {_GYMNAX_VERSION}")
 
 ENV_IDS: tuple[str, ...] = tuple(gymnax.registered_envs)
+# gymnax ids whose episode limit is the task's own end (bsuite: ``dm_env.termination``)
+ENDS_BY_TERMINATION: frozenset[str] = frozenset({"DiscountingChain-bsuite"})
 
 
 @functools.cache
@@ -79,7 +86,10 @@ class GymnaxEnv(Env):
     def step(self, key, state, action, params):
         env = self.gymnax_env
         obs, state, reward, terminated, _ = env.step_env(key, state, action, params)
-        truncated = jnp.logical_and(env.is_truncated(state, params), jnp.logical_not(terminated))
+        at_limit = env.is_truncated(state, params)
+        if self.env_id in ENDS_BY_TERMINATION:
+            terminated = jnp.logical_or(terminated, at_limit)
+        truncated = jnp.logical_and(at_limit, jnp.logical_not(terminated))
         step = Step(
             reward=jnp.asarray(reward, jnp.float32),
             terminated=jnp.asarray(terminated, bool),

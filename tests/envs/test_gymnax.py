@@ -136,6 +136,26 @@ def test_cartpole_termination_at_the_limit_is_not_truncation():
     assert bool(step.terminated) and not bool(step.truncated)
 
 
+def test_discounting_chain_ends_by_termination_as_in_bsuite():
+    """bsuite ends DiscountingChain after 100 steps with discount 0; gymnax calls it a time
+    limit. The adapter reports termination there, and nothing before it."""
+    env, params = make("DiscountingChain-bsuite")
+    assert params.max_steps_in_episode == 100
+    _, state = env.reset(jax.random.key(0), params)
+
+    def body(state, key):
+        _, state, step = env.step(key, state, jnp.int32(4), params)
+        return state, (step.reward, step.terminated, step.truncated)
+
+    _, (reward, terminated, truncated) = jax.jit(
+        lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.key(1), 100))
+    )(state)
+    assert not truncated.any()
+    np.testing.assert_array_equal(np.flatnonzero(terminated), [99])
+    # chain 4 pays its 1 at step 100, the terminal step
+    np.testing.assert_array_equal(np.flatnonzero(reward), [99])
+
+
 def test_balanced_cartpole_truncates_under_small_time_limit():
     """A scripted controller keeps the pole up; a traced limit of 30 steps cuts the episode."""
     env, params = make("CartPole-v1")
