@@ -66,6 +66,7 @@ import json
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -100,7 +101,11 @@ def parse_args():
         "--outer-loss", choices=("ppo", "pg"), default="ppo",
         help="outer objective: PPO's whole loss, or its policy term only",
     )  # fmt: skip
-    p.add_argument("--meta-lr", type=float, default=0.03)
+    p.add_argument("--meta-lr", type=float, default=0.03, help="negative: ascent (a control)")
+    p.add_argument(
+        "--random-sign", action="store_true",
+        help="control: each meta-gradient times a random sign (same steps, no mean)",
+    )  # fmt: skip
     p.add_argument("--names", default="discount,gae_lambda")
     p.add_argument(
         "--meta-from-default", action="store_true", help="also meta-learn from the default"
@@ -168,8 +173,26 @@ def run_fixed(cfg, env, keys, hp, num_updates, env_params=None):
     return np.asarray(metrics["episode/return"])  # [S, U]
 
 
+def random_sign() -> optax.GradientTransformation:
+    """Multiplies each meta-gradient leaf by a random sign: a control with the meta-gradient's
+    step sizes and no mean. The sign is drawn from the gradient's own bits, so it differs
+    between seeds and steps without a key in the optimiser state."""
+
+    def flip(g):
+        key = jax.random.fold_in(jax.random.key(0), jax.lax.bitcast_convert_type(g, "uint32"))
+        return jnp.where(jax.random.bernoulli(key), g, -g)
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(flip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def run_meta(cfg, env, keys, hp, hp_ref, names, args, env_params=None):
     meta_tx = optax.adam(args.meta_lr)
+    if args.random_sign:
+        meta_tx = optax.chain(random_sign(), meta_tx)
     start = lambda k: mg.online_init(
         init_state(cfg, env, k, hp, env_params), mg.to_meta(hp, names), meta_tx
     )
