@@ -44,6 +44,11 @@ under ``(γ', λ')``.
 ``HParams`` get ``vf_coef = ent_coef = 0``), a policy-gradient meta-objective as we read
 Xu et al.'s ``J'``; the default ``ppo`` is PPO's whole loss, value and entropy terms included.
 
+``--env DiscountingChain-bsuite --best-chain C`` puts bsuite's 1.1 bonus on chain ``C``
+(delays 1, 3, 10, 30, 100 steps; bsuite's ``mapping_seed``; Run 11). Two controls replace
+the meta-gradient's mean while keeping its step sizes: a negative ``--meta-lr`` ascends the
+outer loss, and ``--random-sign`` multiplies each meta-gradient by a random sign.
+
 ``--no-start-arms`` drops ``meta`` and ``fixed-start``. The score is the mean
 training-episode return over the last 10% of updates, per seed; the all-update mean is
 the area under the learning curve. Meta-from-default minus fixed-default is printed with
