@@ -50,7 +50,8 @@ the two peer venvs once (same jax/flax/optax as jaxrl's venv)::
     python -m venv /work/venv_bench
     /work/venv_bench/bin/pip install rejax==0.1.3 gymnax==0.0.9 jax==0.10.2 jaxlib==0.10.2 \\
         flax==0.12.8 optax==0.2.8 chex==0.1.92 distrax==0.1.9
-    python -m venv /work/venv_sbx  # torch's default wheel brings CUDA libraries: ~6 GB
+    python -m venv /work/venv_sbx  # torch: the default (CUDA) wheel is ~6 GB, a CPU one 1.7
+    /work/venv_sbx/bin/pip install torch==2.13.0  # the CPU build this machine keeps on disk
     /work/venv_sbx/bin/pip install sbx-rl==0.28.0 jax==0.10.2 jaxlib==0.10.2 flax==0.12.8 \\
         optax==0.2.8
 
