@@ -55,3 +55,37 @@ for keys in ((1, 2), (3, 4), (1, 2, 3, 4)):
             d = x.mean() - y.mean()
             se = np.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
             print(f"  {a} - {b}, {lab}: {d:+.4f} ± {se:.4f} ({d / se:+.2f} SE)")
+
+
+def plot(path: Path) -> None:
+    """Mean training return per block of 25 updates, chain 4, keys 1-4 (32 seeds per arm)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    arms = [
+        ("test", "fixed-default", "fixed default (0.99, 0.95)", "k", "-"),
+        ("test", "fixed-start", "fixed (0.999, 1.0)", "0.5", "-"),
+        ("test", "meta-from-default", "meta from default", "C0", "-"),
+        ("ascent", "meta-from-default", "meta from default, ascent", "C0", ":"),
+        ("random", "meta-from-default", "meta from default, random sign", "C0", "--"),
+        ("test", "meta", "meta from (0.999, 0.995)", "C1", "-"),
+        ("random", "meta", "meta from (0.999, 0.995), random sign", "C1", "--"),
+    ]
+    for label, arm, name, color, style in arms:
+        runs = [load(label, k)[arm] for k in (1, 2, 3, 4)]
+        curve = np.mean([r["curve_mean"] for r in runs], axis=0)
+        x = (np.arange(curve.size) + 0.5) * runs[0]["curve_every"]
+        ax.plot(x, curve, color=color, linestyle=style, label=name)
+    ax.set_xlabel("PPO update (512 env steps each)")
+    ax.set_ylabel("mean episode return (optimum 1.1)")
+    ax.set_title("DiscountingChain-bsuite, bonus on the 100-step chain (32 seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__" and "--plot" in __import__("sys").argv:
+    plot(HERE / "chain4_curves.png")
