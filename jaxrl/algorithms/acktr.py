@@ -18,8 +18,8 @@ see both. ``F̂`` is sampled from the model's own predictive distribution
 (``estimation_mode="fisher_gradients"``: actions from π, values from ``N(V, 1)``), its
 Kronecker factors are bias-corrected moving averages with decay ``stats_decay``, and their
 damped inverses are refreshed every ``inverse_update_period`` updates.
-The K-FAC machinery is kfac-jax's curvature estimator, wrapped as pure functions in
-:mod:`jaxrl.optim.kfac` (why not ``kfac_jax.Optimizer``: docs/acktr.md).
+The K-FAC machinery is :mod:`jaxrl.optim.kfac` (pure functions; the same numbers as
+kfac-jax's curvature estimator, which is not used: docs/acktr.md).
 
 Static ``Config``: shapes, the network, the Fisher estimation mode, switches.
 Traced ``HParams``: every number, the trust-region radius ``max_kl``, ``damping``,
@@ -51,8 +51,7 @@ from jaxrl.algorithms.a2c import (  # noqa: F401  (the algorithm contract, re-ex
 )
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
-from jaxrl.optim import kfac, kfac_jax_compat
-from jaxrl.optim.kfac_jax_compat import kfac_jax
+from jaxrl.optim import kfac
 from jaxrl.types import Metrics
 
 CRITIC_VARIANCE = 1.0  # σ² of the critic's Gaussian output (the paper's σ = 1: Gauss-Newton)
@@ -153,10 +152,8 @@ class HParams(struct.PyTreeNode):
 
 
 def check(cfg: Config, hp: HParams) -> None:
-    """Raises ``ConfigError`` for out-of-range concrete hyperparameters, or when kfac-jax
-    does not import with this jax (:mod:`jaxrl.optim.kfac_jax_compat`), before compiling."""
+    """Raises ``ConfigError`` for out-of-range concrete hyperparameters, before compiling."""
     del cfg
-    kfac_jax_compat.require()
     base.check_ranges(hp, HPARAM_RANGES)
 
 
@@ -164,7 +161,7 @@ class State(struct.PyTreeNode):
     """Everything one run carries between updates (arrays only)."""
 
     params: dict
-    kfac_state: kfac.EstimatorState  # Kronecker factors (moving averages) and inverses
+    kfac_state: kfac.Curvature  # Kronecker factors (moving averages) and inverses
     opt_state: optax.OptState  # momentum buffer, shaped like params
     env_state: object
     obs: jax.Array  # [num_envs, *obs_shape]
@@ -174,34 +171,27 @@ class State(struct.PyTreeNode):
 
 
 def network(cfg: Config, env: Env) -> nn.Module:
-    """A2C's (PPO's) actor-critic with XLA's convolutions, which kfac-jax factors.
-
-    kfac-jax gives Kronecker-factored conv blocks to XLA convolutions only, not to the patch
-    matmuls ``CNN`` uses by default. Raises ``ConfigError`` unless actions are Discrete.
-    """
+    """A2C's (PPO's) actor-critic. Raises ``ConfigError`` unless actions are Discrete."""
     action_space = env.action_space(env.default_params())
     if not isinstance(action_space, spaces.Discrete):
         raise base.ConfigError(
             "ACKTR needs a Discrete action space (its Fisher registers a categorical "
             f"policy); got {type(action_space).__name__}"
         )
-    return a2c.network(cfg, env).clone(conv_patches=False)
+    return a2c.network(cfg, env)
 
 
-def fisher_fn(cfg: Config, env: Env) -> Callable[[dict, jax.Array], jax.Array]:
-    """``(params, obs [B, ...]) -> 0``: runs the net and registers its predictive outputs.
+def predictive_fn(cfg: Config, env: Env) -> kfac.PredictiveFn:
+    """``(params, obs [B, ...]) ->`` the joint predictive distribution K-FAC factors.
 
     The policy as a categorical distribution over the logits ``[B, A]``, the critic as
-    ``N(v; V(s), CRITIC_VARIANCE)`` over ``[B, 1]``; kfac-jax's curvature estimator reads
-    these registrations (the returned value is unused).
+    ``N(v; V(s), CRITIC_VARIANCE)`` over ``[B]``.
     """
     net = network(cfg, env)
 
-    def fn(params: dict, obs: jax.Array) -> jax.Array:
+    def fn(params: dict, obs: jax.Array) -> tuple[kfac.Categorical, kfac.Normal]:
         dist, value = net.apply(params, obs)
-        kfac_jax.register_categorical_predictive_distribution(dist.logits)
-        kfac_jax.register_normal_predictive_distribution(value[:, None], variance=CRITIC_VARIANCE)
-        return jnp.zeros((), jnp.float32)
+        return kfac.Categorical(dist.logits), kfac.Normal(value, CRITIC_VARIANCE)
 
     return fn
 
@@ -214,15 +204,15 @@ def _batch_obs_struct(cfg: Config, env: Env) -> jax.ShapeDtypeStruct:
 
 
 @functools.cache
-def estimator(cfg: Config, env: Env) -> kfac_jax.BlockDiagonalCurvature:
-    """kfac-jax's curvature estimator for this network and batch shape (built once, static).
+def layers(cfg: Config, env: Env) -> tuple[kfac.Layer, ...]:
+    """The K-FAC blocks of this network at the batch shape (static, found once).
 
-    Finalised from shapes alone (``jax.eval_shape``), so it is safe to build under a trace.
+    Found from shapes alone (``jax.eval_shape``), so it is safe to call under a trace.
     """
     obs = _batch_obs_struct(cfg, env)
     key = jax.eval_shape(lambda: jax.random.key(0))
     params = jax.eval_shape(network(cfg, env).init, key, obs)
-    return kfac.make_estimator(fisher_fn(cfg, env), (params, obs), cfg.estimation_mode)
+    return kfac.find_layers(predictive_fn(cfg, env), params, obs)
 
 
 def momentum(hp: HParams) -> optax.GradientTransformation:
@@ -238,16 +228,12 @@ def momentum(hp: HParams) -> optax.GradientTransformation:
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
     """Initial state: fresh network, empty Kronecker factors, zero momentum, reset envs."""
     env_params = env.default_params() if env_params is None else env_params
-    key, key_net, key_env, key_kfac = jax.random.split(key, 4)
+    key, key_net, key_env = jax.random.split(key, 3)
     obs, env_state = ppo.vec_env(cfg, env).reset(key_env, env_params)
     params = network(cfg, env).init(key_net, obs)
-    batch_obs = _batch_obs_struct(cfg, env)
-    kfac_state = kfac.init(
-        estimator(cfg, env), key_kfac, (params, jnp.zeros(batch_obs.shape, batch_obs.dtype))
-    )
     return State(
         params=params,
-        kfac_state=kfac_state,
+        kfac_state=kfac.init(layers(cfg, env)),
         opt_state=momentum(hp).init(params),
         env_state=env_state,
         obs=obs,
@@ -260,14 +246,14 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
 def natural_step(
     cfg: Config,
     env: Env,
-    kfac_state: kfac.EstimatorState,
+    kfac_state: kfac.Curvature,
     params: dict,
     grads: dict,
     obs: jax.Array,
     key: jax.Array,
     update_count: jax.Array,
     hp: HParams,
-) -> tuple[kfac.EstimatorState, dict, jax.Array, jax.Array]:
+) -> tuple[kfac.Curvature, dict, jax.Array, jax.Array]:
     """Fisher update, inverse refresh, ``Δθ = F̂⁻¹ g`` and the trust-region step size.
 
     Args:
@@ -280,17 +266,18 @@ def natural_step(
     Returns:
         ``(kfac_state, Δθ, η, Δθᵀ F̂ Δθ)``; the update is ``−η Δθ`` (before momentum).
     """
-    est = estimator(cfg, env)
+    blocks = layers(cfg, env)
     kfac_state = kfac.update_curvature(
-        est, kfac_state, key, (params, obs), cfg.steps_per_update, hp.stats_decay, hp.damping
-    )
-    refresh = lambda s: kfac.update_inverses(est, s, hp.damping)
+        blocks, kfac_state, key, predictive_fn(cfg, env), params, obs, hp.stats_decay,
+        cfg.estimation_mode,
+    )  # fmt: skip
+    refresh = lambda s: kfac.update_inverses(blocks, s, hp.damping)
     if cfg.inverse_update_period == 1:
         kfac_state = refresh(kfac_state)
     else:
         due = update_count % cfg.inverse_update_period == 0
         kfac_state = jax.lax.cond(due, refresh, lambda s: s, kfac_state)
-    direction = kfac.natural_gradient(est, kfac_state, grads, hp.damping)
+    direction = kfac.natural_gradient(blocks, kfac_state, grads)
     max_step = ppo.learning_rate(cfg, hp, update_count)
     step, quad = kfac.trust_region_step_size(grads, direction, max_step, hp.max_kl)
     return kfac_state, direction, step, quad

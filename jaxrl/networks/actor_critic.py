@@ -24,8 +24,6 @@ class ActorCritic(nn.Module):
         shared_torso: one torso for actor and critic, or two separate ones (PPO default).
         torso: ``"mlp"`` or ``"cnn"`` (image observations ``[..., H, W, C]``).
         obs_ndim: rank of one observation; an MLP flattens those trailing dims.
-        conv_patches: the CNN's convolutions as patch matmuls (fast on XLA:CPU) or, if
-            false, XLA's convolution (which kfac-jax's layer matching needs); see ``CNN``.
     """
 
     action_space: spaces.Space
@@ -35,7 +33,6 @@ class ActorCritic(nn.Module):
     shared_torso: bool = False
     torso: str = "mlp"
     obs_ndim: int = 1
-    conv_patches: bool = True
 
     def setup(self):
         self.actor_torso = self._torso()
@@ -49,12 +46,7 @@ class ActorCritic(nn.Module):
 
     def _torso(self) -> nn.Module:
         if self.torso == "cnn":
-            return CNN(
-                hidden=self.hidden,
-                activation=self.activation,
-                ortho_init=self.ortho_init,
-                patches=self.conv_patches,
-            )
+            return CNN(hidden=self.hidden, activation=self.activation, ortho_init=self.ortho_init)
         return MLP(self.hidden, self.activation, self.ortho_init)
 
     def _features_in(self, obs: jax.Array) -> jax.Array:

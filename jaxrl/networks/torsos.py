@@ -121,8 +121,7 @@ class CNN(nn.Module):
     torso (one 3x3 conv with 16 channels); the Nature-DQN torso is
     ``((32, 8, 4), (64, 4, 2), (64, 3, 1))`` with ``hidden=(512,)``. The convolutions are
     flax ``nn.Conv`` layers computed by :func:`patch_conv`, or with ``patches=False`` by
-    XLA's convolution (same parameters, same numbers up to rounding): kfac-jax recognises a
-    conv layer by XLA's convolution, so K-FAC (ACKTR) needs ``patches=False``.
+    XLA's convolution (same parameters, same numbers up to rounding).
     """
 
     convs: tuple[tuple[int, int, int], ...] = ((16, 3, 1),)

@@ -1,4 +1,4 @@
-"""K-FAC natural gradients as pure functions over kfac-jax's curvature estimator.
+"""K-FAC natural gradients for dense and convolution layers, as pure functions.
 
 K-FAC (Martens & Grosse 2015, arXiv:1503.05671) approximates the Fisher of a network's
 predictive distribution by one block per layer, each the Kronecker product of two small
@@ -7,185 +7,418 @@ the layer inputs ``ā = [a, 1]`` and ``G = E[δ δᵀ]`` over the back-propagate
 pre-activation gradients ``δ = ∂(−log p(y|x))/∂s`` for ``y`` drawn from the model. Its
 inverse is then a pair of small inverses: ``F_W⁻¹ vec(∇W) ≈ vec(A⁻¹ ∇W G⁻¹)``.
 
-kfac-jax (``kfac_jax.BlockDiagonalCurvature``) does all of that: it finds the layers by
-tracing the function (automatic tagging), samples the Fisher from the losses the function
-registers (``kfac_jax.register_*_predictive_distribution``), keeps the factors as
-bias-corrected moving averages and inverts them with damping. Its estimator methods are
-pure (state in, state out) and take the moving-average decay and the damping as traced
-arguments, so this module wraps them in four functions that nest under ``jit``, ``vmap``
-and ``lax.scan``:
+A convolution is a dense layer applied at ``T`` positions to image patches. K-FAC for
+convolutions (KFC, Grosse & Martens 2016, arXiv:1602.01407) assumes the positions alike
+and independent: ``F_W ≈ T · Ā ⊗ Ḡ`` with ``Ā``, ``Ḡ`` averaged over the batch and the
+positions. Here every layer is treated that way, a dense layer on ``[B, d]`` having
+``T = 1``; a conv layer's inputs are its :func:`~jaxrl.networks.torsos.image_patches`
+whichever way the convolution itself is computed.
 
-- :func:`make_estimator` builds and finalises the (static) estimator once per network;
-- :func:`init`, :func:`update_curvature`, :func:`update_inverses` move its state;
-- :func:`natural_gradient` preconditions a gradient pytree: ``F̂⁻¹ g``;
-- :func:`trust_region_step_size` is ACKTR's step rule (Wu et al. 2017, arXiv:1708.05144):
-  ``η = min(η_max, sqrt(2δ / (Δθᵀ F̂ Δθ)))`` with ``Δθ = F̂⁻¹ g``.
+The layers are found as flax runs them: :func:`find_layers` and :func:`update_curvature`
+apply the network under ``flax.linen.intercept_methods``, which sees every ``nn.Dense``
+and ``nn.Conv`` call, records its input and adds a zero "perturbation" to its output;
+the cotangent of that perturbation is ``δ``. The network's outputs are declared as
+predictive distributions (:class:`Categorical`, :class:`Normal`) by a
+``predictive_fn(params, inputs)``. Every parameter must belong to a found layer
+(:func:`find_layers` raises otherwise). Two estimates of ``G`` (``estimation_mode``):
 
-Damping ``λ`` is added to the Kronecker product, ``F̂ = A ⊗ G + λ I``, and inverted by
-K-FAC's factored, π-adjusted approximation ``(A + π √λ I)⁻¹ ⊗ (G + √λ/π I)⁻¹``,
-``π = sqrt((tr A / dim A) / (tr G / dim G))`` (Martens & Grosse's factored Tikhonov
-damping; all of ``λ`` goes to ``A`` when ``G`` is ``1 x 1``, which is then exact). The
-inverses are computed in plain XLA (:func:`psd_inverses`), not by LAPACK. kfac-jax's exact
-alternative (the factors' eigendecompositions, as in OpenAI Baselines' ACKTR) is not
-offered: its ``eigh`` falls back to a host ``jax.pure_callback`` that cannot be vmapped.
+- ``"fisher_gradients"`` (K-FAC's and ACKTR's): one ``y`` drawn per input from the model,
+  ``δ`` the gradient of its log-likelihood; an unbiased estimate of the next one;
+- ``"fisher_exact"``: the expectation over ``y`` in closed form, one back-propagation per
+  output dimension (``F_out = Σ_k c_k c_kᵀ``: ``√p_k (e_k − p)`` for logits, ``e_k / σ``
+  for a Gaussian mean).
 
-kfac-jax's ``Optimizer`` is *not* used: its ``step`` reads the step counter as a Python
-int (so it cannot run inside ``lax.scan`` without a fake ``global_step_int``), and it fixes
-the trust-region bound (``norm_constraint``), the factor decay (``curvature_ema``) and the
-loss at construction, so they could not be traced, swept or vmapped (docs/acktr.md).
+The factors are moving averages with a traced decay, bias-corrected (the first update sets
+them to the batch estimate). Damping ``λ`` is added to the block, ``F̂ = T Ā ⊗ Ḡ + λ I``,
+and inverted by K-FAC's factored, π-adjusted approximation
+``(T Ā ⊗ Ḡ + λ I)⁻¹ ≈ T⁻¹ (Ā + π √λ' I)⁻¹ ⊗ (Ḡ + √λ'/π I)⁻¹``, ``λ' = λ / T``,
+``π = sqrt((tr Ā / dim Ā) / (tr Ḡ / dim Ḡ))`` (Martens & Grosse's factored Tikhonov
+damping; all of ``λ'`` goes to ``Ā`` when ``Ḡ`` is ``1 x 1``, which is then exact). The
+inverses are computed in plain XLA (:func:`psd_inverses`), not by LAPACK.
 
-Compatibility: kfac-jax 0.0.8 (the newest release) predates jax 0.9.2, where
-``Primitive.get_bind_params`` began to return the parameters alone instead of
-``(subfuns, params)``; its graph tracer then fails on the first equation. Importing this
-module replaces kfac-jax's ``tag_graph_matcher.eval_jaxpr_eqn`` with the version in
-kfac-jax's main branch, only when the installed one fails that way
-(:func:`patch_kfac_jax`). With jax 0.11, kfac-jax 0.0.8 does not import at all; this
-module then imports without it and :func:`make_estimator` raises the
-:class:`~jaxrl.errors.ConfigError` of :func:`jaxrl.optim.kfac_jax_compat.require`.
+The functions nest under ``jit``, ``vmap``, ``lax.scan`` and ``grad``:
+:func:`find_layers` (static, once per network and batch shape), :func:`init`,
+:func:`update_curvature`, :func:`update_inverses`, :func:`natural_gradient`, and
+:func:`trust_region_step_size`, ACKTR's step rule (Wu et al. 2017, arXiv:1708.05144):
+``η = min(η_max, sqrt(2δ / (Δθᵀ F̂ Δθ)))`` with ``Δθ = F̂⁻¹ g``. The same numbers as
+kfac-jax's ``BlockDiagonalCurvature`` with its dense and conv blocks (tested against
+kfac-jax 0.0.8 where it imports; why kfac-jax is not used: docs/acktr.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct, traverse_util
 
-from jaxrl.optim import kfac_jax_compat
-from jaxrl.optim.kfac_jax_compat import kfac_jax
+from jaxrl.networks.torsos import image_patches
 
-if kfac_jax is not None:  # None on jax 0.11 (kfac_jax_compat): only ACKTR needs it
-    tag_graph_matcher = importlib.import_module("kfac_jax._src.tag_graph_matcher")
-
-ESTIMATION_MODES = (
-    "fisher_gradients",  # K-FAC's original: one sampled y per input, its log-prob gradient
-    "fisher_curvature_prop",  # random-sign "half factors" of the output Fisher (unbiased)
-    "fisher_exact",  # every output direction: the exact expectation over y (x out dim)
-    "ggn_curvature_prop",  # the generalised Gauss-Newton matrix (= Fisher for these losses)
-    "ggn_exact",
-)
-EstimatorState = Any if kfac_jax is None else kfac_jax.BlockDiagonalCurvature.State
-FisherFn = Callable[..., jax.Array]
+ESTIMATION_MODES = ("fisher_gradients", "fisher_exact")
 
 
-def _eval_jaxpr_eqn(eqn, in_values: list) -> list:
-    """kfac-jax main's ``eval_jaxpr_eqn`` for jax >= 0.9.2 (``get_bind_params`` -> params)."""
-    bind_params = eqn.primitive.get_bind_params(eqn.params)
-    with tag_graph_matcher.jex.source_info_util.user_context(eqn.source_info.traceback):
-        output = eqn.primitive.bind(*in_values, **bind_params)
-    return output if isinstance(output, list) else [output]
+class Categorical(struct.PyTreeNode):
+    """A categorical predictive distribution over ``logits [B, K]``."""
+
+    logits: jax.Array
+
+    def output(self) -> jax.Array:
+        return self.logits
+
+    def with_output(self, x: jax.Array) -> Categorical:
+        return self.replace(logits=x)
+
+    def sampled_cotangent(self, key: jax.Array) -> jax.Array:
+        """``∇_logits log p(y)`` for ``y`` drawn from the model: ``onehot(y) − p``, ``[B, K]``."""
+        y = jax.random.categorical(key, self.logits)
+        return jax.nn.one_hot(y, self.logits.shape[-1]) - jax.nn.softmax(self.logits)
+
+    def fisher_factor(self) -> jax.Array:
+        """``[K, B, K]``: column ``k`` is ``√p_k (e_k − p)``; ``Σ_k c_k c_kᵀ = diag(p) − p pᵀ``."""
+        p = jax.nn.softmax(self.logits)  # [B, K]
+        eye = jnp.eye(p.shape[-1], dtype=p.dtype)
+        return jnp.sqrt(p).T[:, :, None] * (eye[:, None, :] - p[None])
 
 
-def _eval_jaxpr_eqn_works() -> bool:
-    eqn = jax.make_jaxpr(lambda x: x + 1.0)(1.0).jaxpr.eqns[0]
-    try:
-        tag_graph_matcher.eval_jaxpr_eqn(eqn, [jnp.float32(1.0)])
-    except ValueError:  # "not enough values to unpack": the pre-0.9.2 two-value unpacking
-        return False
-    return True
+class Normal(struct.PyTreeNode):
+    """A Gaussian predictive distribution ``N(y; mean, variance I)`` over ``mean [B, ...]``."""
+
+    mean: jax.Array
+    variance: float = struct.field(pytree_node=False, default=1.0)
+
+    def output(self) -> jax.Array:
+        return self.mean
+
+    def with_output(self, x: jax.Array) -> Normal:
+        return self.replace(mean=x)
+
+    def sampled_cotangent(self, key: jax.Array) -> jax.Array:
+        """``∇_mean log p(y)`` for ``y ~ N(mean, σ²)``: ``(y − mean) / σ² = ε / σ``."""
+        return jax.random.normal(key, self.mean.shape, self.mean.dtype) / math.sqrt(self.variance)
+
+    def fisher_factor(self) -> jax.Array:
+        """``[E, B, ...]`` (``E`` the event size): ``e_k / σ``; ``Σ_k c_k c_kᵀ = I / σ²``."""
+        event = self.mean.shape[1:]
+        size = math.prod(event)
+        eye = jnp.eye(size, dtype=self.mean.dtype).reshape(size, 1, *event)
+        return jnp.broadcast_to(eye / math.sqrt(self.variance), (size, *self.mean.shape))
 
 
-def patch_kfac_jax() -> bool:
-    """Makes kfac-jax's graph tracer work with this jax; returns whether it patched.
+Distribution = Categorical | Normal
+PredictiveFn = Callable[[Any, jax.Array], Sequence[Distribution]]
 
-    A no-op when the installed kfac-jax already evaluates an equation correctly (a fixed
-    release, or an older jax).
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One Kronecker-factored block: a dense or conv layer's place and sizes (static).
+
+    Attributes:
+        path: the module's path in ``params["params"]`` (its ``kernel`` and ``bias``).
+        bias: whether the layer has a bias (``ā`` then ends in a 1).
+        in_dim: ``dim ā``: inputs (a conv layer's patch size) plus 1 with a bias.
+        out_dim: output features, ``dim δ``.
+        out_shape: one example's output shape, ``[*positions, out_dim]``.
+        positions: ``T``, the number of positions the layer is applied at (1: dense).
     """
-    if _eval_jaxpr_eqn_works():
-        return False
-    tag_graph_matcher.eval_jaxpr_eqn = _eval_jaxpr_eqn
-    return True
+
+    path: tuple[str, ...]
+    bias: bool
+    in_dim: int
+    out_dim: int
+    out_shape: tuple[int, ...]
+    positions: int
 
 
-if kfac_jax is not None:
-    patch_kfac_jax()
+class Curvature(struct.PyTreeNode):
+    """The K-FAC state: per layer (in ``find_layers`` order) ``Ā``, ``Ḡ`` and inverses.
+
+    ``a[i]`` is ``[in_dim, in_dim]``, ``g[i]`` ``[out_dim, out_dim]``; ``weight`` the
+    moving averages' total weight (0 before the first update); ``a_inv[i]``, ``g_inv[i]``
+    the damped inverses last computed by :func:`update_inverses`, ``1/T`` folded into
+    ``g_inv`` (identity at first, so the natural gradient is the gradient).
+    """
+
+    a: tuple[jax.Array, ...]
+    g: tuple[jax.Array, ...]
+    weight: jax.Array
+    a_inv: tuple[jax.Array, ...]
+    g_inv: tuple[jax.Array, ...]
 
 
-def _allow_rank_promotion(fn: Callable) -> Callable:
-    """Runs ``fn`` with implicit rank promotion allowed: kfac-jax's layer patterns rely on
-    it (``x @ w + b``), and callers may have set ``jax_numpy_rank_promotion="raise"``."""
+def _conv_patches(module: nn.Conv, x: jax.Array) -> jax.Array:
+    """A flax ``nn.Conv``'s inputs ``[N, H, W, C]`` as patches ``[N, H', W', kh·kw·C]``,
+    ordered as its kernel ``[kh, kw, C, F]`` reshaped to ``[kh·kw·C, F]``."""
+    window = tuple(module.kernel_size)
+    ones = (None, 1, (1,) * len(window))
+    if (
+        len(window) != 2
+        or x.ndim != 4
+        or module.feature_group_count != 1
+        or module.input_dilation not in ones
+        or module.kernel_dilation not in ones
+    ):
+        raise ValueError(
+            "K-FAC supports 2-D, ungrouped, undilated convolutions on [N, H, W, C] inputs; "
+            f"got {module.scope.path}: kernel {window}, input {x.shape}"
+        )
+    strides = module.strides or 1
+    strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+    padding = module.padding
+    if isinstance(padding, str):
+        if padding not in ("SAME", "VALID"):
+            raise ValueError(f"K-FAC supports SAME or VALID padding, got {padding!r}")
+    elif isinstance(padding, int):
+        padding = ((padding, padding),) * 2
+    else:
+        padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+    return image_patches(x, window, strides, padding)
 
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with jax.numpy_rank_promotion("allow"):
-            return fn(*args, **kwargs)
 
-    return wrapped
+def _apply_tapped(
+    predictive_fn: PredictiveFn,
+    params: Any,
+    inputs: jax.Array,
+    perturbations: Sequence[jax.Array] | None,
+) -> tuple[tuple[Distribution, ...], list[tuple[nn.Module, jax.Array, jax.Array]]]:
+    """Runs ``predictive_fn`` with every dense/conv call tapped.
+
+    Returns the distributions and, per layer call in order, ``(module, layer input [B, ...,
+    d_in] (patches for a conv), output [B, ..., d_out])``; the ``i``-th call's output has
+    ``perturbations[i]`` added (when given).
+    """
+    taps: list[tuple[nn.Module, jax.Array, jax.Array]] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__" or not isinstance(module, nn.Dense | nn.Conv):
+            return next_fun(*args, **kwargs)
+        x = args[0] if args else kwargs["inputs"]
+        out = next_fun(*args, **kwargs)
+        if perturbations is not None:
+            out = out + perturbations[len(taps)]
+        layer_input = _conv_patches(module, x) if isinstance(module, nn.Conv) else x
+        taps.append((module, layer_input, out))
+        return out
+
+    with nn.intercept_methods(interceptor):
+        dists = tuple(predictive_fn(params, inputs))
+    return dists, taps
 
 
-@_allow_rank_promotion
-def make_estimator(
-    fisher_fn: FisherFn, example_args: tuple, estimation_mode: str = "fisher_gradients"
-) -> kfac_jax.BlockDiagonalCurvature:
-    """The finalised kfac-jax estimator for ``fisher_fn``: a static object, build it once.
+def find_layers(predictive_fn: PredictiveFn, params: Any, inputs: Any) -> tuple[Layer, ...]:
+    """The K-FAC blocks of the network ``predictive_fn`` runs: one per dense/conv layer.
 
     Args:
-        fisher_fn: ``(params, *inputs) -> scalar`` that runs the network and registers its
-            predictive distributions (``kfac_jax.register_categorical_predictive_distribution``
-            and friends); the returned value is not used. Every dense (and conv) layer
-            whose parameters feed a registered output gets a Kronecker-factored block.
-        example_args: ``(params, *inputs)`` with the real shapes; arrays or
-            ``jax.ShapeDtypeStruct`` (only shapes are read, so this is safe under a trace).
-        estimation_mode: one of :data:`ESTIMATION_MODES`.
+        predictive_fn: ``(params, inputs [B, ...]) -> (Categorical | Normal, ...)``, the
+            network's predictive distributions (flax modules applied inside it).
+        params: the flax variables ``{"params": ...}`` (arrays or ``ShapeDtypeStruct``:
+            only shapes are read, under ``jax.eval_shape``).
+        inputs: a batch ``[B, ...]`` (array or ``ShapeDtypeStruct``).
+
+    Raises:
+        ValueError: a layer runs twice, a layer's input is not batched ``[B, ..., d]``, a
+            parameter belongs to no dense/conv layer, or no distribution is returned.
     """
-    kfac_jax_compat.require()
-    if estimation_mode not in ESTIMATION_MODES:
+    found: list[Layer] = []
+
+    def trace(params, inputs):
+        dists, taps = _apply_tapped(predictive_fn, params, inputs, None)
+        if not dists or not all(isinstance(d, Categorical | Normal) for d in dists):
+            raise ValueError(f"predictive_fn must return Categorical/Normal outputs, got {dists}")
+        for module, x, out in taps:
+            path, bias = tuple(module.scope.path), bool(module.use_bias)
+            if any(layer.path == path for layer in found):
+                raise ValueError(f"K-FAC: layer {'/'.join(path)} runs more than once")
+            if x.ndim < 2 or x.shape[:-1] != out.shape[:-1] or x.shape[0] != inputs.shape[0]:
+                raise ValueError(
+                    f"K-FAC: layer {'/'.join(path)} input {x.shape} / output {out.shape} "
+                    f"are not [B, ..., features] with B = {inputs.shape[0]}"
+                )
+            found.append(
+                Layer(
+                    path=path,
+                    bias=bias,
+                    in_dim=x.shape[-1] + bias,
+                    out_dim=out.shape[-1],
+                    out_shape=tuple(out.shape[1:]),
+                    positions=math.prod(out.shape[1:-1]),
+                )
+            )
+        return jnp.zeros(())
+
+    jax.eval_shape(trace, params, inputs)
+    covered = {(*layer.path, name) for layer in found for name in ("kernel", "bias")}
+    missing = [
+        "/".join(k) for k in traverse_util.flatten_dict(params["params"]) if k not in covered
+    ]
+    if missing:
         raise ValueError(
-            f"estimation_mode must be one of {ESTIMATION_MODES}, got {estimation_mode!r}"
+            f"K-FAC has no block for parameters {missing}: only nn.Dense and nn.Conv "
+            "layers are factored"
         )
-    estimator = kfac_jax.BlockDiagonalCurvature(
-        func=fisher_fn, default_estimation_mode=estimation_mode
+    return tuple(found)
+
+
+def init(layers: Sequence[Layer]) -> Curvature:
+    """Zero factors (weight 0) and identity inverses, one block per layer."""
+    eye = lambda d: jnp.eye(d, dtype=jnp.float32)
+    zero = lambda d: jnp.zeros((d, d), jnp.float32)
+    return Curvature(
+        a=tuple(zero(layer.in_dim) for layer in layers),
+        g=tuple(zero(layer.out_dim) for layer in layers),
+        weight=jnp.zeros((), jnp.float32),
+        a_inv=tuple(eye(layer.in_dim) for layer in layers),
+        g_inv=tuple(eye(layer.out_dim) for layer in layers),
     )
-    estimator.finalize(example_args)
-    return estimator
 
 
-@_allow_rank_promotion
-def init(
-    estimator: kfac_jax.BlockDiagonalCurvature,
-    key: jax.Array,
-    func_args: tuple,
-) -> EstimatorState:
-    """Zero factors (weight 0) and an empty inverse cache, one block per tagged layer."""
-    return estimator.init(key, func_args, exact_powers_to_cache=None, approx_powers_to_cache=-1)
+def _cotangents(
+    dists: tuple[Distribution, ...], key: jax.Array, mode: str
+) -> tuple[Distribution, ...]:
+    """Output cotangents whose pull-backs are the ``δ``: one set (``fisher_gradients``) or
+    stacked ``[D, ...]`` over every output dimension of every distribution (exact)."""
+    if mode == "fisher_gradients":
+        keys = jax.random.split(key, len(dists))
+        pairs = zip(dists, keys, strict=True)
+        return tuple(d.with_output(d.sampled_cotangent(k)) for d, k in pairs)
+    factors = [d.fisher_factor() for d in dists]  # [D_i, B, ...]
+    total = sum(f.shape[0] for f in factors)
+    stacked, start = [], 0
+    for d, f in zip(dists, factors, strict=True):
+        pad = ((start, total - start - f.shape[0]),) + ((0, 0),) * (f.ndim - 1)
+        stacked.append(d.with_output(jnp.pad(f, pad)))
+        start += f.shape[0]
+    return tuple(stacked)
 
 
-@_allow_rank_promotion
+def _batch_factors(layer: Layer, x: jax.Array, delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """This batch's ``Ā = mean ā āᵀ`` and ``Ḡ = Σ_directions mean δ δᵀ`` (means over the
+    batch and the positions); ``x [B, ..., d]``, ``delta [(D,) B, ..., out_dim]``."""
+    x = x.reshape(-1, x.shape[-1])
+    n = x.shape[0]  # B · T
+    if layer.bias:
+        x = jnp.concatenate([x, jnp.ones((n, 1), x.dtype)], axis=1)
+    delta = delta.reshape(-1, layer.out_dim)
+    return x.T @ x / n, delta.T @ delta / n
+
+
 def update_curvature(
-    estimator: kfac_jax.BlockDiagonalCurvature,
-    state: EstimatorState,
+    layers: Sequence[Layer],
+    curvature: Curvature,
     key: jax.Array,
-    func_args: tuple,
-    batch_size: int,
+    predictive_fn: PredictiveFn,
+    params: Any,
+    inputs: jax.Array,
     decay: jax.Array,
-    damping: jax.Array,
-) -> EstimatorState:
+    mode: str = "fisher_gradients",
+) -> Curvature:
     """Folds this batch's factor estimates into the moving averages.
 
-    ``A ← (decay · w · A + A_batch) / (decay · w + 1)`` and likewise ``G`` (``w`` the
-    running weight), so the first update sets the factors to the batch estimate (no
-    zero-initialisation bias) and later ones decay at ``decay``. ``key`` draws the
-    model's own outputs for the sampled-Fisher modes.
+    ``A ← (decay · w · A + A_batch) / (decay · w + 1)``, ``w ← decay · w + 1``, and likewise
+    ``G``, so the first update sets the factors to the batch estimate.
 
     Args:
-        func_args: ``(params, *inputs)`` for ``fisher_fn``; inputs batched ``[B, ...]``.
-        batch_size: static ``B`` (the factors are means over the batch).
-        decay: traced scalar in ``[0, 1)``; damping: traced scalar ``λ`` (used by blocks
-            that need it while estimating; not by dense Kronecker blocks).
+        layers: :func:`find_layers` of ``predictive_fn`` at this batch shape.
+        key: draws the model's outputs (``fisher_gradients``; unused when exact).
+        params, inputs: the network's variables and a batch ``[B, ...]``.
+        decay: traced scalar in ``[0, 1)``.
+        mode: one of :data:`ESTIMATION_MODES`.
     """
-    return estimator.update_curvature_matrix_estimate(
-        state,
-        ema_old=decay,
-        ema_new=1.0,
-        identity_weight=damping,
-        batch_size=batch_size,
-        rng=key,
-        func_args=func_args,
-    )
+    if mode not in ESTIMATION_MODES:
+        raise ValueError(f"estimation_mode must be one of {ESTIMATION_MODES}, got {mode!r}")
+    batch = inputs.shape[0]
+    zeros = [jnp.zeros((batch, *layer.out_shape), jnp.float32) for layer in layers]
+
+    def outputs(perturbations):
+        dists, taps = _apply_tapped(predictive_fn, params, inputs, perturbations)
+        return dists, [x for _, x, _ in taps]
+
+    dists, pull_back, xs = jax.vjp(outputs, zeros, has_aux=True)
+    cotangents = _cotangents(dists, key, mode)
+    if mode == "fisher_gradients":
+        (deltas,) = pull_back(cotangents)
+    else:
+        (deltas,) = jax.vmap(pull_back)(cotangents)  # [D, B, ..., out_dim] per layer
+    weight = decay * curvature.weight + 1.0
+    old = decay * curvature.weight / weight
+    a, g = [], []
+    for layer, x, delta, a_old, g_old in zip(
+        layers, xs, deltas, curvature.a, curvature.g, strict=True
+    ):
+        a_new, g_new = _batch_factors(layer, x, delta)
+        a.append(old * a_old + a_new / weight)
+        g.append(old * g_old + g_new / weight)
+    return curvature.replace(a=tuple(a), g=tuple(g), weight=weight)
+
+
+def pi_adjusted_factors(
+    a: jax.Array, g: jax.Array, damping: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(Â, Ĝ)`` with ``Â ⊗ Ĝ ≈ A ⊗ G + λ I`` (factored, π-adjusted Tikhonov damping).
+
+    Each factor is written ``c_i u_i`` with ``tr u_i / dim u_i = 1``; ``λ`` is shared
+    between the non-scalar ``u_i`` (``Â = √(c_A c_G) (u_A + √λ/√(c_A c_G) I)``, the
+    π-adjustment); a ``1 x 1`` factor takes none (then the product is exact). Where a
+    factor is zero (a dead layer) both become ``√λ I``. kfac-jax's
+    ``pi_adjusted_kronecker_factors`` for two factors.
+    """
+    norms = [jnp.trace(f) / f.shape[0] for f in (a, g)]
+    non_scalar = [f.shape[0] > 1 for f in (a, g)]
+    safe = [jnp.where(n > 0, n, 1.0) for n in norms]
+    scale = jnp.sqrt(safe[0] * safe[1])  # geometric mean of the norms
+    if all(non_scalar):
+        ridge = jnp.sqrt(damping) / scale
+    elif any(non_scalar):
+        ridge = damping / scale**2
+    else:
+        scale = jnp.sqrt(safe[0] * safe[1] + damping)
+    regular = []
+    for f, n, big in zip((a, g), safe, non_scalar, strict=True):
+        u = f / n + ridge * jnp.eye(f.shape[0], dtype=f.dtype) if big else jnp.ones_like(f)
+        regular.append(u * scale)
+    dead = jnp.minimum(norms[0], norms[1]) <= 0
+    fallback = [jnp.sqrt(damping) * jnp.eye(f.shape[0], dtype=f.dtype) for f in (a, g)]
+    return tuple(jnp.where(dead, d, r) for d, r in zip(fallback, regular, strict=True))
+
+
+def update_inverses(layers: Sequence[Layer], curvature: Curvature, damping: jax.Array) -> Curvature:
+    """Recomputes the damped inverses from the current factors.
+
+    ``(T Ā ⊗ Ḡ + λ I)⁻¹ ≈ Â⁻¹ ⊗ (Ĝ⁻¹ / T)`` with ``(Â, Ĝ)`` the
+    :func:`pi_adjusted_factors` of ``(Ā, Ḡ)`` at ``λ / T``.
+    """
+    damped = [
+        pi_adjusted_factors(a, g, damping / layer.positions)
+        for layer, a, g in zip(layers, curvature.a, curvature.g, strict=True)
+    ]
+    inverses = psd_inverses([m for pair in damped for m in pair])
+    a_inv = tuple(inverses[0::2])
+    g_inv = tuple(inv / layer.positions for layer, inv in zip(layers, inverses[1::2], strict=True))
+    return curvature.replace(a_inv=a_inv, g_inv=g_inv)
+
+
+def natural_gradient(layers: Sequence[Layer], curvature: Curvature, grads: Any) -> Any:
+    """``F̂⁻¹ g`` per layer from the cached inverses, shaped like ``grads``.
+
+    ``A⁻¹ [∇W; ∇b] G⁻¹`` for each layer; ``grads`` are flax variables ``{"params": ...}``,
+    and a conv kernel ``[kh, kw, C, F]`` is the matrix ``[kh·kw·C, F]``.
+    """
+    flat = dict(traverse_util.flatten_dict(grads["params"]))
+    for layer, a_inv, g_inv in zip(layers, curvature.a_inv, curvature.g_inv, strict=True):
+        kernel = flat[(*layer.path, "kernel")]
+        m = kernel.reshape(-1, layer.out_dim)
+        if layer.bias:
+            m = jnp.concatenate([m, flat[(*layer.path, "bias")][None]], axis=0)
+        nat = a_inv @ m @ g_inv
+        flat[(*layer.path, "kernel")] = nat[: m.shape[0] - layer.bias].reshape(kernel.shape)
+        if layer.bias:
+            flat[(*layer.path, "bias")] = nat[-1]
+    return {**grads, "params": traverse_util.unflatten_dict(flat)}
 
 
 def cholesky(m: jax.Array) -> jax.Array:
@@ -227,74 +460,40 @@ def lower_triangular_inverse(chol: jax.Array) -> jax.Array:
 def psd_inverses(matrices: list[jax.Array]) -> list[jax.Array]:
     """Inverses of symmetric positive-definite matrices ``[d_i, d_i]``, without LAPACK.
 
-    Each is padded to ``blockdiag(M_i, I)`` of the largest size and all are inverted
-    together, ``M⁻¹ = L⁻ᵀ L⁻¹`` with :func:`cholesky` and :func:`lower_triangular_inverse`
-    (two loops of ``max d_i`` batched steps). Not ``jnp.linalg.inv`` or a Cholesky solve:
-    on CPU, jaxlib's LAPACK kernels split a batch (vmapped runs) over XLA's intra-op thread
-    pool and block a pool thread until it is done, so two such calls at once (one per
-    factor, or one per CPU device when runs are sharded over devices) can each hold a
-    thread waiting for the other's work; with a pool as small as the cores (2 here) that
-    deadlocks (seen with jax 0.10, for LU and Cholesky alike).
+    The matrices are grouped by size (each group's largest at most twice its smallest);
+    within a group each is padded to ``blockdiag(M_i, I)`` of the group's largest size and
+    all are inverted together, ``M⁻¹ = L⁻ᵀ L⁻¹`` with :func:`cholesky` and
+    :func:`lower_triangular_inverse` (two loops of ``d`` batched steps). Not
+    ``jnp.linalg.inv`` or a Cholesky solve: on CPU, jaxlib's LAPACK kernels split a batch
+    (vmapped runs) over XLA's intra-op thread pool and block a pool thread until it is
+    done, so two such calls at once (one per factor, or one per CPU device when runs are
+    sharded over devices) can each hold a thread waiting for the other's work; with a pool
+    as small as the cores (2 here) that deadlocks (seen with jax 0.10, for LU and Cholesky
+    alike).
     """
-    size = max(m.shape[-1] for m in matrices)
-    padded = []
-    for m in matrices:
-        d = m.shape[-1]
-        top = jnp.concatenate([m, jnp.zeros((d, size - d), m.dtype)], axis=1)
-        bottom = jnp.concatenate(
-            [jnp.zeros((size - d, d), m.dtype), jnp.eye(size - d, dtype=m.dtype)], axis=1
-        )
-        padded.append(jnp.concatenate([top, bottom], axis=0))
-    chol_inv = lower_triangular_inverse(cholesky(jnp.stack(padded)))  # [n, size, size]
-    inverses = jnp.einsum("nji,njk->nik", chol_inv, chol_inv)
-    return [inverses[i, : m.shape[-1], : m.shape[-1]] for i, m in enumerate(matrices)]
-
-
-@_allow_rank_promotion
-def update_inverses(
-    estimator: kfac_jax.BlockDiagonalCurvature, state: EstimatorState, damping: jax.Array
-) -> EstimatorState:
-    """Recomputes the cached π-adjusted damped inverses of the factors.
-
-    The same cache kfac-jax's ``estimator.update_cache`` writes for dense Kronecker blocks
-    (tested equal), but the inverses are computed by :func:`psd_inverses`, in plain XLA
-    (batched LAPACK calls can deadlock XLA's CPU thread pool).
-    """
-    damped, blocks_states = [], []
-    for block, block_state in zip(estimator.blocks, state.blocks_states, strict=True):
-        if not isinstance(block, kfac_jax.KroneckerFactored):
-            raise TypeError(f"only Kronecker-factored blocks are supported, got {block}")
-        factors = [f.value for f in block_state.factors]
-        damped.append(kfac_jax.utils.pi_adjusted_kronecker_factors(*factors, damping=damping))
-    inverses = iter(psd_inverses([m for ms in damped for m in ms]))
-    for block, block_state, ms in zip(estimator.blocks, state.blocks_states, damped, strict=True):
-        scale = block.state_dependent_scale(block_state) ** (1.0 / len(ms))
-        cache = dict(block_state.cache)
-        cache["-1"] = {f"{i}_factor": next(inverses) / scale for i in range(len(ms))}
-        blocks_states.append(dataclasses.replace(block_state, cache=cache))
-    return dataclasses.replace(state, blocks_states=tuple(blocks_states))
-
-
-@_allow_rank_promotion
-def natural_gradient(
-    estimator: kfac_jax.BlockDiagonalCurvature,
-    state: EstimatorState,
-    grads: Any,
-    damping: jax.Array,
-) -> Any:
-    """``F̂⁻¹ g`` per block from the cached inverses (a pytree shaped like ``grads``).
-
-    ``damping`` must be the value the cache was last built with (it is baked in there).
-    """
-    return estimator.multiply_matpower(
-        state,
-        grads,
-        identity_weight=damping,
-        power=-1,
-        exact_power=False,
-        use_cached=True,
-        pmap_axis_name=None,
-    )
+    groups: list[tuple[int, list[int]]] = []  # (padded size, indices), largest first
+    for i in sorted(range(len(matrices)), key=lambda i: -matrices[i].shape[-1]):
+        d = matrices[i].shape[-1]
+        if groups and 2 * d >= groups[-1][0]:
+            groups[-1][1].append(i)
+        else:
+            groups.append((d, [i]))
+    inverses: list[jax.Array | None] = [None] * len(matrices)
+    for size, members in groups:
+        padded = []
+        for i in members:
+            m, d = matrices[i], matrices[i].shape[-1]
+            top = jnp.concatenate([m, jnp.zeros((d, size - d), m.dtype)], axis=1)
+            bottom = jnp.concatenate(
+                [jnp.zeros((size - d, d), m.dtype), jnp.eye(size - d, dtype=m.dtype)], axis=1
+            )
+            padded.append(jnp.concatenate([top, bottom], axis=0))
+        chol_inv = lower_triangular_inverse(cholesky(jnp.stack(padded)))  # [n, size, size]
+        group_inverses = jnp.einsum("nji,njk->nik", chol_inv, chol_inv)
+        for j, i in enumerate(members):
+            d = matrices[i].shape[-1]
+            inverses[i] = group_inverses[j, :d, :d]
+    return inverses
 
 
 def tree_vdot(a: Any, b: Any) -> jax.Array:
