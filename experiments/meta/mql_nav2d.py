@@ -41,6 +41,7 @@ from jaxrl.meta import mql
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed-key", type=int, default=0, help="seeds are split(key(this), seeds)")
     p.add_argument("--updates", type=int, default=20_000, help="TD3 updates (8 env steps each)")
     p.add_argument("--history", type=int, default=10)
     p.add_argument("--eval-tasks", type=int, default=50)
@@ -144,9 +145,11 @@ def run_arm(args, nav, hp, tasks, seed_keys, arm):
             info = None
         else:
             adapted, info = adapt_all(args, cfg, nav, hp, state, adapt_tasks, mode)
-        ret = evaluate_adapted(cfg, nav, adapted, adapt_tasks, 3).mean(1)  # [seeds]
+        per_goal = evaluate_adapted(cfg, nav, adapted, adapt_tasks, 3)  # [seeds, tasks]
+        ret = per_goal.mean(1)
         line = f"  {arm} adapt {mode:8s}: return {fmt(ret)} ({time.time() - t0:.0f} s)"
         res[f"adapt_{mode}"] = ret.tolist()
+        res[f"adapt_{mode}_per_goal"] = per_goal.tolist()
         if mode.startswith("mql"):
             ess, lam, acc = (float(np.mean(v)) for v in (info.ess, info.lam, info.classifier_acc))
             line += f"  ESS {ess:.3f}  lambda {lam:.3f}  clf acc {acc:.3f}"
@@ -166,7 +169,7 @@ def main():
     still = -100.0 * np.linalg.norm(np.asarray(tasks.goal), axis=-1)
     print(f"stand-still reference on the eval goals: {still.mean():.2f}")
     results = {"stand_still": float(still.mean()), "args": vars(args)}
-    seed_keys = jax.random.split(jax.random.key(0), args.seeds)
+    seed_keys = jax.random.split(jax.random.key(args.seed_key), args.seeds)
     for arm in args.arms.split(","):
         results[arm] = run_arm(args, nav, hp, tasks, seed_keys, arm)
     if args.out:
