@@ -421,13 +421,13 @@ def natural_gradient(layers: Sequence[Layer], curvature: Curvature, grads: Any) 
     return {**grads, "params": traverse_util.unflatten_dict(flat)}
 
 
-def cholesky(m: jax.Array) -> jax.Array:
-    """Lower Cholesky factor ``L`` of SPD matrices ``[..., d, d]`` (``m = L Lᵀ``), in plain XLA.
+BLOCK = 128  # matrices larger than this are factored and inverted by blocks of this size
 
-    Column by column (Cholesky–Crout): ``L[i, j] = (m[i, j] − Σ_{k<j} L[i, k] L[j, k]) / L[j, j]``
-    for ``i >= j``, with ``L[j, j]`` the square root of the numerator at ``i = j``. A
-    ``fori_loop`` over the ``d`` columns, each step batched over the leading axes.
-    """
+
+def _cholesky_unblocked(m: jax.Array) -> jax.Array:
+    """Cholesky–Crout, column by column: ``L[i, j] = (m[i, j] − Σ_{k<j} L[i, k] L[j, k]) /
+    L[j, j]`` for ``i >= j``; a ``fori_loop`` over the ``d`` columns, batched over the
+    leading axes."""
     d = m.shape[-1]
     rows = jnp.arange(d)
 
@@ -440,11 +440,8 @@ def cholesky(m: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, d, column, jnp.zeros_like(m))
 
 
-def lower_triangular_inverse(chol: jax.Array) -> jax.Array:
-    """``L⁻¹`` of lower-triangular ``[..., d, d]`` by forward substitution, in plain XLA.
-
-    Row ``i``: ``X[i] = (e_i − Σ_{k<i} L[i, k] X[k]) / L[i, i]``, a ``fori_loop`` over rows.
-    """
+def _lower_triangular_inverse_unblocked(chol: jax.Array) -> jax.Array:
+    """Forward substitution, row by row: ``X[i] = (e_i − Σ_{k<i} L[i, k] X[k]) / L[i, i]``."""
     d = chol.shape[-1]
     eye = jnp.eye(d, dtype=chol.dtype)
 
@@ -457,13 +454,64 @@ def lower_triangular_inverse(chol: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, d, row, jnp.zeros_like(chol))
 
 
+def _transpose(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, -1, -2)
+
+
+def cholesky(m: jax.Array) -> jax.Array:
+    """Lower Cholesky factor ``L`` of SPD matrices ``[..., d, d]`` (``m = L Lᵀ``), in plain XLA.
+
+    Up to :data:`BLOCK` columns, column by column (a loop of ``d`` matrix-vector steps).
+    Larger, right-looking by blocks of :data:`BLOCK` columns, so most of the work is
+    matmuls: factor the diagonal block ``L_kk``, then the panel below it
+    ``L_ik = A_ik L_kkᵀ⁻¹`` and the trailing update ``A ← A − L_ik L_ikᵀ``.
+    """
+    d = m.shape[-1]
+    if d <= BLOCK:
+        return _cholesky_unblocked(m)
+    panels, rest = [], m
+    for start in range(0, d, BLOCK):
+        size = min(BLOCK, d - start)
+        diag = _cholesky_unblocked(rest[..., :size, :size])
+        if start + size < d:
+            below = rest[..., size:, :size] @ _transpose(_lower_triangular_inverse_unblocked(diag))
+            rest = rest[..., size:, size:] - below @ _transpose(below)
+            diag = jnp.concatenate([diag, below], axis=-2)
+        pad = [(0, 0)] * (m.ndim - 2) + [(start, 0), (0, 0)]
+        panels.append(jnp.pad(diag, pad))
+    return jnp.concatenate(panels, axis=-1)
+
+
+def lower_triangular_inverse(chol: jax.Array) -> jax.Array:
+    """``L⁻¹`` of lower-triangular ``[..., d, d]``, in plain XLA.
+
+    Up to :data:`BLOCK` rows, by forward substitution row by row. Larger, by block rows:
+    ``X_ii = L_ii⁻¹`` and ``X_i,<i = −X_ii (L_i,<i X_<i,<i)``, matmuls against the inverse
+    of the rows above.
+    """
+    d = chol.shape[-1]
+    if d <= BLOCK:
+        return _lower_triangular_inverse_unblocked(chol)
+    inv = None  # X for the rows and columns done so far
+    for start in range(0, d, BLOCK):
+        stop = min(start + BLOCK, d)
+        diag = _lower_triangular_inverse_unblocked(chol[..., start:stop, start:stop])
+        if inv is None:
+            inv = diag
+            continue
+        left = -diag @ (chol[..., start:stop, :start] @ inv)  # [..., size, start]
+        top = jnp.pad(inv, [(0, 0)] * (chol.ndim - 2) + [(0, 0), (0, stop - start)])
+        inv = jnp.concatenate([top, jnp.concatenate([left, diag], axis=-1)], axis=-2)
+    return inv
+
+
 def psd_inverses(matrices: list[jax.Array]) -> list[jax.Array]:
     """Inverses of symmetric positive-definite matrices ``[d_i, d_i]``, without LAPACK.
 
     The matrices are grouped by size (each group's largest at most twice its smallest);
     within a group each is padded to ``blockdiag(M_i, I)`` of the group's largest size and
     all are inverted together, ``M⁻¹ = L⁻ᵀ L⁻¹`` with :func:`cholesky` and
-    :func:`lower_triangular_inverse` (two loops of ``d`` batched steps). Not
+    :func:`lower_triangular_inverse` (by blocks of matmuls above :data:`BLOCK`). Not
     ``jnp.linalg.inv`` or a Cholesky solve: on CPU, jaxlib's LAPACK kernels split a batch
     (vmapped runs) over XLA's intra-op thread pool and block a pool thread until it is
     done, so two such calls at once (one per factor, or one per CPU device when runs are

@@ -331,13 +331,28 @@ def test_pi_adjusted_factors_dead_layer_and_scalar_factor():
 
 def test_psd_inverses_match_numpy():
     mats = []
-    for i, (d, ridge) in enumerate([(1, 1.0), (3, 1e-1), (9, 1e-3), (17, 1e-4)]):
+    sizes = [(1, 1.0), (3, 1e-1), (9, 1e-3), (17, 1e-4), (kfac.BLOCK + 3, 1e-3)]
+    for i, (d, ridge) in enumerate(sizes):
         x = jax.random.normal(jax.random.key(i), (d, 2 * d))
         mats.append(x @ x.T / (2 * d) + ridge * jnp.eye(d))  # condition numbers up to ~1e5
     got = jax.jit(kfac.psd_inverses)(mats)
     for m, inv in zip(mats, got, strict=True):
         want = np.linalg.inv(np.asarray(m, np.float64))
         np.testing.assert_allclose(inv, want, atol=2e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("d", [kfac.BLOCK, 2 * kfac.BLOCK + 44])
+def test_blocked_cholesky_and_triangular_inverse_match_numpy(d):
+    """One block (column by column) and three blocks, the last partial; batched."""
+    x = jax.random.normal(jax.random.key(d), (2, d, 2 * d))
+    m = x @ jnp.swapaxes(x, -1, -2) / (2 * d) + 1e-2 * jnp.eye(d)[None]
+    chol = jax.jit(kfac.cholesky)(m)
+    want = np.linalg.cholesky(np.asarray(m, np.float64))
+    np.testing.assert_allclose(chol, want, atol=1e-4 * np.abs(want).max())
+    inv = jax.jit(kfac.lower_triangular_inverse)(chol)
+    want = np.linalg.inv(np.asarray(chol, np.float64))
+    np.testing.assert_allclose(inv, want, atol=1e-4 * np.abs(want).max())
+    assert np.all(np.triu(np.asarray(inv), 1) == 0)
 
 
 def test_trust_region_step_size_by_hand():
