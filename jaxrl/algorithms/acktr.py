@@ -53,6 +53,7 @@ from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.optim import kfac
 from jaxrl.types import Metrics
+from jaxrl.utils.branch import run_if
 
 CRITIC_VARIANCE = 1.0  # σ² of the critic's Gaussian output (the paper's σ = 1: Gauss-Newton)
 
@@ -271,12 +272,10 @@ def natural_step(
         blocks, kfac_state, key, predictive_fn(cfg, env), params, obs, hp.stats_decay,
         cfg.estimation_mode,
     )  # fmt: skip
-    refresh = lambda s: kfac.update_inverses(blocks, s, hp.damping)
-    if cfg.inverse_update_period == 1:
-        kfac_state = refresh(kfac_state)
-    else:
-        due = update_count % cfg.inverse_update_period == 0
-        kfac_state = jax.lax.cond(due, refresh, lambda s: s, kfac_state)
+    refresh = lambda c: (kfac.update_inverses(blocks, c, hp.damping), {})
+    period = cfg.inverse_update_period
+    due = True if period == 1 else update_count % period == 0
+    kfac_state, _ = run_if(due, refresh, kfac_state, ("a_inv", "g_inv"))
     direction = kfac.natural_gradient(blocks, kfac_state, grads)
     max_step = ppo.learning_rate(cfg, hp, update_count)
     step, quad = kfac.trust_region_step_size(grads, direction, max_step, hp.max_kl)

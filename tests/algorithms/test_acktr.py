@@ -128,6 +128,32 @@ def test_vmapped_runs_equal_separate_runs(small):
     assert any(not np.allclose(x[0], x[1]) for x in leaves)
 
 
+def _conds_with_loops(jaxpr) -> int:
+    """How many ``cond`` equations (at any depth) have a loop (``scan``/``while``) in a branch."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        subs = [v for v in eqn.params.values() if isinstance(v, jax.extend.core.ClosedJaxpr)]
+        subs += [b for v in eqn.params.values() if isinstance(v, tuple) for b in v
+                 if isinstance(b, jax.extend.core.ClosedJaxpr)]  # fmt: skip
+        if eqn.primitive.name == "cond":
+            count += any(
+                loop in str(b.jaxpr) for b in eqn.params["branches"] for loop in ("scan", "while")
+            )
+        count += sum(_conds_with_loops(sub.jaxpr) for sub in subs)
+    return count
+
+
+def test_vmapped_inverse_refresh_stays_a_branch(small):
+    """With ``inverse_update_period = 2`` the refresh (the Cholesky loops) sits in a ``cond``
+    branch of the vmapped update, so vmapped runs skip it together on odd updates; a
+    ``lax.cond`` on the runs' batched counters would compute it every update."""
+    cfg, env, hp, init, _, _ = small
+    states = _stack([init(sweep.seed_key(0)), init(sweep.seed_key(1))])
+    vupdate = jax.vmap(lambda s, h: acktr.update(cfg, env, s, h))
+    assert cfg.inverse_update_period == 2
+    assert _conds_with_loops(jax.make_jaxpr(vupdate)(states, _stack([hp, hp])).jaxpr) >= 1
+
+
 @pytest.mark.learning
 def test_learns_probe_five_over_two_seeds_with_stale_inverses(small):
     """Probe 5's optimum is +1 (a random policy scores 0) within 40 updates, both seeds.
