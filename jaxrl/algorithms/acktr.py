@@ -176,7 +176,7 @@ def network(cfg: Config, env: Env) -> nn.Module:
     action_space = env.action_space(env.default_params())
     if not isinstance(action_space, spaces.Discrete):
         raise base.ConfigError(
-            "ACKTR needs a Discrete action space (its Fisher registers a categorical "
+            "ACKTR needs a Discrete action space (its Fisher is that of a categorical "
             f"policy); got {type(action_space).__name__}"
         )
     return a2c.network(cfg, env)
