@@ -4,12 +4,13 @@ Wu et al. 2017 (arXiv:1708.05144) report ACKTR learning Atari games faster per e
 than A2C with the same network. This runs both on Breakout-MinAtar (10 x 10 x 4 frames)
 with the same shared conv torso (one 3x3 conv of 16 channels, a 128-unit ReLU layer;
 actor and critic heads on it, as the paper's Atari net), each with OpenAI Baselines' Atari
-settings: A2C 16 envs x 5 steps, RMSprop 7e-4 annealed linearly, entropy 0.01, gradient
-norm 0.5; ACKTR 16 envs x 20 steps, η_max 0.25 annealed, δ = 0.0005, damping 0.01,
-momentum 0.9, entropy 0.01, the factor inverses refreshed every 10 updates (Baselines
-refreshes them asynchronously, so its inverses lag the factors too; a refresh of the
-1601 x 1601 factor costs more than the rest of an update here). Seeds run vmapped, split
-over the CPU cores.
+settings, which are the presets ``a2c/breakout_minatar`` and ``acktr/breakout_minatar``
+(``jaxrl train acktr --preset acktr/breakout_minatar``): A2C 16 envs x 5 steps, RMSprop
+7e-4 annealed linearly, entropy 0.01, gradient norm 0.5; ACKTR 16 envs x 20 steps, η_max
+0.25 annealed, δ = 0.0005, damping 0.01, momentum 0.9, entropy 0.01, the factor inverses
+refreshed every 10 updates (Baselines refreshes them asynchronously, so its inverses lag
+the factors too; a refresh of the 1601 x 1601 factor costs more than the rest of an update
+here). Seeds run vmapped, split over the CPU cores.
 
     python experiments/acktr/breakout_minatar.py --seeds 8 --steps 500000 \\
         --json experiments/acktr/results_breakout_minatar.json \\
@@ -33,26 +34,19 @@ import numpy as np  # noqa: E402
 
 from jaxrl import envs  # noqa: E402
 from jaxrl.algorithms import a2c, acktr  # noqa: E402
-from jaxrl.runner import loop, sweep  # noqa: E402
+from jaxrl.runner import config, loop, sweep  # noqa: E402
 
 ENV = "Breakout-MinAtar"
-NET = dict(torso="cnn", hidden=(128,), activation="relu", shared_torso=True)
+ALGOS = {"a2c": a2c, "acktr": acktr}  # each with its preset <name>/breakout_minatar
 
 
 def settings(steps: int):
-    """``name -> (module, Config, HParams)``: Baselines' Atari settings for each."""
-    return {
-        "a2c": (
-            a2c,
-            a2c.Config(total_timesteps=steps, num_envs=16, rollout_len=5, anneal_lr=True, **NET),
-            a2c.HParams.make(ent_coef=0.01),
-        ),
-        "acktr": (
-            acktr,
-            acktr.Config(total_timesteps=steps, inverse_update_period=10, **NET),
-            acktr.HParams.make(),
-        ),
-    }
+    """``name -> (module, Config, HParams)`` from the presets, ``steps`` env steps per run."""
+    out = {}
+    for name, algo in ALGOS.items():
+        cfg, hp = config.resolve(algo, config.load_preset(f"{name}/breakout_minatar"), {}, steps)
+        out[name] = (algo, cfg, hp)
+    return out
 
 
 def episode_means(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
