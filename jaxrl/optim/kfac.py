@@ -121,17 +121,23 @@ class Layer:
         path: the module's path in ``params["params"]`` (its ``kernel`` and ``bias``).
         bias: whether the layer has a bias (``ā`` then ends in a 1).
         in_dim: ``dim ā``: inputs (a conv layer's patch size) plus 1 with a bias.
-        out_dim: output features, ``dim δ``.
         out_shape: one example's output shape, ``[*positions, out_dim]``.
-        positions: ``T``, the number of positions the layer is applied at (1: dense).
     """
 
     path: tuple[str, ...]
     bias: bool
     in_dim: int
-    out_dim: int
     out_shape: tuple[int, ...]
-    positions: int
+
+    @property
+    def out_dim(self) -> int:
+        """Output features, ``dim δ``."""
+        return self.out_shape[-1]
+
+    @property
+    def positions(self) -> int:
+        """``T``, the number of positions the layer is applied at (1: dense on ``[B, d]``)."""
+        return math.prod(self.out_shape[:-1])
 
 
 class Curvature(struct.PyTreeNode):
@@ -239,16 +245,7 @@ def find_layers(predictive_fn: PredictiveFn, params: Any, inputs: Any) -> tuple[
                     f"K-FAC: layer {'/'.join(path)} input {x.shape} / output {out.shape} "
                     f"are not [B, ..., features] with B = {inputs.shape[0]}"
                 )
-            found.append(
-                Layer(
-                    path=path,
-                    bias=bias,
-                    in_dim=x.shape[-1] + bias,
-                    out_dim=out.shape[-1],
-                    out_shape=tuple(out.shape[1:]),
-                    positions=math.prod(out.shape[1:-1]),
-                )
-            )
+            found.append(Layer(path, bias, x.shape[-1] + bias, tuple(out.shape[1:])))
         return jnp.zeros(())
 
     jax.eval_shape(trace, params, inputs)
