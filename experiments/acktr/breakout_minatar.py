@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from jaxrl import envs  # noqa: E402
 from jaxrl.algorithms import a2c, acktr  # noqa: E402
+from jaxrl.logger.stats import mean_difference  # noqa: E402
 from jaxrl.runner import config, loop, sweep  # noqa: E402
 
 ENV = "Breakout-MinAtar"
@@ -91,10 +92,7 @@ def main() -> None:
             f"  per seed final      {np.round(final, 2).tolist()}",
             flush=True,
         )
-    diff = np.mean(out["acktr"]["all_update_mean"]) - np.mean(out["a2c"]["all_update_mean"])
-    se = np.sqrt(
-        sum(np.var(out[n]["all_update_mean"], ddof=1) / args.seeds for n in ("acktr", "a2c"))
-    )
+    diff, se = mean_difference(out["acktr"]["all_update_mean"], out["a2c"]["all_update_mean"])
     out["acktr_minus_a2c"] = {"all_update_mean": diff, "se": se, "z": diff / se}
     print(f"ACKTR - A2C, all-update mean: {diff:+.2f} ± {se:.2f} s.e. ({diff / se:+.2f} s.e.)")
     if args.json:

@@ -78,6 +78,7 @@ import optax
 from jaxrl import envs
 from jaxrl.algorithms import ppo
 from jaxrl.envs.wrappers import Conditioned
+from jaxrl.logger.stats import mean_difference
 from jaxrl.meta import metagrad as mg
 from jaxrl.runner import config as config_lib
 
@@ -250,9 +251,7 @@ def compare(a: dict, b: dict, name: str, a_name: str = "meta-from-default") -> d
     """Difference of means ``a - b`` per seed-level metric, its standard error and ratio."""
     out = {}
     for key in ("per_seed", "auc_per_seed"):
-        x, y = np.asarray(a[key]), np.asarray(b[key])
-        diff = x.mean() - y.mean()
-        se = np.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
+        diff, se = mean_difference(a[key], b[key])
         label = "final" if key == "per_seed" else "all-update mean"
         print(f"  {a_name} - {name}, {label}: {diff:+.4g} ± {se:.3g} SE ({diff / se:+.2f})")
         out[label] = {"diff": float(diff), "se": float(se), "z": float(diff / se)}

@@ -30,6 +30,15 @@ import numpy as np
 Aggregate = Callable[[np.ndarray], np.ndarray]
 
 
+def mean_difference(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``mean(x) − mean(y)`` and its (Welch) standard error ``sqrt(s²_x / n_x + s²_y / n_y)``
+    for independent per-seed scores ``x [n_x]``, ``y [n_y]`` (sample variances, ddof 1)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    diff = x.mean() - y.mean()
+    se = np.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
+    return float(diff), float(se)
+
+
 class Interval(NamedTuple):
     """A point estimate and its confidence interval (floats, or arrays of one shape)."""
 

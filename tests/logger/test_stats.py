@@ -119,3 +119,13 @@ def test_bad_scores_are_errors():
         stats.interval_estimate(np.zeros((0, 2)), stats.iqm)
     with pytest.raises(ValueError, match="ci"):
         stats.interval_estimate(np.ones(3), stats.iqm, ci=1.5)
+
+
+def test_mean_difference_by_hand():
+    """``[1, 2, 3]`` against ``[0, 0, 3, 5]``: means 2 and 2, sample variances 1 and
+    18/3 = 6, so the difference is 0 with s.e. ``sqrt(1/3 + 6/4) = sqrt(11/6)``."""
+    diff, se = stats.mean_difference([1.0, 2.0, 3.0], [0.0, 0.0, 3.0, 5.0])
+    assert diff == 0.0
+    np.testing.assert_allclose(se, np.sqrt(11 / 6))
+    diff, _ = stats.mean_difference([4.0, 6.0], [1.0, 2.0])
+    assert diff == 3.5

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from jaxrl.logger.stats import mean_difference
+
 HERE = Path(__file__).parent
 
 
@@ -52,9 +54,7 @@ def tables(keys: tuple[int, ...]) -> None:
             )
     for a, b in (("meta-from-default", "fixed-default"), ("meta", "fixed-start")):
         for i, lab in ((1, "all-update mean"), (0, "final")):
-            x, y = res["test", a][i], res["test", b][i]
-            d = x.mean() - y.mean()
-            se = np.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
+            d, se = mean_difference(res["test", a][i], res["test", b][i])
             print(f"  {a} - {b}, {lab}: {d:+.4f} ± {se:.4f} ({d / se:+.2f} SE)")
 
 
