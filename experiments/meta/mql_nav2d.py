@@ -9,6 +9,8 @@ Meta-training arms (same budget and networks, seeds vmapped in one program per a
 Evaluation: one greedy episode on each of ``--eval-tasks`` held-out goals (the same for
 every arm and seed); the score of a seed is the mean return over tasks; the table shows
 mean ± std over seeds. Reference: standing still at the start scores ``-100 ||goal||``.
+``--test-ring R_MIN,R_MAX`` draws the held-out goals on an annulus instead (key 10001), out
+of the training distribution when ``R_MIN > 0.71``.
 
 Adaptation, on the first ``--adapt-tasks`` held-out goals, from each meta-trained model:
 ``none`` (the meta-trained weights), ``finetune`` (``--new-envs`` exploring episodes on the
@@ -53,6 +55,13 @@ def parse_args():
     p.add_argument("--expl-noise", type=float, default=0.3, help="in [-1, 1] action units")
     p.add_argument("--arms", default="ctx,noctx")
     p.add_argument("--ablation", action="store_true", help="also MQL without the proximal term")
+    p.add_argument(
+        "--test-ring",
+        default=None,
+        metavar="R_MIN,R_MAX",
+        help="held-out goals uniform on this annulus instead of the training square "
+        "(out of distribution when R_MIN > 0.5 * sqrt(2))",
+    )
     p.add_argument("--out", default=None, help="write results JSON here")
     return p.parse_args()
 
@@ -70,6 +79,16 @@ def make_cfg(args, context_len: int) -> td3.Config:
         context_len=context_len,
         context_features=16,
     )
+
+
+def ring_tasks(nav, key, num_tasks: int, r_min: float, r_max: float):
+    """``num_tasks`` goals uniform (by area) on the annulus ``r_min <= ||goal|| <= r_max``."""
+    k_r, k_a = jax.random.split(key)
+    radius = jnp.sqrt(jax.random.uniform(k_r, (num_tasks,), jnp.float32, r_min**2, r_max**2))
+    angle = jax.random.uniform(k_a, (num_tasks,), jnp.float32, 0.0, 2 * jnp.pi)
+    goal = radius[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
+    params = nav.default_params()
+    return jax.vmap(lambda g: params.replace(goal=g))(goal)
 
 
 def fmt(x) -> str:
@@ -165,7 +184,11 @@ def main():
         learning_rate=args.lr, discount=args.discount, exploration_noise=args.expl_noise
     )
     # Held-out goals from a key no training run uses.
-    tasks = sample_tasks(nav, jax.random.key(10_000), args.eval_tasks)
+    if args.test_ring:
+        r_min, r_max = (float(r) for r in args.test_ring.split(","))
+        tasks = ring_tasks(nav, jax.random.key(10_001), args.eval_tasks, r_min, r_max)
+    else:
+        tasks = sample_tasks(nav, jax.random.key(10_000), args.eval_tasks)
     still = -100.0 * np.linalg.norm(np.asarray(tasks.goal), axis=-1)
     print(f"stand-still reference on the eval goals: {still.mean():.2f}")
     results = {"stand_still": float(still.mean()), "args": vars(args)}
