@@ -27,12 +27,14 @@ from jaxrl.meta import rl2
 
 # Duan et al. (2016) table as copied in the spec (section 3.3), total reward per trial.
 DUAN = {
-    (10, 5): dict(random=5.0, thompson=5.7, ucb1=6.7, epsilon_greedy=6.6, greedy=6.6, rl2=6.7),
-    (10, 10): dict(random=5.0, thompson=5.5, ucb1=6.7, epsilon_greedy=6.6, greedy=6.6, rl2=6.7),
+    (10, 5): dict(random=5.0, thompson=5.7, ucb1=6.7, epsilon_greedy=6.6, greedy=6.6,
+                  gittins=6.6, rl2=6.7),
+    (10, 10): dict(random=5.0, thompson=5.5, ucb1=6.7, epsilon_greedy=6.6, greedy=6.6,
+                   gittins=6.6, rl2=6.7),
     (100, 5): dict(random=49.9, thompson=74.7, ucb1=78.0, epsilon_greedy=75.4, greedy=74.8,
-                   rl2=78.7),
+                   gittins=78.3, rl2=78.7),
     (100, 10): dict(random=49.9, thompson=76.7, ucb1=82.4, epsilon_greedy=77.4, greedy=77.1,
-                    rl2=83.5),
+                    gittins=82.8, rl2=83.5),
 }  # fmt: skip
 
 
@@ -170,7 +172,7 @@ def r3(args):
     probs = jax.vmap(BernoulliBandit(args.arms).sample_params)(
         jax.random.split(key, args.trials)
     ).probs
-    grid = [("thompson", {}), ("greedy", {})]
+    grid = [("gittins", {}), ("thompson", {}), ("greedy", {})]
     grid += [("ucb1", {"c": c}) for c in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 1.0)]
     grid += [("epsilon_greedy", {"epsilon": e}) for e in (0.01, 0.02, 0.05, 0.1)]
     key_run = jax.random.fold_in(key, 1)

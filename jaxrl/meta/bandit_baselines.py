@@ -16,25 +16,85 @@ Strategies (``counts [k]`` pulls and ``successes [k]`` of each arm, ``t`` pulls 
   prior's pseudo-counts so untried arms are defined; ``c = 0.2`` tuned here on
   n = 100, as Duan et al. tuned theirs; ``c = 1`` is textbook UCB1).
 * ``thompson``: sample ``θ_i ~ Beta(α + s_i, β + f_i)``, pull the argmax.
+* ``gittins``: the finite-horizon Gittins index (Niño-Mora 2011; Kaufmann 2016 found it
+  the strongest index policy for finite-horizon Bernoulli bandits): with ``h`` pulls left,
+  arm ``i``'s index is the best reward rate ``sup_τ E[Σ_{t<τ} r_t] / E[τ]`` over stopping
+  times ``1 <= τ <= h`` of pulling that arm alone from its posterior, computed once per
+  ``(n, α, β)`` by :func:`gittins_indices`. Pull the largest index. It needs no tuned
+  constant (the discounted index of Duan et al.'s column needs a discount).
 
 Ties are broken uniformly at random.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrl.errors import ConfigError
 
-STRATEGIES = ("random", "greedy", "epsilon_greedy", "ucb1", "thompson")
+STRATEGIES = ("random", "greedy", "epsilon_greedy", "ucb1", "thompson", "gittins")
 DEFAULTS = {
     "random": {},
     "greedy": {"alpha": 1.0, "beta": 1.0},
     "epsilon_greedy": {"epsilon": 0.1, "alpha": 1.0, "beta": 1.0},
     "ucb1": {"c": 0.2, "alpha": 1.0, "beta": 1.0},
     "thompson": {"alpha": 1.0, "beta": 1.0},
+    "gittins": {"alpha": 1.0, "beta": 1.0},
 }
+
+
+@functools.lru_cache(maxsize=8)
+def gittins_indices(num_pulls: int, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
+    """Finite-horizon Gittins indices of a Bernoulli arm under a ``Beta(alpha, beta)`` prior.
+
+    Calibration: against a retirement reward ``λ`` per remaining pull, let ``W_k(s, f)`` be
+    the best value with ``k`` pulls left after ``s`` successes and ``f`` failures,
+    ``W_0 = 0``, ``W_k = max(λ k, C_k)`` with ``C_k = μ (1 + W_{k-1}(s+1, f)) +
+    (1 − μ) W_{k-1}(s, f+1)`` and ``μ = (s + α) / (s + f + α + β)``. The index is the ``λ``
+    at which pulling once more and then acting optimally breaks even, ``C_k(λ) = λ k``.
+    ``C_k − λ k`` falls strictly in ``λ``, so one backward sweep over the ``k`` levels on a
+    grid of 1025 values of ``λ`` in ``[0, 1]`` (float64), with linear interpolation between
+    the two grid points around the root, gives every index at once (error below 1e-4 against
+    bisection; ``O(G n^3)``: about 5 s for ``n = 100`` on one CPU core; cached).
+
+    Args:
+        num_pulls: ``n``, the trial length (static).
+        alpha, beta: the Beta prior (static floats).
+
+    Returns:
+        ``[n + 1, n + 1, n + 1]`` float32 table ``index[h, s, f]`` for ``h >= 1`` pulls left
+        (this one included) and ``s + f <= n − h``; row ``h = 0`` is unused (NaN).
+    """
+    if num_pulls < 1 or not (alpha > 0 and beta > 0):
+        raise ConfigError(
+            f"need num_pulls >= 1 and alpha, beta > 0; got {num_pulls}, {alpha}, {beta}"
+        )
+    n = num_pulls
+    lam = np.linspace(0.0, 1.0, 1025)[:, None, None]  # [G, 1, 1]
+    table = np.full((n + 1, n + 1, n + 1), np.nan, np.float32)
+    value = np.zeros((lam.shape[0], n + 1, n + 1))  # W_{k-1} on s, f < n - k + 2
+    for k in range(1, n + 1):
+        m = n - k + 1  # states s, f < m hold every s + f <= n - k
+        s, f = np.arange(m)[:, None], np.arange(m)[None, :]
+        mean = (s + alpha) / (s + f + alpha + beta)  # [m, m]
+        cont = mean * (1.0 + value[:, 1 : m + 1, :m]) + (1.0 - mean) * value[:, :m, 1 : m + 1]
+        table[k, :m, :m] = _falling_root(cont - lam * k, lam[:, 0, 0])
+        value = np.maximum(lam * k, cont)
+    table.setflags(write=False)
+    return table
+
+
+def _falling_root(adv: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Root in ``grid [G]`` of ``adv [G, ...]``, decreasing along axis 0, by interpolation."""
+    last_pos = np.clip((adv > 0).sum(0) - 1, 0, grid.size - 2)  # adv[0] > 0 always
+    a0 = np.take_along_axis(adv, last_pos[None], 0)[0]
+    a1 = np.take_along_axis(adv, last_pos[None] + 1, 0)[0]
+    frac = np.clip(a0 / np.maximum(a0 - a1, 1e-300), 0.0, 1.0)
+    return grid[last_pos] + frac * (grid[1] - grid[0])
 
 
 def _argmax_random_ties(key: jax.Array, score: jax.Array) -> jax.Array:
@@ -54,7 +114,8 @@ def select(
 ) -> jax.Array:
     """The arm ``strategy`` pulls given ``counts [k]``, ``successes [k]`` and ``t`` (scalar).
 
-    ``hp`` holds the strategy's traced hyperparameters (see ``DEFAULTS``).
+    ``hp`` holds the strategy's traced hyperparameters (see ``DEFAULTS``); for ``gittins``
+    also ``hp["index"]``, the :func:`gittins_indices` table of the trial length.
     """
     key_tie, key_explore, key_arm = jax.random.split(key, 3)
     num_arms = counts.shape[0]
@@ -75,6 +136,11 @@ def select(
     if strategy == "thompson":
         theta = jax.random.beta(key_arm, hp["alpha"] + successes, hp["beta"] + counts - successes)
         return _argmax_random_ties(key_tie, theta)
+    if strategy == "gittins":
+        pulls_left = hp["index"].shape[0] - 1 - t
+        failures = counts - successes
+        index = hp["index"][pulls_left, successes.astype(jnp.int32), failures.astype(jnp.int32)]
+        return _argmax_random_ties(key_tie, index)
     raise ConfigError(f"unknown strategy {strategy!r}; valid: {STRATEGIES}")
 
 
@@ -102,7 +168,15 @@ def run(
         raise ConfigError(f"unknown hyperparameter(s) {sorted(unknown)} for {strategy!r}")
     if probs.ndim != 2:
         raise ConfigError(f"probs must be [B, k], got shape {probs.shape}")
-    hp = {k: jnp.asarray(v, jnp.float32) for k, v in (DEFAULTS[strategy] | hp).items()}
+    hp = DEFAULTS[strategy] | hp
+    if strategy == "gittins":
+        try:
+            table = gittins_indices(num_pulls, float(hp["alpha"]), float(hp["beta"]))
+        except jax.errors.ConcretizationTypeError as e:
+            raise ConfigError("gittins' alpha and beta must be concrete (not traced)") from e
+    hp = {k: jnp.asarray(v, jnp.float32) for k, v in hp.items()}
+    if strategy == "gittins":
+        hp["index"] = jnp.asarray(table)
     num_trials, num_arms = probs.shape
     best_p = jnp.max(probs, axis=1)
 

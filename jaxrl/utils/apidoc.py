@@ -34,7 +34,8 @@ def module_names() -> list[str]:
 def public_members(module) -> list[tuple[str, object]]:
     out = []
     for name, obj in vars(module).items():
-        if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
+        plain = inspect.unwrap(obj) if callable(obj) else obj  # functools.cache and the like
+        if name.startswith("_") or not (inspect.isfunction(plain) or inspect.isclass(obj)):
             continue
         if getattr(obj, "__module__", None) != module.__name__:
             continue  # imported from elsewhere

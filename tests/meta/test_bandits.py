@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +57,11 @@ def test_bad_config_raises():
         BernoulliBandit(num_arms=3, task="dependent_easy")
     probs = jnp.full((4, 2), 0.5)
     with pytest.raises(ConfigError):
-        bb.run("gittins", jax.random.key(0), probs, 5)
+        bb.run("gittins_discounted", jax.random.key(0), probs, 5)
+    with pytest.raises(ConfigError, match="concrete"):
+        jax.jit(lambda a: bb.run("gittins", jax.random.key(0), probs, 5, alpha=a))(1.0)
+    with pytest.raises(ConfigError):
+        bb.gittins_indices(5, 1.0, 0.0)
     with pytest.raises(ConfigError):
         bb.run("ucb1", jax.random.key(0), probs, 5, epsilon=0.1)
     with pytest.raises(ConfigError):
@@ -116,6 +122,70 @@ def test_thompson_samples_the_beta_posterior():
     assert abs(float(jnp.mean(arms == 0)) - 13 / 16) < 0.01
 
 
+def _gittins_by_bisection(pulls_left, s, f, alpha, beta):
+    """Finite-horizon Gittins index by 50 bisection steps on an exact memoised recursion."""
+
+    def advantage(lam):
+        @functools.cache
+        def value(k, s, f):
+            return 0.0 if k == 0 else max(lam * k, pull(k, s, f))
+
+        @functools.cache
+        def pull(k, s, f):
+            mean = (s + alpha) / (s + f + alpha + beta)
+            return mean * (1 + value(k - 1, s + 1, f)) + (1 - mean) * value(k - 1, s, f + 1)
+
+        return pull(pulls_left, s, f) - lam * pulls_left
+
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if advantage(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, 2.0)])
+def test_gittins_indices_match_bisection(alpha, beta):
+    """The grid sweep's table against per-state bisection, every reachable state of n = 9."""
+    n = 9
+    table = bb.gittins_indices(n, alpha, beta)
+    want = [
+        (table[h, s, f], _gittins_by_bisection(h, s, f, alpha, beta))
+        for h in range(1, n + 1)
+        for s in range(n - h + 1)
+        for f in range(n - h + 1 - s)
+    ]
+    np.testing.assert_allclose(*np.array(want).T, atol=1e-4)
+
+
+def test_gittins_index_closed_forms_and_monotonicity():
+    """One pull left: the posterior mean. Two pulls from Beta(1, 1): pull again only after a
+    success, so the rate is (1/2 + 1/2 · 2/3) / (1 + 1/2) = 5/9. More pulls left, more
+    successes or fewer failures never lower the index."""
+    n = 20
+    table = bb.gittins_indices(n)
+    s, f = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    mask = s + f <= n - 1
+    np.testing.assert_allclose(table[1, :n, :n][mask], ((s + 1) / (s + f + 2))[mask], atol=1e-6)
+    np.testing.assert_allclose(table[2, 0, 0], 5 / 9, atol=1e-5)
+    for h in range(2, n):
+        m = n - h + 1
+        assert np.all(table[h, :m, :m] >= table[h - 1, :m, :m] - 1e-6)
+        assert np.all(np.diff(table[h, :m, :m], axis=0) >= -1e-6)
+        assert np.all(np.diff(table[h, :m, :m], axis=1) <= 1e-6)
+
+
+def test_gittins_plays_a_sure_arm_like_the_recursion():
+    """Arms p = (1, 0), n = 3, Beta(1, 1): both arms start at the same index, so the first
+    pull is a coin flip; a success makes arm 0 the strict best for good, and a failure on
+    arm 1 makes the untried arm 0 better; so totals are 3 or 2, half each."""
+    probs = jnp.tile(jnp.array([[1.0, 0.0]]), (4000, 1))
+    total, best, _ = bb.run("gittins", jax.random.key(0), probs, 3)
+    np.testing.assert_allclose(np.unique(total), [2.0, 3.0])
+    assert abs(float(total.mean()) - 2.5) < 0.04
+    assert np.all(best[1:])
+
+
 # Duan et al. (2016) table for n = 10 (n = 100, k in {5, 10}: experiments/meta/rl2_bandits.py r1).
 PAPER = [
     ("random", 10, 5, 5.0),
@@ -125,6 +195,8 @@ PAPER = [
     ("thompson", 10, 5, 5.7),
     ("ucb1", 10, 10, 6.7),
     ("thompson", 10, 10, 5.5),
+    ("gittins", 10, 5, 6.6),
+    ("gittins", 10, 10, 6.6),
 ]
 
 
