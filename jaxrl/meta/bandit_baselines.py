@@ -56,10 +56,12 @@ def gittins_indices(num_pulls: int, alpha: float = 1.0, beta: float = 1.0) -> np
     ``W_0 = 0``, ``W_k = max(λ k, C_k)`` with ``C_k = μ (1 + W_{k-1}(s+1, f)) +
     (1 − μ) W_{k-1}(s, f+1)`` and ``μ = (s + α) / (s + f + α + β)``. The index is the ``λ``
     at which pulling once more and then acting optimally breaks even, ``C_k(λ) = λ k``.
-    ``C_k − λ k`` falls strictly in ``λ``, so one backward sweep over the ``k`` levels on a
-    grid of 1025 values of ``λ`` in ``[0, 1]`` (float64), with linear interpolation between
-    the two grid points around the root, gives every index at once (error below 1e-4 against
-    bisection; ``O(G n^3)``: about 5 s for ``n = 100`` on one CPU core; cached).
+    ``C_k − λ k`` falls strictly in ``λ`` (slope ``<= −1``), so one backward sweep over the
+    ``k`` levels on a grid of ``G = 1025`` values of ``λ`` in ``[0, 1]``, with linear
+    interpolation between the two grid points around the root, gives every index at once
+    (error below 1e-4 against bisection). Cost ``O(G n^3)`` time and ``O(G n^2)`` float32
+    memory: about 1 s and 0.2 GB for ``n = 100`` on one CPU core, growing to minutes and
+    several GB by ``n = 500``. Cached on the arguments.
 
     Args:
         num_pulls: ``n``, the trial length (static).
@@ -74,13 +76,13 @@ def gittins_indices(num_pulls: int, alpha: float = 1.0, beta: float = 1.0) -> np
             f"need num_pulls >= 1 and alpha, beta > 0; got {num_pulls}, {alpha}, {beta}"
         )
     n = num_pulls
-    lam = np.linspace(0.0, 1.0, 1025)[:, None, None]  # [G, 1, 1]
+    lam = np.linspace(0.0, 1.0, 1025, dtype=np.float32)[:, None, None]  # [G, 1, 1]
     table = np.full((n + 1, n + 1, n + 1), np.nan, np.float32)
-    value = np.zeros((lam.shape[0], n + 1, n + 1))  # W_{k-1} on s, f < n - k + 2
+    value = np.zeros((lam.shape[0], n + 1, n + 1), np.float32)  # W_{k-1}, s, f < n - k + 2
     for k in range(1, n + 1):
         m = n - k + 1  # states s, f < m hold every s + f <= n - k
         s, f = np.arange(m)[:, None], np.arange(m)[None, :]
-        mean = (s + alpha) / (s + f + alpha + beta)  # [m, m]
+        mean = ((s + alpha) / (s + f + alpha + beta)).astype(np.float32)  # [m, m]
         cont = mean * (1.0 + value[:, 1 : m + 1, :m]) + (1.0 - mean) * value[:, :m, 1 : m + 1]
         table[k, :m, :m] = _falling_root(cont - lam * k, lam[:, 0, 0])
         value = np.maximum(lam * k, cont)
@@ -93,7 +95,7 @@ def _falling_root(adv: np.ndarray, grid: np.ndarray) -> np.ndarray:
     last_pos = np.clip((adv > 0).sum(0) - 1, 0, grid.size - 2)  # adv[0] > 0 always
     a0 = np.take_along_axis(adv, last_pos[None], 0)[0]
     a1 = np.take_along_axis(adv, last_pos[None] + 1, 0)[0]
-    frac = np.clip(a0 / np.maximum(a0 - a1, 1e-300), 0.0, 1.0)
+    frac = np.clip(a0 / np.maximum(a0 - a1, 1e-30), 0.0, 1.0)
     return grid[last_pos] + frac * (grid[1] - grid[0])
 
 
@@ -146,7 +148,7 @@ def select(
 
 def run(
     strategy: str, key: jax.Array, probs: jax.Array, num_pulls: int, **hp
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Plays ``strategy`` on a batch of trials.
 
     Args:
@@ -154,7 +156,8 @@ def run(
         key: PRNG key.
         probs: ``[B, k]`` arm success probabilities, one task per trial.
         num_pulls: ``n``, pulls per trial (static).
-        **hp: strategy hyperparameters overriding ``DEFAULTS[strategy]`` (may be traced).
+        **hp: strategy hyperparameters overriding ``DEFAULTS[strategy]`` (may be traced,
+            except ``gittins``' prior, which fixes its index table).
 
     Returns:
         ``(total_reward [B], best_arm [n, B], regret [n, B])``: the sampled total reward of
