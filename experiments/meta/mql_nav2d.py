@@ -23,6 +23,10 @@ defaults below (Adam 1e-3, discount 0.9, exploration std 0.3) are those of RESUL
 
     python experiments/meta/mql_nav2d.py --arms ctx --ablation
     python experiments/meta/mql_nav2d.py --arms noctx --ablation
+    # RESULTS_mql.md's pre-registered tests: in distribution, then out of distribution
+    python experiments/meta/mql_nav2d.py --arms ctx --seeds 8 --seed-key 1 --adapt-tasks 25
+    python experiments/meta/mql_nav2d.py --arms ctx --seeds 8 --seed-key 2 --adapt-tasks 25 \
+        --test-ring 0.75,1.0
 """
 
 from __future__ import annotations
