@@ -16,8 +16,8 @@ Strategies (``counts [k]`` pulls and ``successes [k]`` of each arm, ``t`` pulls 
   prior's pseudo-counts so untried arms are defined; ``c = 0.2`` tuned here on
   n = 100, as Duan et al. tuned theirs; ``c = 1`` is textbook UCB1).
 * ``thompson``: sample ``θ_i ~ Beta(α + s_i, β + f_i)``, pull the argmax.
-* ``gittins``: the finite-horizon Gittins index (Niño-Mora 2011; Kaufmann 2016 found it
-  the strongest index policy for finite-horizon Bernoulli bandits): with ``h`` pulls left,
+* ``gittins``: the finite-horizon Gittins index (Niño-Mora 2011; Kaufmann 2018 studies it
+  as a near-Bayes-optimal index for finite-horizon Bernoulli bandits): with ``h`` pulls left,
   arm ``i``'s index is the best reward rate ``sup_τ E[Σ_{t<τ} r_t] / E[τ]`` over stopping
   times ``1 <= τ <= h`` of pulling that arm alone from its posterior, computed once per
   ``(n, α, β)`` by :func:`gittins_indices`. Pull the largest index. It needs no tuned

@@ -175,7 +175,7 @@ def test_gittins_index_closed_forms_and_monotonicity():
         assert np.all(np.diff(table[h, :m, :m], axis=1) <= 1e-6)
 
 
-def test_gittins_plays_a_sure_arm_like_the_recursion():
+def test_gittins_finds_a_sure_arm():
     """Arms p = (1, 0), n = 3, Beta(1, 1): both arms start at the same index, so the first
     pull is a coin flip; a success makes arm 0 the strict best for good, and a failure on
     arm 1 makes the untried arm 0 better; so totals are 3 or 2, half each."""
