@@ -1,10 +1,13 @@
-"""MAML-RL on 2D navigation (Finn et al. 2017, check M1 of the meta-RL spec).
+"""MAML-RL and Reptile on 2D navigation (Finn et al. 2017, check M1 of the meta-RL spec).
 
 Arms, each trained per seed (one compiled program per arm, reused over seeds):
 
 * ``maml``: one inner VPG step (α = ``--inner-lr``, ``--num-traj`` trajectories, linear
   feature baseline, γ = 0.99), outer Adam or TRPO (``--outer``) on the post-update
   surrogate, meta-batch ``--meta-batch``, ``--iters`` meta-iterations.
+* ``reptile``: Reptile (Nichol et al. 2018) with the same Adam outer step: ``--reptile-steps``
+  inner VPG steps per task (α then α/2, each on fresh trajectories), meta-gradient
+  ``mean_i(θ − θ'_i)``, ``--iters`` meta-iterations (give it a larger ``--inner-lr``).
 * ``pretrained``: the same learner with ``num_inner_steps = 0`` (one policy trained on
   all tasks jointly, same outer optimiser, ``--base-iters`` iterations).
 * ``random``: the initial parameters (jaxrl's orthogonal init, 0.01-scaled mean head), untrained.
@@ -17,6 +20,7 @@ adaptation steps, each on ``--num-traj`` fresh trajectories, step α then α/2; 
 the mean return per trajectory. The oracle is evaluated without adaptation.
 
     python experiments/meta/maml_nav2d.py --seeds 3 --iters 300
+    python experiments/meta/maml_nav2d.py --arms reptile,pretrained --inner-lr 0.5 --anneal
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def parse_args():
     p.add_argument("--meta-batch", type=int, default=20)
     p.add_argument("--num-traj", type=int, default=20)
     p.add_argument("--inner-lr", type=float, default=0.1)
-    p.add_argument("--outer", default="adam", choices=maml.OUTERS)
+    p.add_argument("--outer", default="adam", choices=("adam", "trpo"), help="MAML's outer step")
+    p.add_argument("--reptile-steps", type=int, default=3, help="inner steps k of Reptile")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam outer step size")
     p.add_argument(
         "--anneal", action="store_true", help="Adam step size decays linearly to 0 over --iters"
@@ -90,6 +95,9 @@ def main():
     anneal = dict(anneal_steps=args.iters if args.anneal else 0)
     cfgs = {
         "maml": maml.Config(**base, num_inner_steps=1, **anneal),
+        "reptile": maml.Config(
+            **(base | dict(outer="reptile")), num_inner_steps=args.reptile_steps, **anneal
+        ),
         "pretrained": maml.Config(**base, num_inner_steps=0, anneal_steps=0),
         "random": maml.Config(**base, num_inner_steps=1),
         "random_lecun": maml.Config(**base, num_inner_steps=1, ortho_init=False),
@@ -115,7 +123,9 @@ def main():
                 init = jax.jit(lambda k, c=cfgs[name]: maml.init(c, env, k, hp).params)
                 params = init(key_train)
             else:
-                iters = args.iters if name == "maml" else (args.base_iters or args.iters)
+                iters = (
+                    args.iters if name in ("maml", "reptile") else (args.base_iters or args.iters)
+                )
                 params, curve = train_arm(
                     cfgs[name], env, hp, key_train, iters, args.log_every, name
                 )

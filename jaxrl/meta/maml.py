@@ -18,6 +18,14 @@ decaying step, ``Config.anneal_steps``), or TRPO (conjugate gradient with the ex
 Hessian at θ_old in Gauss-Newton form through the inner step, max KL 0.01, backtracking
 line search; see :func:`fisher_vector_product`).
 
+``outer="reptile"``: Reptile (Nichol, Achiam, Schulman 2018, https://arxiv.org/abs/1803.02999)
+on the same data. Each task adapts ``num_inner_steps = k`` times, each step on fresh
+trajectories of the current adapted policy (step sizes as :func:`step_sizes`: α, then α/2,
+the same procedure the evaluation uses), and the first-order meta-"gradient"
+``g = mean_i (θ − θ'_i)`` goes to the same Adam as MAML's (the paper's "Reptile with Adam";
+see :func:`reptile_grad`). With ``k = 1``, ``g = α ∇L_in(θ)``: joint training, the
+"pretrained" baseline; Reptile needs ``k ≥ 2`` and usually a larger α than MAML.
+
 ``num_inner_steps = 0`` trains one policy on all tasks jointly with the same surrogate: the
 "pretrained" baseline; with ``oracle=True`` the policy also sees the task (the flattened
 float leaves of the env params, e.g. the goal): the "oracle" baseline.
@@ -45,7 +53,7 @@ from jaxrl.errors import ConfigError
 from jaxrl.networks.heads import GaussianHead
 from jaxrl.networks.torsos import MLP
 
-OUTERS = ("adam", "trpo")
+OUTERS = ("adam", "trpo", "reptile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +66,16 @@ class Config:
         horizon: steps per trajectory (the env's time limit; 100 for 2D navigation).
         hidden: policy MLP widths; ``()`` gives a linear Gaussian policy.
         num_inner_steps: adaptation steps during meta-training (0: no adaptation).
-        outer: ``"adam"`` or ``"trpo"``.
+        outer: ``"adam"`` or ``"trpo"`` (MAML's outer step), or ``"reptile"`` (Reptile with
+            the same Adam; needs ``num_inner_steps >= 1``, meant for ``>= 2``).
         action_scale: env action = ``action_scale * a`` (rllab ``normalize``: 0.1 for nav2d).
         oracle: append the task's float params (e.g. the goal) to the observation.
         normalize_advantages: per-task advantage standardisation (rllab ``center_adv``).
         ortho_init: orthogonal torso and 0.01-scaled mean head (jaxrl's default); ``False``
             gives lecun-normal layers everywhere, close to rllab's Xavier init, whose random
             policy has a state-dependent, non-zero mean (the paper's "random init").
-        anneal_steps: Adam only: the step size decays linearly from ``learning_rate`` to 0
-            over this many meta-iterations (0: constant).
+        anneal_steps: Adam and Reptile only: the step size decays linearly from
+            ``learning_rate`` to 0 over this many meta-iterations (0: constant).
         cg_iters: conjugate-gradient iterations (TRPO).
         line_search_steps: backtracking steps (TRPO).
     """
@@ -98,6 +107,8 @@ class Config:
             )
         if self.outer not in OUTERS:
             raise ConfigError(f"Config.outer must be one of {OUTERS}, got {self.outer!r}")
+        if self.outer == "reptile" and self.num_inner_steps < 1:
+            raise ConfigError("Config.outer='reptile' needs num_inner_steps >= 1 (0 gives g = 0)")
         if not isinstance(self.hidden, tuple) or any(
             not isinstance(w, int) or w < 1 for w in self.hidden
         ):
@@ -433,8 +444,20 @@ def meta_loss(cfg: Config, env: Env, params: dict, data: TaskData, hp: HParams) 
     return jnp.mean(per_task(cfg, env, params, data, hp))
 
 
+def reptile_grad(cfg: Config, env: Env, params: dict, data: TaskData, hp: HParams) -> dict:
+    """Reptile's meta-"gradient" ``g = mean_i (θ − θ'_i)`` over the tasks of ``data`` ``[M, ...]``.
+
+    ``θ'_i`` replays task ``i``'s inner steps on its fixed data (the steps that collected it):
+    for ``k = 2``, ``θ − θ'_i = α₁ ∇L₁(θ) + α₂ ∇L₂(θ − α₁ ∇L₁(θ))``. First order: no gradient
+    flows back through the inner steps.
+    """
+    params = jax.lax.stop_gradient(params)
+    adapted = jax.vmap(_adapted, in_axes=(None, None, None, 0, None))(cfg, env, params, data, hp)
+    return jax.tree.map(lambda p, a: jnp.mean(p[None] - a, axis=0), params, adapted)
+
+
 def optimizer(hp: HParams) -> optax.GradientTransformation:
-    """The outer Adam step, rebuilt from traced hparams each update."""
+    """The outer Adam step (MAML's and Reptile's), rebuilt from traced hparams each update."""
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(hp.learning_rate))
 
 
@@ -575,7 +598,8 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, dic
     """One meta-iteration: sample tasks, adapt, sample adapted policies, one outer step.
 
     Metrics: ``train/pre_return`` (mean return of θ on its inner data; for
-    ``num_inner_steps = 0`` the data the outer step uses) and ``train/post_return``.
+    ``num_inner_steps = 0`` the data the outer step uses) and ``train/post_return`` (of the
+    adapted policies; Reptile does not use these trajectories otherwise).
     """
     key, key_batch = jax.random.split(state.key)
     data = collect_meta_batch(cfg, env, state.params, key_batch, hp)
@@ -584,19 +608,22 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, dic
         "train/pre_return": jnp.mean(first.episode_returns()),
         "train/post_return": jnp.mean(data.outer.episode_returns()),
     }
-    if cfg.outer == "adam":
-        loss, grads = jax.value_and_grad(meta_loss, argnums=2)(cfg, env, state.params, data, hp)
+    if cfg.outer == "trpo":
+        params, trpo_metrics = trpo_step(cfg, env, state.params, data, hp)
+        opt_state = state.opt_state
+        metrics |= trpo_metrics
+    else:
+        if cfg.outer == "adam":
+            loss, grads = jax.value_and_grad(meta_loss, argnums=2)(cfg, env, state.params, data, hp)
+            metrics["train/loss"] = loss
+        else:
+            grads = reptile_grad(cfg, env, state.params, data, hp)
         updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
         if cfg.anneal_steps:
             frac = jnp.maximum(1.0 - state.step.astype(jnp.float32) / cfg.anneal_steps, 0.0)
             updates = jax.tree.map(lambda u: frac * u, updates)
         params = optax.apply_updates(state.params, updates)
-        metrics["train/loss"] = loss
         metrics["train/grad_norm"] = optax.global_norm(grads)
-    else:
-        params, trpo_metrics = trpo_step(cfg, env, state.params, data, hp)
-        opt_state = state.opt_state
-        metrics |= trpo_metrics
     return State(params, opt_state, key, state.step + 1), metrics
 
 

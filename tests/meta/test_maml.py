@@ -412,3 +412,92 @@ def test_maml_learns_to_adapt_on_nav2d():
     # Untrained, one step barely helps; trained, it gains > 10 per episode.
     assert after[1] - after[0] > 10.0, (before, after)
     assert after[1] > before[1] + 10.0, (before, after)
+
+
+# ------------------------------------------------------------------------------- Reptile
+
+
+def _tree_allclose(got, want, rtol=1e-4):
+    """Leafwise ``got ≈ want``, atol scaled to the largest entry of ``want``."""
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(want))
+    assert scale > 0.0
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale), got, want
+    )
+
+
+def test_reptile_with_one_step_is_the_joint_training_gradient():
+    """k = 1: ``θ − θ' = α ∇L(θ)``, α times the pretrained learner's gradient on that data."""
+    cfg = maml.Config(**SMALL, outer="reptile", num_inner_steps=1)
+    hp = maml.HParams.make(inner_lr=0.3)
+
+    @jit  # one program
+    def both(key):
+        params = maml.init_params(cfg, ENV, key, ENV.default_params())
+        data = maml.collect_meta_batch(cfg, ENV, params, jax.random.key(2), hp)
+        # The pretrained learner (no inner step) on the same trajectories: ρ = 1 at θ.
+        joint = maml.TaskData(data.env_params, (), (), data.inner[0], data.inner_adv[0])
+        joint_grad = jax.grad(maml.meta_loss, argnums=2)(cfg, ENV, params, joint, hp)
+        return maml.reptile_grad(cfg, ENV, params, data, hp), joint_grad
+
+    got, joint_grad = both(jax.random.key(1))
+    _tree_allclose(got, jax.tree.map(lambda g: 0.3 * g, joint_grad))
+
+
+def test_reptile_with_two_steps_equals_the_first_order_expression():
+    """k = 2 on fixed data: ``g = mean_i α₁ ∇L₁(θ) + α₂ ∇L₂(θ − α₁ ∇L₁(θ))`` (α₂ = α₁ / 2)."""
+    cfg = maml.Config(**SMALL, outer="reptile", num_inner_steps=2)
+    hp = maml.HParams.make(inner_lr=0.5)
+    alpha_1, alpha_2 = 0.5, 0.25
+    grad_in = jax.grad(maml.inner_loss, argnums=2)
+    axpy = lambda a, x, y: jax.tree.map(lambda u, v: a * u + v, x, y)  # noqa: E731
+
+    @jit  # one program
+    def run(key):
+        params = maml.init_params(cfg, ENV, key, ENV.default_params())
+        data = maml.collect_meta_batch(cfg, ENV, params, jax.random.key(2), hp)
+        want, naive, stale = [], [], []
+        for i in range(cfg.meta_batch_size):
+            task = jax.tree.map(lambda x, i=i: x[i], data)
+            g_1 = grad_in(cfg, ENV, params, task.env_params, task.inner[0], task.inner_adv[0])
+            theta_1 = axpy(-alpha_1, g_1, params)
+            args = (task.env_params, task.inner[1], task.inner_adv[1])
+            g_2 = grad_in(cfg, ENV, theta_1, *args)
+            want.append(axpy(alpha_1, g_1, jax.tree.map(lambda g: alpha_2 * g, g_2)))
+            # The mistake the check must catch: the second gradient taken at θ, not θ₁.
+            naive.append(axpy(alpha_1, g_1, jax.tree.map(lambda g: alpha_2 * g, grad_in(
+                cfg, ENV, params, *args))))  # fmt: skip
+            # The second batch was sampled by θ₁ (fresh data of the adapted policy).
+            stale.append(maml.log_prob(cfg, ENV, theta_1, *args[:2]) - task.inner[1].log_prob)
+        mean = lambda trees: jax.tree.map(lambda *x: sum(x) / len(x), *trees)  # noqa: E731
+        got = maml.reptile_grad(cfg, ENV, params, data, hp)
+        return got, mean(want), mean(naive), jnp.stack(stale)
+
+    got, want, naive, stale = run(jax.random.key(1))
+    np.testing.assert_allclose(stale, 0.0, atol=1e-4)
+    _tree_allclose(got, want)
+    # ... and it does: the naive sum differs from the expression well beyond the tolerance.
+    diff = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), naive, want))
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(want))
+    assert max(diff) > 1e-2 * scale, (diff, scale)
+
+
+def test_reptile_update_jit_matches_no_jit():
+    cfg = maml.Config(**TINY, outer="reptile", num_inner_steps=2, anneal_steps=5)
+    hp = maml.HParams.make(inner_lr=0.5, learning_rate=1e-2)
+    state = maml.init(cfg, ENV, jax.random.key(4), hp)
+    s_jit, m_jit = jit(lambda s: maml.update(cfg, ENV, s, hp))(state)
+    s_eager, m_eager = maml.update(cfg, ENV, state, hp)
+    tol = dict(rtol=1e-3, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), s_jit.params, s_eager.params)
+    for k in m_jit:
+        np.testing.assert_allclose(m_jit[k], m_eager[k], **tol, err_msg=k)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), s_jit.params, state.params)
+    assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def test_bad_outer_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="'adam', 'trpo', 'reptile'"):
+        maml.Config(outer="fomaml")
+    with pytest.raises(ConfigError, match="num_inner_steps >= 1"):
+        maml.Config(outer="reptile", num_inner_steps=0)
