@@ -9,8 +9,9 @@ agent's meta-loss may be scale-normalised, ``--normalise-meta-loss``); ``α`` is
 fixed number of env steps on each of ``--tasks`` (Pendulum-v1, meta/nav2d with its fixed
 default goal (0.25, 0.25) and 2-D actions, MountainCarContinuous-v0, and
 probe/continuous_target: one-step episodes, reward ``-(a - o)^2``, best action ``o`` inside
-the range) with (i) the learned ``α``, (ii) any ``--extra-alpha NAME=PATH`` objectives
-(e.g. one meta-trained elsewhere), (iii) a randomly initialised ``α`` (a different one per
+the range, and the brax tasks inverted_pendulum, inverted_double_pendulum and reacher (2-D
+actions), 1000-step episodes) with (i) the learned ``α``, (ii) any ``--extra-alpha NAME=PATH``
+objectives (e.g. one meta-trained elsewhere), (iii) a randomly initialised ``α`` (a different one per
 seed), (iv) TD3's DPG actor loss.
 Reported: the greedy policy's return at the end (8 envs, one episode each) and the mean
 training-episode return over the last 10% of steps, mean ± std over seeds, and one-sided
@@ -44,6 +45,9 @@ TASKS = {
     "meta/nav2d": 100,
     "MountainCarContinuous-v0": 999,
     "probe/continuous_target": 1,
+    "brax/inverted_pendulum": 1000,
+    "brax/inverted_double_pendulum": 1000,
+    "brax/reacher": 1000,
 }
 
 
@@ -177,6 +181,7 @@ def main() -> None:
     p.add_argument("--nav-steps", type=int, default=5000)
     p.add_argument("--mcc-steps", type=int, default=10000)
     p.add_argument("--probe-steps", type=int, default=3000)
+    p.add_argument("--brax-steps", type=int, default=10000, help="env steps on each brax task")
     p.add_argument("--tasks", nargs="+", default=["Pendulum-v1", "meta/nav2d"])
     p.add_argument("--extra-alpha", nargs="*", default=[], help="NAME=PATH saved objectives")
     p.add_argument("--arms", nargs="+", default=None, help="evaluate only these arms")
@@ -193,7 +198,7 @@ def main() -> None:
         "meta/nav2d": args.nav_steps,
         "MountainCarContinuous-v0": args.mcc_steps,
         "probe/continuous_target": args.probe_steps,
-    }
+    } | {env_id: args.brax_steps for env_id in TASKS if env_id.startswith("brax/")}
     results = {"args": {k: v for k, v in vars(args).items()}}
     if args.phase in ("meta", "all"):
         results["meta"] = meta_phase(args)
