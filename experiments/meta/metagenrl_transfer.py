@@ -11,8 +11,9 @@ default goal (0.25, 0.25) and 2-D actions, MountainCarContinuous-v0, and
 probe/continuous_target: one-step episodes, reward ``-(a - o)^2``, best action ``o`` inside
 the range, and the brax tasks inverted_pendulum, inverted_double_pendulum and reacher (2-D
 actions), 1000-step episodes) with (i) the learned ``α``, (ii) any ``--extra-alpha NAME=PATH``
-objectives (e.g. one meta-trained elsewhere), (iii) a randomly initialised ``α`` (a different one per
-seed), (iv) TD3's DPG actor loss.
+objectives (e.g. one meta-trained elsewhere), (iii) a randomly initialised ``α`` (a different
+one per seed), (iv) TD3's DPG actor loss. ``--anneal-steps N`` moves the meta-training agents'
+actor loss from DPG's to ``L_α`` over N env steps (``Config.anneal_steps``).
 Reported: the greedy policy's return at the end (8 envs, one episode each) and the mean
 training-episode return over the last 10% of steps, mean ± std over seeds, and one-sided
 Mann-Whitney U p-values of "learned > other arm" on the greedy returns. Results go to
@@ -64,6 +65,7 @@ def make_cfg(args, num_agents: int) -> mg.Config:
         seq_len=args.seq_len,
         num_agents=num_agents,
         normalise_meta_loss=args.normalise_meta_loss,
+        anneal_steps=args.anneal_steps,
     )
 
 
@@ -170,6 +172,9 @@ def main() -> None:
     p.add_argument("--phase", choices=("meta", "eval", "all"), default="all")
     p.add_argument("--train-envs", nargs="+", default=["Pendulum-v1"], choices=list(TASKS))
     p.add_argument("--normalise-meta-loss", action="store_true")
+    p.add_argument(
+        "--anneal-steps", type=int, default=0, help="meta-training agents: DPG -> L_α over N steps"
+    )
     p.add_argument("--agents", type=int, default=4, help="agents per training env type")
     p.add_argument("--meta-updates", type=int, default=15000)
     p.add_argument("--chunk", type=int, default=500)

@@ -54,6 +54,14 @@ also amplifies the noise of a nearly flat critic (MountainCarContinuous agents t
 stand still: that run's meta-gradient blew up and the Pendulum agents stopped learning, see
 experiments/meta/RESULTS_metagenrl.md), so it is off by default.
 
+**Annealing** (``Config.anneal_steps``, off by default). The paper's code trains its
+meta-training agents on ``p L_α − (1 − p) Q_1(s, π(s))`` with ``p`` rising linearly from 0
+to 1 (:func:`annealed_actor_loss`), so a young, still random ``α`` cannot drive the
+population into a corner before its meta-gradient means anything; fresh agents and the
+meta-loss's look-ahead step use ``L_α`` alone. (On brax ``inverted_pendulum`` the agents'
+tanh actions saturate within 1 000 updates without it, after which the meta-gradient
+through the saturated ``tanh`` vanishes; see RESULTS_metagenrl.md.)
+
 Conventions: windows are batch-major ``[B, L, ...]`` as the sequence buffer returns them;
 a group is a leading ``[N]`` axis on a stacked :class:`jaxrl.algorithms.td3.State` whose
 ``buffer`` holds a :func:`jaxrl.replay.buffers.sequence_buffer` of :class:`Item`. Every
@@ -108,6 +116,9 @@ class Config:
     each env type (group). ``normalise_meta_loss`` divides each agent's meta-loss by the
     (gradient-stopped) std of its critic's values on the window, which puts env types with
     different reward scales on one footing (off: the plain sum, as in the paper's code).
+    ``anneal_steps`` blends the meta-training agents' actor loss from DPG's to ``L_α`` over
+    their first ``anneal_steps`` env steps after ``agent.learning_starts``
+    (:func:`annealed_actor_loss`; 0: ``L_α`` from the start).
     """
 
     agent: td3.Config = dataclasses.field(default_factory=_default_agent)
@@ -116,9 +127,12 @@ class Config:
     head_hidden: int = 32
     num_agents: int = 4
     normalise_meta_loss: bool = False
+    anneal_steps: int = 0
 
     def __post_init__(self):
         base.check_positive_ints(self, ("seq_len", "lstm_size", "head_hidden", "num_agents"))
+        if self.anneal_steps < 0:
+            raise base.ConfigError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
         seq_buffer(self)  # raises ConfigError for a window longer than the per-env capacity
 
 
@@ -288,6 +302,33 @@ def learned_actor_loss(cfg: Config, alpha: Params) -> td3.ActorLossFn:
     def loss_fn(agent_cfg, env, actor_params, params, batch, hp):
         del agent_cfg, hp
         return objective_loss(cfg, env, alpha, actor_params, params, batch.transition)
+
+    return loss_fn
+
+
+def anneal_progress(cfg: Config, state: td3.State) -> jax.Array:
+    """``p = clip((env_steps − learning_starts) / anneal_steps, 0, 1)`` (1 when
+    ``cfg.anneal_steps`` is 0): the weight of ``L_α`` in :func:`annealed_actor_loss`."""
+    if cfg.anneal_steps == 0:
+        return jnp.ones(())
+    after = (state.env_steps - cfg.agent.learning_starts).astype(jnp.float32)
+    return jnp.clip(after / cfg.anneal_steps, 0.0, 1.0)
+
+
+def annealed_actor_loss(cfg: Config, alpha: Params, progress: jax.Array) -> td3.ActorLossFn:
+    """``p L_α − (1 − p) mean Q_1(s, π_φ(s))`` on the windows: a meta-training agent's
+    actor loss, moving from DPG's to the learned one as ``p`` goes from 0 to 1 (the paper's
+    code anneals this way, so that early ``α`` cannot wreck the population whose critics
+    give its meta-gradient). Only the agents' own updates use it; the meta-loss's
+    look-ahead step and fresh agents use ``L_α`` alone."""
+    learned = learned_actor_loss(cfg, alpha)
+
+    def loss_fn(agent_cfg, env, actor_params, params, batch, hp):
+        loss, metrics = learned(agent_cfg, env, actor_params, params, batch, hp)
+        if cfg.anneal_steps == 0:
+            return loss, metrics
+        q_loss = td3.actor_loss(agent_cfg, env, actor_params, params, batch, hp)[0]
+        return progress * loss + (1.0 - progress) * q_loss, metrics
 
     return loss_fn
 
@@ -559,12 +600,12 @@ def update(
     the groups' meta-gradients (skipped until every agent of every group is ready)."""
     envs, agents_in = as_groups(env, state.agents)
     n = cfg.num_agents
-    fn = learned_actor_loss(cfg, state.alpha)
+    fn = lambda s: annealed_actor_loss(cfg, state.alpha, anneal_progress(cfg, s))
     key, key_sample = jax.random.split(state.key)
     keys = jax.random.split(key_sample, len(envs) * n)
     agents, rows, grads, total, ready_g = [], [], [], [], []
     for g, (e, agents_g) in enumerate(zip(envs, agents_in, strict=True)):
-        agents_g, metrics = jax.vmap(lambda s, e=e: agent_update(cfg, e, s, hp, fn))(agents_g)
+        agents_g, metrics = jax.vmap(lambda s, e=e: agent_update(cfg, e, s, hp, fn(s)))(agents_g)
         batches = jax.vmap(lambda b, k, e=e: sample_window(cfg, e, b, k))(
             agents_g.buffer, keys[g * n : (g + 1) * n]
         )

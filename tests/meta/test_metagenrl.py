@@ -395,3 +395,51 @@ def test_config_errors():
         _cfg(seq_len=0)
     with pytest.raises(ConfigError):
         _cfg(seq_len=100)  # longer than the 64-step buffer
+
+
+def test_annealed_actor_loss_blends_dpg_into_the_learned_objective():
+    """``p = 0`` gives DPG's actor gradient, ``p = 1`` the learned objective's, and ``p``
+    between them the same blend of the two gradients (the loss is linear in ``p``)."""
+    cfg = _cfg(anneal_steps=100)
+    env, _ = registry.make("Pendulum-v1")
+    params, windows = _population(cfg, env, 1, jax.random.key(3))
+    params, windows = jax.tree.map(lambda x: x[0], (params, windows))
+    alpha = mg.init_objective(cfg, jax.random.key(4))
+    batch = td3.Batch(windows, jnp.zeros(()))
+
+    def grad(fn):
+        return jax.grad(lambda a: fn(cfg.agent, env, a, params, batch, None)[0])(params.actor)
+
+    g_dpg, g_learned = grad(td3.actor_loss), grad(mg.learned_actor_loss(cfg, alpha))
+    for p in (0.0, 0.3, 1.0):
+        got = grad(mg.annealed_actor_loss(cfg, alpha, jnp.asarray(p)))
+        want = jax.tree.map(lambda d, w, p=p: (1 - p) * d + p * w, g_dpg, g_learned)
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(jax.tree.leaves(g_dpg)[0], jax.tree.leaves(g_learned)[0])
+
+
+def test_anneal_progress_counts_env_steps_after_warm_up():
+    cfg = _cfg(anneal_steps=100)  # learning_starts = 16
+    env, _ = registry.make("Pendulum-v1")
+    state = mg.init_agent(cfg, env, jax.random.key(0), mg.HParams.make())
+    at = lambda n: float(mg.anneal_progress(cfg, state.replace(env_steps=jnp.int32(n))))
+    assert [at(0), at(16), at(66), at(116), at(500)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert float(mg.anneal_progress(_cfg(), state)) == 1.0  # off: L_α from the start
+    with pytest.raises(ConfigError, match="anneal_steps"):
+        _cfg(anneal_steps=-1)
+
+
+def test_annealing_keeps_meta_training_agents_on_dpg_at_first():
+    """With a long anneal the agents' first actor steps are DPG's: the population equals one
+    trained by the same TD3 steps with ``L_α`` never used (``p`` = 0 until warm-up ends +
+    one step), while α still gets its meta-gradient."""
+    cfg = _cfg(num_agents=2, anneal_steps=10**6)
+    env, _ = registry.make("Pendulum-v1")
+    hp = mg.HParams.make()
+    state = mg.init(cfg, env, jax.random.key(0), hp)
+    new, m = jit(lambda s: mg.train(cfg, env, s, hp, 20))(state)
+    assert int(new.meta_steps) == 5
+    assert not np.allclose(new.alpha["head2"]["w"], state.alpha["head2"]["w"])
+    # The same agents trained by plain DPG (the objective's α fixed and unused).
+    dpg = jax.vmap(lambda s: mg.train_agent(cfg, env, s, hp, 20, None)[0])(state.agents)
+    chex.assert_trees_all_close(new.agents.params.actor, dpg.params.actor, rtol=2e-3, atol=1e-5)
