@@ -58,9 +58,11 @@ experiments/meta/RESULTS_metagenrl.md), so it is off by default.
 meta-training agents on ``p L_α − (1 − p) Q_1(s, π(s))`` with ``p`` rising linearly from 0
 to 1 (:func:`annealed_actor_loss`), so a young, still random ``α`` cannot drive the
 population into a corner before its meta-gradient means anything; fresh agents and the
-meta-loss's look-ahead step use ``L_α`` alone. (On brax ``inverted_pendulum`` the agents'
-tanh actions saturate within 1 000 updates without it, after which the meta-gradient
-through the saturated ``tanh`` vanishes; see RESULTS_metagenrl.md.)
+meta-loss's look-ahead step use ``L_α`` alone. It is not enough everywhere: on brax
+``inverted_pendulum`` the agents' tanh actions saturate within 1 000 updates with or without
+a 5 000-step anneal (``L_α``'s gradient outweighs DPG's there, whose critic values are
+small), after which the meta-gradient through the saturated ``tanh`` vanishes; see
+experiments/meta/RESULTS_metagenrl.md.
 
 Conventions: windows are batch-major ``[B, L, ...]`` as the sequence buffer returns them;
 a group is a leading ``[N]`` axis on a stacked :class:`jaxrl.algorithms.td3.State` whose
