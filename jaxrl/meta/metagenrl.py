@@ -63,7 +63,8 @@ meta-loss's look-ahead step use ``L_α`` alone. It is not enough everywhere: on 
 a 5 000-step anneal (``L_α``'s gradient outweighs DPG's there, whose critic values are
 small), after which the meta-gradient through the saturated ``tanh`` vanishes; and with the
 agents kept on DPG for the whole run (an anneal longer than the run) ``α`` on brax
-``reacher`` learned a transferable rule for one seed of three. See
+``reacher`` learned a transferable rule for one seed of three with 4 agents, and for every
+seed with 16 (its meta-gradient is weak: the population size sets its noise). See
 experiments/meta/RESULTS_metagenrl.md.
 
 Conventions: windows are batch-major ``[B, L, ...]`` as the sequence buffer returns them;
