@@ -99,6 +99,8 @@ def main():
     p.add_argument("--lr-grid", default="20,40,80,160,320")
     p.add_argument("--no-next-y", action="store_true", help="L6: φ(y(s_t+1)) forced to 0")
     p.add_argument("--load", default=None, help="skip meta-training; evaluate this saved LPG")
+    p.add_argument("--pred-ent-coef", type=float, default=None, help="β1 (default: the library's)")
+    p.add_argument("--y-hat-l2", type=float, default=None, help="β3 (default: the library's)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -109,7 +111,10 @@ def main():
         lifetime_len=args.lifetime, lstm_size=32, pred_dim=8,
         lr_grid=tuple(float(x) for x in args.lr_grid.split(",")), use_next_y=not args.no_next_y,
     )  # fmt: skip
-    hp = lpg.HParams.make(learning_rate=args.meta_lr)
+    betas = {"pred_ent_coef": args.pred_ent_coef, "y_hat_l2": args.y_hat_l2}
+    hp = lpg.HParams.make(
+        learning_rate=args.meta_lr, **{k: v for k, v in betas.items() if v is not None}
+    )
     key = jax.random.key(args.seed)
     state = jax.jit(lambda k: lpg.init(cfg, env, k, hp))(key)
     eta0 = jax.tree.map(jnp.copy, state.eta)  # the initial random LPG (state is donated)
