@@ -64,8 +64,9 @@ a 5 000-step anneal (``L_α``'s gradient outweighs DPG's there, whose critic val
 small), after which the meta-gradient through the saturated ``tanh`` vanishes; and with the
 agents kept on DPG for the whole run (an anneal longer than the run) ``α`` on brax
 ``reacher`` learned a transferable rule for one seed of three with 4 agents, and for every
-seed with 16 (its meta-gradient is weak: the population size sets its noise). See
-experiments/meta/RESULTS_metagenrl.md.
+seed with 16 (its meta-gradient is weak: the population size sets its noise). With 16
+agents that follow ``L_α`` after a 10 000-step anneal, the actions shrink towards 0 instead
+and ``α`` transfers barely above a random objective. See experiments/meta/RESULTS_metagenrl.md.
 
 Conventions: windows are batch-major ``[B, L, ...]`` as the sequence buffer returns them;
 a group is a leading ``[N]`` axis on a stacked :class:`jaxrl.algorithms.td3.State` whose
