@@ -39,6 +39,7 @@ from jaxrl.algorithms import base, ppo
 from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.envs.base import Env
 from jaxrl.losses.value import value_loss
+from jaxrl.networks.torsos import ACTIVATIONS
 from jaxrl.types import Metrics
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -68,11 +69,12 @@ class Config:
     reward_scaling_discount: float = 0.99
 
     def __post_init__(self):
+        base.check_fields(self)
+        base.check_ranges(self, {"reward_scaling_discount": (0.0, 1.0)})
         base.check_positive_ints(self, ("total_timesteps", "num_envs", "rollout_len"))
-        if self.optimizer not in OPTIMIZERS:
-            raise base.ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.torso not in ("mlp", "cnn"):
-            raise base.ConfigError(f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
+        base.check_choices(
+            self, {"optimizer": OPTIMIZERS, "torso": ("mlp", "cnn"), "activation": ACTIVATIONS}
+        )
         if self.shared_torso and not self.baseline:
             raise base.ConfigError("shared_torso=True needs baseline=True (there is no critic)")
         base.check_budget(self, "num_envs * rollout_len")

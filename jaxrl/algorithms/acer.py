@@ -55,6 +55,7 @@ from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import make_vec_env
 from jaxrl.networks.policy_q import PolicyQNetwork
+from jaxrl.networks.torsos import ACTIVATIONS
 from jaxrl.replay import buffers
 from jaxrl.types import Metrics
 from jaxrl.utils import tree
@@ -85,20 +86,20 @@ class Config:
     statistics: str = "probs"  # what the trust region projects: "probs" (paper) or "logits"
 
     def __post_init__(self):
+        base.check_fields(self)
         base.check_positive_ints(
             self, ("total_timesteps", "num_envs", "rollout_len", "buffer_size")
         )
-        for name in ("replay_ratio", "replay_start"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise base.ConfigError(f"{name} must be an integer >= 0, got {value!r}")
-        for name, value, valid in (
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("statistics", self.statistics, STATISTICS),
-            ("torso", self.torso, TORSOS),
-        ):
-            if value not in valid:
-                raise base.ConfigError(f"{name} must be one of {valid}, got {value!r}")
+        base.check_non_negative_ints(self, ("replay_ratio", "replay_start"))
+        base.check_choices(
+            self,
+            {
+                "optimizer": OPTIMIZERS,
+                "statistics": STATISTICS,
+                "torso": TORSOS,
+                "activation": ACTIVATIONS,
+            },
+        )
         if self.buffer_segments < self.num_envs:
             raise base.ConfigError(
                 f"buffer_size // rollout_len = {self.buffer_segments} segments is fewer than "
@@ -208,7 +209,8 @@ def network(cfg: Config, env: Env) -> PolicyQNetwork:
     params = env.default_params()
     space = env.action_space(params)
     if not isinstance(space, spaces.Discrete):
-        raise base.ConfigError(f"ACER needs discrete actions; {type(env).__name__} has {space}")
+        raise base.ConfigError(f"ACER needs discrete actions; {env.name} has {space}")
+    base.check_torso_fits(cfg.torso, env)
     return PolicyQNetwork(
         num_actions=int(space.n),
         hidden=cfg.hidden,

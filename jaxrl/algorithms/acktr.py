@@ -51,6 +51,7 @@ from jaxrl.algorithms.a2c import (  # noqa: F401  (the algorithm contract, re-ex
 )
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
+from jaxrl.networks.torsos import ACTIVATIONS
 from jaxrl.optim import kfac
 from jaxrl.types import Metrics
 from jaxrl.utils.branch import run_if
@@ -84,16 +85,19 @@ class Config:
     reward_scaling_discount: float = 0.99
 
     def __post_init__(self):
+        base.check_fields(self)
+        base.check_ranges(self, {"reward_scaling_discount": (0.0, 1.0)})
         base.check_positive_ints(
             self, ("total_timesteps", "num_envs", "rollout_len", "inverse_update_period")
         )
-        if self.estimation_mode not in kfac.ESTIMATION_MODES:
-            raise base.ConfigError(
-                f"estimation_mode must be one of {kfac.ESTIMATION_MODES}, "
-                f"got {self.estimation_mode!r}"
-            )
-        if self.torso not in ("mlp", "cnn"):
-            raise base.ConfigError(f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
+        base.check_choices(
+            self,
+            {
+                "estimation_mode": kfac.ESTIMATION_MODES,
+                "torso": ("mlp", "cnn"),
+                "activation": ACTIVATIONS,
+            },
+        )
         base.check_budget(self, "num_envs * rollout_len")
 
     @property

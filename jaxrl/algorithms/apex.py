@@ -83,6 +83,7 @@ class Config:
     priority_exponent: float = 0.6  # alpha of proportional prioritisation
 
     def __post_init__(self):
+        base.check_fields(self)
         base.check_positive_ints(
             self,
             (
@@ -90,8 +91,7 @@ class Config:
                 "batch_size", "target_update_period", "actor_sync_period", "n_step",
             ),
         )  # fmt: skip
-        if self.learning_starts < 0:
-            raise base.ConfigError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        base.check_non_negative_ints(self, ("learning_starts",))
         if not 0 <= self.priority_exponent <= 1:
             raise base.ConfigError(
                 f"priority_exponent must be in [0, 1], got {self.priority_exponent}"

@@ -19,8 +19,11 @@ Modules never call ``jit``: the runner and tests do, so every function nests und
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping
+import numbers
+import typing
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -65,12 +68,98 @@ def check_ranges(hp, ranges: Mapping[str, tuple[float, float]]) -> None:
             raise ConfigError(f"{name} must lie in [{low}, {high}], got {value}")
 
 
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    """``{field name: its resolved annotation}`` of a ``Config`` dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_finite_real(value) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, np.bool_))
+        and (math.isfinite(value))
+    )
+
+
+def check_fields(cfg) -> None:
+    """Raises ``ConfigError`` for a ``cfg`` field whose value does not fit its annotation.
+
+    ``bool`` fields take ``True``/``False`` only, ``int`` fields whole numbers, ``float``
+    fields finite numbers, ``str`` fields strings; ``tuple[int, ...]`` fields (layer sizes)
+    take ints >= 1, ``tuple[float, ...]`` finite numbers. Ranges beyond these are each
+    algorithm's own checks.
+    """
+    for name, kind in _field_types(type(cfg)).items():
+        value = getattr(cfg, name)
+        if kind is bool:
+            ok, want = isinstance(value, (bool, np.bool_)), "True or False"
+        elif kind is int:
+            ok, want = _is_int(value), "an integer"
+        elif kind is float:
+            ok, want = _is_finite_real(value), "a finite number"
+        elif kind is str:
+            ok, want = isinstance(value, str), "a string"
+        elif typing.get_origin(kind) is tuple and typing.get_args(kind)[1:] == (Ellipsis,):
+            elem = typing.get_args(kind)[0]
+            if elem is int:
+                ok = isinstance(value, tuple) and all(_is_int(v) and v >= 1 for v in value)
+                want = "a tuple of integers >= 1"
+            elif elem is float:
+                ok = isinstance(value, tuple) and all(_is_finite_real(v) for v in value)
+                want = "a tuple of finite numbers"
+            else:
+                continue
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{name} must be {want}, got {value!r}")
+
+
 def check_positive_ints(cfg, names: tuple[str, ...]) -> None:
     """Raises ``ConfigError`` unless every named ``cfg`` field is an int >= 1."""
     for name in names:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_non_negative_ints(cfg, names: tuple[str, ...]) -> None:
+    """Raises ``ConfigError`` unless every named ``cfg`` field is an int >= 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def check_choices(cfg, choices: Mapping[str, Iterable[str]]) -> None:
+    """Raises ``ConfigError``, listing the valid values, if a named ``cfg`` field is not one.
+
+    ``choices`` maps a field's name to its valid values (a tuple, or a dict's keys).
+    """
+    for name, valid in choices.items():
+        value, valid = getattr(cfg, name), tuple(valid)
+        if value not in valid:
+            raise ConfigError(f"{name} must be one of {valid}, got {value!r}")
+
+
+IMAGE_TORSOS = ("cnn", "minatar")  # torsos whose input is one [H, W, C] image per step
+
+
+def check_torso_fits(torso: str, env) -> None:
+    """Raises ``ConfigError`` if an image torso (:data:`IMAGE_TORSOS`) gets ``env``'s
+    observations and they are not ``[H, W, C]`` images."""
+    shape = env.observation_space(env.default_params()).shape
+    if torso in IMAGE_TORSOS and len(shape) != 3:
+        raise ConfigError(
+            f"torso={torso!r} needs image observations [H, W, C]; {env.name}'s have shape "
+            f"{tuple(shape)} (use torso='mlp')"
+        )
 
 
 def config_from_dict(cls, values: Mapping[str, Any]):

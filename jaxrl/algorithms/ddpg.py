@@ -59,8 +59,7 @@ class Config(td3.Config):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.noise not in NOISES:
-            raise base.ConfigError(f"noise must be one of {NOISES}, got {self.noise!r}")
+        base.check_choices(self, {"noise": NOISES})
 
 
 HPARAM_DEFAULTS = dict(

@@ -51,6 +51,7 @@ from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import make_vec_env
 from jaxrl.losses import q as qloss
 from jaxrl.networks.q import QNetwork
+from jaxrl.networks.torsos import ACTIVATIONS
 from jaxrl.replay import buffers
 from jaxrl.types import Metrics
 from jaxrl.utils import tree
@@ -92,6 +93,7 @@ class Config:
     data_shards: int = 1  # data-parallel shards of the envs, the replay and every batch
 
     def __post_init__(self):
+        base.check_fields(self)
         base.check_positive_ints(
             self,
             (
@@ -99,15 +101,16 @@ class Config:
                 "batch_size", "target_update_period", "n_step", "num_atoms",
             ),
         )  # fmt: skip
-        for name, value, valid in (
-            ("torso", self.torso, TORSOS),
-            ("loss", self.loss, LOSSES),
-            ("distribution", self.distribution, qloss.DISTRIBUTIONS),
-        ):
-            if value not in valid:
-                raise base.ConfigError(f"{name} must be one of {valid}, got {value!r}")
-        if self.learning_starts < 0:
-            raise base.ConfigError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        base.check_choices(
+            self,
+            {
+                "torso": TORSOS,
+                "activation": ACTIVATIONS,
+                "loss": LOSSES,
+                "distribution": qloss.DISTRIBUTIONS,
+            },
+        )
+        base.check_non_negative_ints(self, ("learning_starts",))
         if self.noisy_sigma0 < 0:
             raise base.ConfigError(f"noisy_sigma0 must be >= 0, got {self.noisy_sigma0}")
         if self.priority_exponent < 0:
@@ -237,9 +240,7 @@ def num_actions(env: Env) -> int:
     """The number of discrete actions; ConfigError for other action spaces."""
     space = env.action_space(env.default_params())
     if not isinstance(space, spaces.Discrete):
-        raise base.ConfigError(
-            f"the DQN family needs discrete actions; {type(env).__name__} has {space}"
-        )
+        raise base.ConfigError(f"the DQN family needs discrete actions; {env.name} has {space}")
     return int(space.n)
 
 
@@ -250,6 +251,7 @@ def atoms(cfg: Config) -> jax.Array:
 
 def network(cfg: Config, env: Env) -> QNetwork:
     """The Q-network: ``[..., A]`` values, or ``[..., A, num_atoms]`` for c51/qr."""
+    base.check_torso_fits(cfg.torso, env)
     return QNetwork(
         num_actions=num_actions(env),
         hidden=cfg.hidden,

@@ -45,6 +45,7 @@ from jaxrl.envs.base import Env
 from jaxrl.losses import policy as policy_losses
 from jaxrl.losses.value import value_loss
 from jaxrl.networks import ActorCritic
+from jaxrl.networks.torsos import ACTIVATIONS
 from jaxrl.types import Metrics
 
 OPTIMIZERS = ("rmsprop", "adam")
@@ -70,13 +71,13 @@ class Config:
     reward_scaling_discount: float = 0.99
 
     def __post_init__(self):
+        base.check_fields(self)
+        base.check_ranges(self, {"reward_scaling_discount": (0.0, 1.0)})
         base.check_positive_ints(self, ("total_timesteps", "num_envs", "rollout_len"))
-        if not isinstance(self.lag, int) or isinstance(self.lag, bool) or self.lag < 0:
-            raise base.ConfigError(f"lag must be an integer >= 0, got {self.lag!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise base.ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.torso not in ("mlp", "cnn"):
-            raise base.ConfigError(f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
+        base.check_non_negative_ints(self, ("lag",))
+        base.check_choices(
+            self, {"optimizer": OPTIMIZERS, "torso": ("mlp", "cnn"), "activation": ACTIVATIONS}
+        )
         base.check_budget(self, "num_envs * rollout_len")
 
     @property

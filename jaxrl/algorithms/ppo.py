@@ -43,6 +43,7 @@ from jaxrl.envs.base import Env
 from jaxrl.losses import policy as policy_losses
 from jaxrl.losses.value import value_loss
 from jaxrl.networks import ActorCritic
+from jaxrl.networks.torsos import ACTIVATIONS
 from jaxrl.types import Metrics
 
 OBJECTIVES = ("clip", "kl")
@@ -78,6 +79,8 @@ class Config:
     data_shards: int = 1  # data-parallel shards of the envs and of every minibatch
 
     def __post_init__(self):
+        base.check_fields(self)
+        base.check_ranges(self, {"reward_scaling_discount": (0.0, 1.0)})
         base.check_positive_ints(
             self,
             ("total_timesteps", "num_envs", "rollout_len", "num_epochs", "num_minibatches"),
@@ -91,10 +94,9 @@ class Config:
             self.data_shards,
             {"num_envs": self.num_envs, "the minibatch size": self.minibatch_size},
         )
-        if self.objective not in OBJECTIVES:
-            raise base.ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.torso not in ("mlp", "cnn"):
-            raise base.ConfigError(f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
+        base.check_choices(
+            self, {"objective": OBJECTIVES, "torso": ("mlp", "cnn"), "activation": ACTIVATIONS}
+        )
         base.check_budget(self, "num_envs * rollout_len")
 
     @property
@@ -200,6 +202,7 @@ def blend(on: jax.Array, feature, without):
 
 def network(cfg: Config, env: Env) -> ActorCritic:
     """The actor-critic for ``env``'s spaces (taken at the env's default params)."""
+    base.check_torso_fits(cfg.torso, env)
     params = env.default_params()
     obs_space = env.observation_space(params)
     return ActorCritic(

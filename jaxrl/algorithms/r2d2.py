@@ -97,6 +97,7 @@ class Config:
     exploration: str = "per_env"  # "per_env" | "linear"
 
     def __post_init__(self):
+        base.check_fields(self)
         base.check_positive_ints(
             self,
             (
@@ -105,13 +106,7 @@ class Config:
                 "lstm_features",
             ),
         )  # fmt: skip
-        for name, value, valid in (
-            ("torso", self.torso, TORSOS),
-            ("loss", self.loss, LOSSES),
-            ("exploration", self.exploration, EXPLORATION),
-        ):
-            if value not in valid:
-                raise base.ConfigError(f"{name} must be one of {valid}, got {value!r}")
+        base.check_choices(self, {"torso": TORSOS, "loss": LOSSES, "exploration": EXPLORATION})
         if not isinstance(self.burn_in, int) or not 0 <= self.burn_in < self.sequence_length:
             raise base.ConfigError(
                 f"burn_in must be an int in [0, sequence_length = {self.sequence_length}), "
@@ -122,8 +117,7 @@ class Config:
                 f"period = {self.period} exceeds sequence_length = {self.sequence_length} "
                 "(steps between sequences would never be learned from)"
             )
-        if self.learning_starts < 0:
-            raise base.ConfigError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        base.check_non_negative_ints(self, ("learning_starts",))
         if not 0 <= self.priority_exponent <= 1:
             raise base.ConfigError(
                 f"priority_exponent must be in [0, 1], got {self.priority_exponent}"
@@ -249,6 +243,7 @@ class State(struct.PyTreeNode):
 
 def network(cfg: Config, env: Env) -> RecurrentQNetwork:
     """``(carry, obs [T, B, ...], reset [T, B]) -> (carry, q [T, B, A])``."""
+    base.check_torso_fits(cfg.torso, env)
     return RecurrentQNetwork(
         num_actions=dqn.num_actions(env),
         hidden=cfg.hidden,

@@ -69,13 +69,12 @@ class Config:
     reward_discount: float = 0.99  # the discount of that running return
 
     def __post_init__(self):
+        base.check_fields(self)
+        base.check_ranges(self, {"reward_discount": (0.0, 1.0)})
         names = ("num_envs", "rollout_len", "num_updates", "num_epochs", "num_minibatches",
                  "hidden")  # fmt: skip
         base.check_positive_ints(self, names)
-        if self.algo not in ALGOS:
-            raise base.ConfigError(f"algo must be one of {ALGOS}, got {self.algo!r}")
-        if self.cell not in CELLS:
-            raise base.ConfigError(f"cell must be one of {CELLS}, got {self.cell!r}")
+        base.check_choices(self, {"algo": ALGOS, "cell": CELLS})
         if self.num_envs % self.minibatches:
             raise base.ConfigError(
                 f"num_envs = {self.num_envs} is not divisible by "

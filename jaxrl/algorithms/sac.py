@@ -81,6 +81,7 @@ class Config:
     data_shards: int = 1  # data-parallel shards of the envs, the replay and every batch
 
     def __post_init__(self):
+        base.check_fields(self)
         base.check_positive_ints(
             self,
             (
@@ -88,8 +89,7 @@ class Config:
                 "batch_size", "policy_delay", "num_critics",
             ),
         )  # fmt: skip
-        if self.learning_starts < 0:
-            raise base.ConfigError("learning_starts must be >= 0")
+        base.check_non_negative_ints(self, ("learning_starts",))
         base.check_batch_fits(self)
         base.check_budget(self, "num_envs * train_freq")
         dp.check_divides(

@@ -69,6 +69,7 @@ class Config:
     target_smoothing: bool = True  # False: no target-policy noise (DDPG)
 
     def __post_init__(self):
+        base.check_fields(self)
         base.check_positive_ints(
             self,
             (
@@ -76,8 +77,7 @@ class Config:
                 "batch_size", "policy_delay", "context_features", "num_critics",
             ),
         )  # fmt: skip
-        if self.learning_starts < 0 or self.context_len < 0:
-            raise base.ConfigError("learning_starts and context_len must be >= 0")
+        base.check_non_negative_ints(self, ("learning_starts", "context_len"))
         base.check_batch_fits(self)
         base.check_budget(self, "num_envs * train_freq")
 
@@ -175,7 +175,9 @@ def action_space(env: Env) -> spaces.Box:
     """``env``'s Box action space; a ConfigError for discrete actions."""
     space = env.action_space(env.default_params())
     if not isinstance(space, spaces.Box):
-        raise base.ConfigError(f"TD3 needs a continuous (Box) action space; {env.name} has {space}")
+        raise base.ConfigError(
+            f"TD3 and DDPG need a continuous (Box) action space; {env.name} has {space}"
+        )
     return space
 
 

@@ -47,6 +47,7 @@ from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.envs.base import Env
 from jaxrl.losses import natural
 from jaxrl.networks import ActorCritic
+from jaxrl.networks.torsos import ACTIVATIONS
 from jaxrl.types import Metrics
 
 ACTOR_MODULES = ("actor_torso", "policy_head")  # ActorCritic submodules the policy uses
@@ -81,6 +82,8 @@ class Config:
     reward_scaling_discount: float = 0.99
 
     def __post_init__(self):
+        base.check_fields(self)
+        base.check_ranges(self, {"reward_scaling_discount": (0.0, 1.0)})
         base.check_positive_ints(
             self,
             (
@@ -93,8 +96,7 @@ class Config:
                 f"num_envs * rollout_len = {self.steps_per_update} is not divisible by "
                 f"num_minibatches = {self.num_minibatches}"
             )
-        if self.torso not in ("mlp", "cnn"):
-            raise base.ConfigError(f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
+        base.check_choices(self, {"torso": ("mlp", "cnn"), "activation": ACTIVATIONS})
         if self.shared_torso:
             raise base.ConfigError(
                 "shared_torso must be False for TRPO: the trust-region step moves the actor's "

@@ -91,6 +91,7 @@ class Config:
     stagger: bool = True
 
     def __post_init__(self):
+        base.check_fields(self)
         for name in ("num_lifetimes", "num_envs", "rollout_len", "num_inner", "lifetime_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -95,26 +95,14 @@ class Config:
     line_search_steps: int = 15
 
     def __post_init__(self):
-        for name in ("meta_batch_size", "num_traj", "horizon", "cg_iters", "line_search_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"Config.{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.anneal_steps, int) or self.anneal_steps < 0:
-            raise ConfigError(f"Config.anneal_steps must be an int >= 0, got {self.anneal_steps!r}")
-        if not isinstance(self.num_inner_steps, int) or self.num_inner_steps < 0:
-            raise ConfigError(
-                f"Config.num_inner_steps must be an int >= 0, got {self.num_inner_steps!r}"
-            )
-        if self.outer not in OUTERS:
-            raise ConfigError(f"Config.outer must be one of {OUTERS}, got {self.outer!r}")
+        base.check_fields(self)
+        base.check_positive_ints(
+            self, ("meta_batch_size", "num_traj", "horizon", "cg_iters", "line_search_steps")
+        )
+        base.check_non_negative_ints(self, ("anneal_steps", "num_inner_steps"))
+        base.check_choices(self, {"outer": OUTERS})
         if self.outer == "reptile" and self.num_inner_steps < 1:
             raise ConfigError("Config.outer='reptile' needs num_inner_steps >= 1 (0 gives g = 0)")
-        if not isinstance(self.hidden, tuple) or any(
-            not isinstance(w, int) or w < 1 for w in self.hidden
-        ):
-            raise ConfigError(
-                f"Config.hidden must be a tuple of positive ints, got {self.hidden!r}"
-            )
         if not self.action_scale > 0:
             raise ConfigError(f"Config.action_scale must be > 0, got {self.action_scale!r}")
 

@@ -136,9 +136,9 @@ class Config:
     anneal_steps: int = 0
 
     def __post_init__(self):
+        base.check_fields(self)
         base.check_positive_ints(self, ("seq_len", "lstm_size", "head_hidden", "num_agents"))
-        if self.anneal_steps < 0:
-            raise base.ConfigError(f"anneal_steps must be >= 0, got {self.anneal_steps}")
+        base.check_non_negative_ints(self, ("anneal_steps",))
         seq_buffer(self)  # raises ConfigError for a window longer than the per-env capacity
 
 

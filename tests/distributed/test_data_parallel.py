@@ -241,7 +241,7 @@ def test_data_shards_one_runs_no_collective_and_no_shard_axis(name):
         (dqn, dict(num_envs=4, buffer_size=1002, data_shards=4), "buffer_size = 1002"),
         (sac, dict(num_envs=2, batch_size=256, data_shards=4), "num_envs = 2"),
         (sac, dict(num_envs=4, batch_size=250, data_shards=4), "batch_size = 250"),
-        (sac, dict(data_shards=2.0), "positive integer"),
+        (sac, dict(data_shards=2.0), "data_shards must be an integer"),
     ],
 )
 def test_data_shards_that_do_not_divide_are_a_config_error(algo, fields, match):

@@ -55,6 +55,10 @@ BAD_INPUTS = {
         ["train", "ppo", "--env", "CartPole-v1", "--set", "num_envs=4.5"],
         ["num_envs", "int"],
     ),
+    "unknown activation": (
+        ["train", "dqn", "--env", "CartPole-v1", "--set", "activation=swishy"],
+        ["activation", "swishy", "relu"],
+    ),
     "unknown preset": (
         ["train", "ppo", "--preset", "ppo/nope"],
         ["unknown preset", "ppo/cartpole"],
