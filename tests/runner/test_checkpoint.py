@@ -1,7 +1,9 @@
 """Checkpoints and exact resume: interrupted + resumed equals uninterrupted bitwise (PPO,
-Rainbow and TD3 with their replay buffers); a restored state has the template's types, so the
-resume runs the uninterrupted run's program; a write killed midway leaves the previous
-checkpoint usable; corrupt, truncated or incompatible checkpoints are one clear ConfigError."""
+Rainbow and TD3 with their replay buffers, IMPALA's lagged behaviour policy, R2D2's
+sequence replay, SAC; every other algorithm with --runslow); a restored state has the
+template's types, so the resume runs the uninterrupted run's program; a write killed midway
+leaves the previous checkpoint usable; corrupt, truncated or incompatible checkpoints are
+one clear ConfigError."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxrl import distributed, envs
-from jaxrl.algorithms import ppo, rainbow, td3
+from jaxrl.algorithms import ALGORITHMS, ppo, rainbow, td3
 from jaxrl.checkpoint import io as checkpoint_io
 from jaxrl.errors import ConfigError
 from jaxrl.runner import cli, loop, sweep
@@ -30,11 +32,41 @@ RAINBOW_CFG = dict(
     total_timesteps=96, num_envs=2, hidden=(8, 8), batch_size=8, buffer_size=64,
     learning_starts=16, num_atoms=11, target_update_period=4,
 )  # fmt: skip
+ON_POLICY = dict(total_timesteps=12 * 32, num_envs=4, rollout_len=8, hidden=(8, 8))
+# The rest of the state each algorithm adds: IMPALA a ring of lagged behaviour parameters;
+# R2D2 sequences with stored LSTM state; SAC a temperature and its optimiser; ACKTR K-FAC
+# factors refreshed every 2nd update; ACER a segment replay and an averaged network; Ape-X
+# actors' stale parameters; TRPO and A2C observation and reward normalisers.
+MORE = {
+    "impala": ("CartPole-v1", ON_POLICY | dict(lag=2)),
+    "r2d2": ("CartPole-v1", dict(
+        total_timesteps=12 * 16, num_envs=2, train_freq=8, hidden=(8,), lstm_features=8,
+        batch_size=4, buffer_size=64, sequence_length=8, burn_in=2, period=4, n_step=2,
+        learning_starts=32, target_update_period=4,
+    )),
+    "sac": ("Pendulum-v1", TD3_CFG),
+    "acktr": ("CartPole-v1", ON_POLICY | dict(inverse_update_period=2)),
+    "acer": ("CartPole-v1", ON_POLICY | dict(buffer_size=128, replay_start=64, replay_ratio=2)),
+    "apex": ("CartPole-v1", dict(
+        total_timesteps=12 * 8, num_actors=4, hidden=(8, 8), batch_size=8, buffer_size=64,
+        learning_starts=16, target_update_period=4, actor_sync_period=3,
+    )),
+    "trpo": ("CartPole-v1", ON_POLICY | dict(
+        num_minibatches=4, num_epochs=2, normalize_obs=True, scale_reward=True,
+    )),
+    "a2c": ("CartPole-v1", ON_POLICY | dict(normalize_obs=True, scale_reward=True, anneal_lr=True)),
+    "dqn": ("CartPole-v1", RAINBOW_CFG | dict(num_atoms=51, prioritised=True, n_step=3)),
+    "ddpg": ("Pendulum-v1", TD3_CFG),
+}  # fmt: skip
+SLOW = {"acktr", "acer", "apex", "trpo", "a2c", "dqn", "ddpg"}  # their state is like another's
 # name: (algo, env, config, seeds, loop.run's chunking and checkpointing)
 CASES = {
     "ppo": (ppo, "CartPole-v1", PPO_CFG, PPO_SEEDS, dict(checkpoint_every=2)),
     "rainbow": (rainbow, "CartPole-v1", RAINBOW_CFG, [0, 1], dict(target_chunks=4)),
     "td3": (td3, "Pendulum-v1", TD3_CFG, [0, 1], dict(target_chunks=4)),
+} | {
+    name: (ALGORITHMS[name], env, cfg, [0, 1], dict(target_chunks=4 if env == "Pendulum-v1" else 6))
+    for name, (env, cfg) in MORE.items()
 }
 
 
@@ -58,7 +90,9 @@ def _interrupt_at_save(monkeypatch, n: int):
     monkeypatch.setattr(checkpoint_io, "save", dying)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in sorted(CASES)]
+)
 def test_interrupted_and_resumed_equals_uninterrupted_bitwise(name, tmp_path, monkeypatch):
     algo, env_name, cfg_kw, seeds, chunking = CASES[name]
     env, _ = envs.make(env_name)
