@@ -63,9 +63,20 @@ def check_ranges(hp, ranges: Mapping[str, tuple[float, float]]) -> None:
     for name, (low, high) in ranges.items():
         value = np.asarray(getattr(hp, name))
         if not np.all(np.isfinite(value)):
-            raise ConfigError(f"{name} must be finite, got {value}")
-        if np.any(value < low) or np.any(value > high):
-            raise ConfigError(f"{name} must lie in [{low}, {high}], got {value}")
+            raise ConfigError(f"{name} must be finite, got {_shown(value, ~np.isfinite(value))}")
+        outside = (value < low) | (value > high)
+        if np.any(outside):
+            raise ConfigError(f"{name} must lie in [{low}, {high}], got {_shown(value, outside)}")
+
+
+def _shown(value: np.ndarray, bad: np.ndarray) -> str:
+    """The ``bad`` entries of ``value`` for a message: ``-0.001`` (float32's ``-0.0010000000474``
+    shown to 6 digits); for a run axis the first three and how many of how many runs."""
+    shown = [f"{float(v):.6g}" for v in np.ravel(value[bad])]
+    if value.ndim == 0:
+        return shown[0]
+    more = ", ..." if len(shown) > 3 else ""
+    return f"{', '.join(shown[:3])}{more} (in {len(shown)} of {value.size} runs)"
 
 
 @functools.cache

@@ -158,7 +158,10 @@ def restore(
     step = latest_step(run_dir)
     where = f"checkpoint {Path(run_dir) / SUBDIR}/{step}"
     if step is None:
-        raise ConfigError(f"no checkpoint in {Path(run_dir) / SUBDIR} to resume from")
+        raise ConfigError(
+            f"no checkpoint in {Path(run_dir) / SUBDIR} (the run saved none: it stopped "
+            "before its first, or ran with --checkpoint-every 0)"
+        )
     with _manager(run_dir) as mgr:
         try:
             manifest = mgr.restore(step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore()))[

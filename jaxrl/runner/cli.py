@@ -297,10 +297,13 @@ def _train(args) -> int:
 def format_table(summary: dict) -> str:
     """The console results table: final return per run, then mean ± std."""
     s = summary
+    speed = s["steps_per_second"]
+    speed = f"{speed:,.0f} steps/s" if speed is not None else "no steps left to run"
+    if s.get("resumed_at_update"):
+        speed += f" (resumed at update {s['resumed_at_update']:,})"
     lines = [
         f"{s['algo']} on {s['env']}: {s['num_runs']} runs x {s['env_steps_per_run']:,} env steps, "
-        f"{s['steps_per_second']:,.0f} steps/s, compile {s['compile_seconds']:.1f} s, "
-        f"run {s['run_seconds']:.1f} s",
+        f"{speed}, compile {s['compile_seconds']:.1f} s, run {s['run_seconds']:.1f} s",
         f"{'seed':>6}  {'final return':>12}",
     ]
     for label, value in zip(s["runs"], s["final_return"]["per_run"], strict=False):

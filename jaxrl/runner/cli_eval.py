@@ -124,7 +124,8 @@ def format_table(result: dict) -> str:
     ]
     for r in result["runs"]:
         if r["mean"] is None:
-            lines.append(f"{r['run']:>4} {r['seed']:>6}  {'unfinished':>12}  {r['unfinished']:>8}")
+            left = f"{r['unfinished']} of {result['episodes']} episodes unfinished"
+            lines.append(f"{r['run']:>4} {r['seed']:>6}  {'-':>12}  {'-':>8}  ({left})")
         else:
             lines.append(f"{r['run']:>4} {r['seed']:>6}  {r['mean']:>12.2f}  {r['std']:>8.2f}")
     if result["mean_over_runs"] is not None:

@@ -195,7 +195,11 @@ def _validate(args):
     num = args.population
     hps = jax.tree.map(lambda x: jnp.broadcast_to(x, (num,)), hp)
     hps = hps.replace(**{k: jnp.asarray(v) for k, v in spread(init, num, args.seed).items()})
-    algo.check(cfg, hps)  # every starting value in range
+    try:
+        algo.check(cfg, hps)  # every starting value in range
+    except ConfigError as err:
+        spread_names = [name for name in init if str(err).startswith(f"{name} ")]
+        raise ConfigError(f"--init {spread_names[0]}: {err}" if spread_names else err) from None
     options = dict(fraction=args.fraction, factors=factors, score_decay=args.score_decay)
     pbt.check(algo, pbt.PBTConfig(tuple(args.perturb), args.updates_per_round, **options), hps)
     return algo, env, env_name, cfg, hp, hps, rounds, options, requested

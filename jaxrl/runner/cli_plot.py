@@ -156,7 +156,8 @@ def normalise(
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, tuple[float, float]]]:
     """Min-max normalises each env's scores over every method (or to the given ends).
 
-    Returns the normalised scores and the ``(min, max)`` used per env.
+    Returns the normalised scores and the ``(min, max)`` used per env. Raises ConfigError if
+    an end was given (``--min``/``--max``) and an env's min is not below its max.
     """
     envs = sorted({e for per in scores.values() for e in per})
     bounds = {}
@@ -164,9 +165,15 @@ def normalise(
         pooled = np.concatenate([per[env] for per in scores.values() if env in per])
         lo = low[1].get(env, low[0])
         hi = high[1].get(env, high[0])
+        given = lo is not None or hi is not None
         lo = float(pooled.min()) if lo is None and pooled.size else lo
         hi = float(pooled.max()) if hi is None and pooled.size else hi
         bounds[env] = (lo if lo is not None else 0.0, hi if hi is not None else 1.0)
+        if given and not bounds[env][0] < bounds[env][1]:
+            raise ConfigError(
+                f"{env}: the score range [{bounds[env][0]:g}, {bounds[env][1]:g}] is empty; "
+                f"give its own ends with --min {env}=VALUE --max {env}=VALUE"
+            )
     normed = {}
     for method, per in scores.items():
         normed[method] = {}
@@ -318,11 +325,11 @@ def _plot(args: argparse.Namespace) -> int:
     low, high = parse_bounds(args.min, "--min"), parse_bounds(args.max, "--max")
     groups = [g for d in args.run_dirs for g in read_run_dir(d)]
     out = args.out or (args.run_dirs[0] / "plots" if len(args.run_dirs) == 1 else Path("plots"))
+    raw = final_scores(groups)
+    normed, bounds = normalise(raw, low, high)  # may raise: before anything is written
     out.mkdir(parents=True, exist_ok=True)
     reps = args.bootstrap_reps
     plot_curves(out / "curves.png", groups, reps)
-    raw = final_scores(groups)
-    normed, bounds = normalise(raw, low, high)
     text, results = aggregate_table(normed, raw, bounds, reps)
     writers.atomic_write_text(out / "aggregates.md", text)
     writers.write_json(out / "aggregates.json", {"bounds": bounds, "methods": results})

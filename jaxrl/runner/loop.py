@@ -203,7 +203,7 @@ def run(
     bar = _progress(num_updates * steps_per_update * num_runs, quiet, f"{algo_name} {env_name}")
     if bar is not None and done_updates:
         bar.update(done_updates * steps_per_update * num_runs)
-    chunks_done = 0
+    chunks_done, first_update = 0, done_updates  # first_update > 0: resumed there
     t1 = time.perf_counter()
     while done_updates < num_updates:
         size = min(chunk, num_updates - done_updates)
@@ -255,6 +255,9 @@ def run(
     history_arr = {name: np.concatenate(parts, axis=1) for name, parts in history.items()}
     final = metric_utils.final_return(history_arr["episode/return"], history_arr["episode/count"])
     env_steps = num_updates * steps_per_update
+    # The speed of this process's own work: a resumed run's steps before the checkpoint were
+    # timed by the run that took them (and a resume of a finished run takes none: None).
+    steps_here = (num_updates - first_update) * steps_per_update * num_runs
     summary = {
         "algo": algo_name,
         "env": env_name,
@@ -264,9 +267,10 @@ def run(
         "runs": runs.labels,
         "env_steps_per_run": env_steps,
         "env_steps_total": env_steps * num_runs,
-        "steps_per_second": env_steps * num_runs / run_seconds,
+        "steps_per_second": steps_here / run_seconds if steps_here else None,
         "compile_seconds": compile_seconds,
         "run_seconds": run_seconds,
+        "resumed_at_update": first_update,
         "final_return": {
             "per_run": final,
             "mean": float(np.nanmean(final)) if np.isfinite(final).any() else None,

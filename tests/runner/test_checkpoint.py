@@ -119,6 +119,11 @@ def test_interrupted_and_resumed_equals_uninterrupted_bitwise(name, tmp_path, mo
     np.testing.assert_array_equal(
         whole.summary["final_return"]["per_run"], resumed.summary["final_return"]["per_run"]
     )
+    # The resumed run's speed counts only the steps it took itself.
+    assert (whole.summary["resumed_at_update"], resumed.summary["resumed_at_update"]) == (0, done)
+    steps_after = (cfg.num_updates - done) * cfg.steps_per_update * len(seeds)
+    speed = steps_after / resumed.summary["run_seconds"]
+    assert resumed.summary["steps_per_second"] == pytest.approx(speed)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +150,19 @@ def _restore(run_dir, env, cfg, runs, **manifest):
     template = _template(cfg, env, runs)
     expected = loop._manifest("ppo", "CartPole-v1", cfg, runs) | manifest
     return checkpoint_io.restore(run_dir, template, expected)
+
+
+def test_resuming_a_finished_run_changes_nothing_and_reports_no_speed(saved_run, tmp_path):
+    run_dir, env, cfg, runs, result = saved_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    kw = dict(env_name="CartPole-v1", algo_name="ppo", quiet=True, checkpoint_every=4)
+    again = loop.run(ppo, env, cfg, runs, run_dir=copy, resume=True, **kw)
+    assert again.summary["steps_per_second"] is None
+    assert again.summary["resumed_at_update"] == cfg.num_updates
+    assert (copy / "metrics.jsonl").read_text() == (run_dir / "metrics.jsonl").read_text()
+    for a, b in zip(_arrays(result.state), _arrays(again.state), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_write_killed_midway_leaves_the_previous_checkpoint(saved_run, tmp_path):

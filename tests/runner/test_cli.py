@@ -41,7 +41,7 @@ BAD_INPUTS = {
     ),
     "negative learning rate": (
         ["train", "ppo", "--env", "CartPole-v1", "--set", "learning_rate=-1e-3"],
-        ["learning_rate"],
+        ["learning_rate must lie in [0.0, 1.0], got -0.001"],  # as the README shows it
     ),
     "non-numeric learning rate": (
         ["train", "ppo", "--env", "CartPole-v1", "--set", "learning_rate=fast"],

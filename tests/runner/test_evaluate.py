@@ -307,3 +307,15 @@ def test_recurrent_r2d2_evaluation_carries_the_lstm_state_through_each_episode()
     assert forgetful_differs
     with pytest.raises(ConfigError, match="eps_end"):
         evaluate(r2d2, cfg, env, params, key, episodes, False, env_params, steps)
+
+
+def test_eval_table_says_how_many_episodes_were_unfinished_instead_of_a_std():
+    runs = [
+        dict(run=0, seed=0, mean=None, std=None, unfinished=2),
+        dict(run=1, seed=1, mean=12.5, std=0.5, unfinished=0),
+    ]
+    result = dict(algo="ppo", env="E", checkpoint_update=8, episodes=5, deterministic=True,
+                  mean_over_runs=None, std_over_runs=None, runs=runs)  # fmt: skip
+    lines = cli_eval.format_table(result).splitlines()
+    assert lines[2].split() == ["0", "0", "-", "-", "(2", "of", "5", "episodes", "unfinished)"]
+    assert lines[3].split() == ["1", "1", "12.50", "0.50"]

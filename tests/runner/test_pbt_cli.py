@@ -109,7 +109,10 @@ BAD_INPUTS = {
     "factors": (["--factors", "0.8,-1"], ["--factors"]),
     "init syntax": (["--init", "learning_rate=1e-3"], ["NAME=LOW:HIGH"]),
     "init at zero": (["--init", "ent_coef=0:0.1"], ["0 < LOW <= HIGH"]),
-    "init out of range": (["--init", "learning_rate=1e-3:3"], ["learning_rate", "[0.0, 1.0]"]),
+    "init out of range": (
+        ["--init", "learning_rate=1e-3:3"],
+        ["--init learning_rate: learning_rate must lie in [0.0, 1.0], got 3 (in 1 of 4 runs)"],
+    ),
     "init and set": (
         ["--init", "ent_coef=1e-3:1e-1", "--set", "ent_coef=0.1"],
         ["ent_coef", "--set"],

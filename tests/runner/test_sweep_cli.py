@@ -221,6 +221,19 @@ def test_plot_aggregates_across_environments_by_hand(tmp_path):
     assert agg2["methods"]["b"]["mean"]["point"] == pytest.approx((5 / 20 + 150 / 400) / 2)
 
 
+def test_plot_with_an_empty_score_range_is_one_line_and_writes_nothing(tmp_path, capsys):
+    _fake_run(tmp_path / "a1", "a", "E1", [[1.0, 0.0], [1.0, 10.0]])
+    _fake_run(tmp_path / "a2", "a", "E2", [[1.0, -300.0], [1.0, -100.0]])
+    out = tmp_path / "out"
+    # --min 0 for every env, --max 0 for E2: E2's range [0, 0] is empty
+    argv = ["plot", str(tmp_path / "a1"), str(tmp_path / "a2"), "--out", str(out),
+            "--min", "0", "--max", "E1=20", "--max", "E2=0"]  # fmt: skip
+    assert _main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "E2: the score range [0, 0] is empty" in err[0]
+    assert not out.exists()
+
+
 def test_plot_of_a_missing_dir_is_one_line(tmp_path, capsys):
     assert _main(["plot", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
