@@ -126,6 +126,7 @@ def run(
     at the end. ``evaluator`` (:class:`jaxrl.runner.evaluate.PeriodicEval`) evaluates every
     run when ``evaluator.due(chunks_done, last)``.
     """
+    sweep.check_runs(algo, cfg, runs)  # a clear ConfigError before anything compiles
     num_updates = cfg.num_updates
     chunk = choose_chunk(num_updates, target_chunks)
     steps_per_update = cfg.steps_per_update

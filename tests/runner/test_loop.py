@@ -11,6 +11,7 @@ import pytest
 from jaxrl import envs
 from jaxrl.algorithms import ppo
 from jaxrl.checkpoint import io as checkpoint_io
+from jaxrl.errors import ConfigError
 from jaxrl.logger import metrics
 from jaxrl.runner import loop, sweep
 
@@ -135,3 +136,32 @@ def test_data_parallel_runs_use_a_run_by_data_mesh_and_equal_vmapped_shards(tmp_
     for a, b in zip(_state_arrays(one), _state_arrays(meshed), strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _bad_runs():
+    hp = ppo.HParams.make()
+    two = sweep.grid(hp, seeds=[0, 1])
+    three_lrs = two.hps.replace(learning_rate=jax.numpy.array([1e-3, 1e-4, 1e-5]))
+    return {
+        "no seeds": (lambda: sweep.grid(hp, seeds=[]), "at least one seed"),
+        "unknown name": (lambda: sweep.grid(hp, seeds=[0], lr=[1e-3]), "unknown hyperparameter"),
+        "no values": (lambda: sweep.grid(hp, seeds=[0], learning_rate=[]), "no values"),
+        "out of range": (
+            lambda: sweep.grid(hp, seeds=[0, 1], learning_rate=[1e-3, -1.0]),
+            r"learning_rate must lie in \[0.0, 1.0\], got -1, -1 \(in 2 of 4 runs\)",
+        ),
+        "run axis": (
+            lambda: dataclasses.replace(two, hps=three_lrs),
+            r"2 runs, but these lack a leading axis of 2: learning_rate \(3,\)$",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_runs()))
+def test_bad_runs_are_a_config_error_before_compiling(case, monkeypatch):
+    make, match = _bad_runs()[case]
+    monkeypatch.setattr(sweep, "init_runs", lambda *a: pytest.fail("init_runs was reached"))
+    env, _ = envs.make("CartPole-v1")
+    cfg = ppo.Config(total_timesteps=64, num_envs=4, rollout_len=16)
+    with pytest.raises(ConfigError, match=match):
+        loop.run(ppo, env, cfg, make(), env_name="CartPole-v1", algo_name="ppo", quiet=True)
