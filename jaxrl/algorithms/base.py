@@ -91,11 +91,8 @@ def _is_int(value) -> bool:
 
 
 def _is_finite_real(value) -> bool:
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, (bool, np.bool_))
-        and (math.isfinite(value))
-    )
+    real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return real and math.isfinite(value)
 
 
 def check_fields(cfg) -> None:
