@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxrl.algorithms import td3
+from jaxrl.algorithms import base, td3
 from jaxrl.envs.base import Env, Wrapper
 from jaxrl.envs.wrappers import History
 from jaxrl.errors import ConfigError
@@ -250,6 +250,15 @@ class AdaptConfig:
     beta_clip: float = 10.0
     classifier_steps: int = 20  # Newton iterations
     ridge: float = 1e-3
+
+    def __post_init__(self):
+        base.check_fields(self)
+        base.check_positive_ints(self, ("new_envs", "new_steps", "old_pool", "classifier_steps"))
+        base.check_non_negative_ints(self, ("adapt_steps",))
+        if not self.beta_clip > 0 or self.ridge < 0:
+            raise ConfigError(
+                f"need beta_clip > 0 and ridge >= 0, got {self.beta_clip}, {self.ridge}"
+            )
 
 
 class AdaptInfo(struct.PyTreeNode):

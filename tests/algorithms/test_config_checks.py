@@ -14,12 +14,13 @@ import pytest
 from jaxrl.algorithms import ALGORITHMS
 from jaxrl.envs import registry
 from jaxrl.errors import ConfigError
-from jaxrl.meta import lpg, maml, metagenrl
+from jaxrl.meta import lpg, maml, metagenrl, mql
 
 CONFIGS = {name: module.Config for name, module in sorted(ALGORITHMS.items())} | {
     "lpg": lpg.Config,
     "maml": maml.Config,
     "metagenrl": metagenrl.Config,
+    "mql-adapt": mql.AdaptConfig,
 }
 COUNTS = ("learning_starts", "context_len", "lag", "replay_ratio", "replay_start", "anneal_steps")
 CHOICES = ("torso", "activation", "optimizer", "loss", "objective", "distribution", "exploration",
