@@ -133,7 +133,7 @@ def check_positive_ints(cfg, names: tuple[str, ...]) -> None:
     """Raises ``ConfigError`` unless every named ``cfg`` field is an int >= 1."""
     for name in names:
         value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _is_int(value) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
@@ -141,7 +141,7 @@ def check_non_negative_ints(cfg, names: tuple[str, ...]) -> None:
     """Raises ``ConfigError`` unless every named ``cfg`` field is an int >= 0."""
     for name in names:
         value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not _is_int(value) or value < 0:
             raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
 
 
