@@ -81,9 +81,13 @@ def _shown(value: np.ndarray, bad: np.ndarray) -> str:
 
 @functools.cache
 def _field_types(cls) -> dict[str, Any]:
-    """``{field name: its resolved annotation}`` of a ``Config`` dataclass."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    """``{field name: its resolved annotation}`` of a ``Config`` dataclass (a field whose
+    annotation cannot be resolved, e.g. a user subclass's local name, is left unchecked)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001  (any unresolvable name: check what is resolved)
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)}
 
 
 def _is_int(value) -> bool:

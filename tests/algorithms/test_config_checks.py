@@ -118,3 +118,20 @@ def test_every_algorithm_with_a_torso_choice_is_checked_for_image_observations()
     assert {a for a, c in CONFIGS.items() if a in ALGORITHMS and "torso" in _fields(c)} == set(
         IMAGE_TORSO
     )
+
+
+def test_a_subclass_with_an_unresolvable_annotation_is_still_checked():
+    def make():
+        class Local:
+            pass
+
+        @dataclasses.dataclass(frozen=True)
+        class Subclass(ALGORITHMS["ppo"].Config):
+            extra: "Local | None" = None  # noqa: UP037  (a name get_type_hints cannot see)
+
+        return Subclass
+
+    config = make()
+    assert config(num_envs=4).num_envs == 4
+    with pytest.raises(ConfigError, match="num_envs must be a positive integer"):
+        config(num_envs=4.5)
