@@ -113,8 +113,10 @@ class Config:
         base.check_non_negative_ints(self, ("learning_starts",))
         if self.noisy_sigma0 < 0:
             raise base.ConfigError(f"noisy_sigma0 must be >= 0, got {self.noisy_sigma0}")
-        if self.priority_exponent < 0:
-            raise base.ConfigError(f"priority_exponent must be >= 0, got {self.priority_exponent}")
+        if not 0 <= self.priority_exponent <= 1:  # as the prioritised buffers require
+            raise base.ConfigError(
+                f"priority_exponent must be in [0, 1], got {self.priority_exponent}"
+            )
         if self.distribution == "c51" and not self.v_min < self.v_max:
             raise base.ConfigError(f"need v_min < v_max, got {self.v_min} and {self.v_max}")
         if self.distribution == "c51" and self.num_atoms < 2:

@@ -227,6 +227,7 @@ def test_rainbow_module_is_dqn_with_every_option_on():
         (dict(batch_size=500, buffer_size=400), "exceeds buffer_size"),
         (dict(distribution="c51", v_min=1.0, v_max=0.0), "v_min < v_max"),
         (dict(priority_exponent=-1.0), "priority_exponent"),
+        (dict(priority_exponent=1.5), r"priority_exponent must be in \[0, 1\], got 1.5"),
         (dict(noisy=True, noisy_sigma0=-0.1), "noisy_sigma0"),
     ],
 )
