@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxrl.errors import ConfigError
 from jaxrl.networks.torsos import MLP
 
 
@@ -36,9 +37,10 @@ def split_context(obs: jax.Array, action_dim: int, context_len: int) -> tuple[ja
     total = obs.shape[-1]
     obs_dim = (total - context_len * (action_dim + 1)) // (context_len + 1)
     if obs_dim < 1 or obs_dim + context_len * (obs_dim + action_dim + 1) != total:
-        raise ValueError(
+        raise ConfigError(
             f"observation width {total} does not fit context_len={context_len} with "
-            f"action_dim={action_dim}"
+            f"action_dim={action_dim}: context_len > 0 reads the last transitions appended "
+            f"to the observation, so wrap the env: jaxrl.envs.wrappers.History(env, {context_len})"
         )
     history = obs[..., obs_dim:].reshape((*obs.shape[:-1], context_len, -1))
     return obs[..., :obs_dim], history

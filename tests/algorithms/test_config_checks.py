@@ -135,3 +135,13 @@ def test_a_subclass_with_an_unresolvable_annotation_is_still_checked():
     assert config(num_envs=4).num_envs == 4
     with pytest.raises(ConfigError, match="num_envs must be a positive integer"):
         config(num_envs=4.5)
+
+
+@pytest.mark.parametrize("algo", ["td3", "ddpg"])
+def test_a_context_without_the_history_wrapper_is_a_config_error(algo):
+    module = ALGORITHMS[algo]
+    cfg = module.Config(context_len=3)
+    env, _ = registry.make("Pendulum-v1")
+    hp = module.HParams.make()
+    with pytest.raises(ConfigError, match=r"context_len=3 .*wrappers\.History\(env, 3\)"):
+        jax.eval_shape(lambda key: module.init(cfg, env, key, hp), jax.random.key(0))
