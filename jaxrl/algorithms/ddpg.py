@@ -60,6 +60,11 @@ class Config(td3.Config):
     def __post_init__(self):
         super().__post_init__()
         base.check_choices(self, {"noise": NOISES})
+        if self.target_smoothing:
+            raise base.ConfigError(
+                "target_smoothing=True needs TD3's policy_noise and noise_clip, which DDPG's "
+                "HParams lack: train td3 for target-policy smoothing"
+            )
 
 
 HPARAM_DEFAULTS = dict(

@@ -172,6 +172,8 @@ def test_bad_settings_raise_before_compiling():
         ddpg.Config(noise="pink")
     with pytest.raises(ConfigError, match="num_critics"):
         ddpg.Config(num_critics=0)
+    with pytest.raises(ConfigError, match="target_smoothing=True needs TD3's policy_noise"):
+        ddpg.Config(target_smoothing=True)
     with pytest.raises(ConfigError, match="batch_size"):
         ddpg.Config(batch_size=512, buffer_size=100)
     with pytest.raises(ConfigError, match="ou_theta"):
