@@ -145,3 +145,46 @@ def test_a_context_without_the_history_wrapper_is_a_config_error(algo):
     hp = module.HParams.make()
     with pytest.raises(ConfigError, match=r"context_len=3 .*wrappers\.History\(env, 3\)"):
         jax.eval_shape(lambda key: module.init(cfg, env, key, hp), jax.random.key(0))
+
+
+def _variants():
+    """``(algo, overrides)``: each bool switch flipped, each other valid choice, and each count
+    at 1, one at a time from the defaults."""
+    cases = []
+    for algo, module in sorted(ALGORITHMS.items()):
+        default = module.Config()
+        for field, kind in _fields(module.Config).items():
+            if kind is bool:
+                values = [not getattr(default, field)]
+            elif field in CHOICES:
+                with pytest.raises(ConfigError) as e:
+                    module.Config(**{field: "no-such"})
+                valid = e.value.args[0].split("one of (")[1].split("), got")[0]
+                values = [v.strip(" '") for v in valid.split(",") if v.strip()]
+            elif kind is int and field not in ("total_timesteps", "data_shards"):
+                values = [1]
+            else:
+                continue
+            for value in values:
+                if value != getattr(default, field):
+                    cases.append(pytest.param(algo, {field: value}, id=f"{algo}-{field}={value}"))
+    return cases
+
+
+@pytest.mark.parametrize("algo, overrides", _variants())
+def test_every_setting_the_config_accepts_traces_or_is_a_config_error(algo, overrides):
+    """A setting the ``Config`` accepts either traces through ``init`` and ``update`` or is
+    a ``ConfigError`` there (e.g. an image torso on CartPole): never another error from
+    inside tracing."""
+    module = ALGORITHMS[algo]
+    try:
+        cfg = module.Config(**overrides)
+    except ConfigError:
+        return  # refused when made: as clear as it gets
+    env, _ = registry.make("Pendulum-v1" if algo in ("ddpg", "sac", "td3") else "CartPole-v1")
+    hp = module.HParams.make()
+    try:
+        state = jax.eval_shape(lambda key: module.init(cfg, env, key, hp), jax.random.key(0))
+        jax.eval_shape(lambda s: module.update(cfg, env, s, hp), state)
+    except ConfigError:
+        pass
