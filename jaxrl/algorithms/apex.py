@@ -132,7 +132,7 @@ HPARAM_RANGES = dict(
     eps_alpha=(0.0, 1e3),
     per_beta=(0.0, 1.0),
     max_grad_norm=(1e-6, 1e9),
-    adam_eps=(0.0, 1.0),
+    adam_eps=(1e-12, 1.0),  # > 0: 0 gives 0/0 for a zero gradient
 )
 
 

@@ -114,8 +114,8 @@ HPARAM_RANGES = dict(
     vf_coef=(0.0, 1e3),
     max_grad_norm=(0.0, 1e9),
     rms_decay=(0.0, 1.0),
-    rms_eps=(0.0, 1.0),
-    adam_eps=(0.0, 1.0),
+    rms_eps=(1e-12, 1.0),  # > 0: 0 gives 0/0 for a zero gradient
+    adam_eps=(1e-12, 1.0),  # > 0: 0 gives 0/0 for a zero gradient
 )
 
 

@@ -156,7 +156,7 @@ HPARAM_DEFAULTS = dict(
 )
 HPARAM_RANGES = dict(
     learning_rate=(0.0, 1.0),
-    adam_eps=(0.0, 1.0),
+    adam_eps=(1e-12, 1.0),  # > 0: 0 gives 0/0 for a zero gradient
     discount=(0.0, 1.0),
     tau=(0.0, 1.0),
     priority_eta=(0.0, 1.0),
