@@ -70,6 +70,13 @@ CASES = {
 }
 
 
+def test_every_algorithm_has_a_resume_case():
+    same_state_as = {"npg": "trpo", "vpg": "a2c"}  # a Config's defaults apart, the same State
+    assert set(CASES) | set(same_state_as) == set(ALGORITHMS)
+    for algo, twin in same_state_as.items():
+        assert ALGORITHMS[algo].State is ALGORITHMS[twin].State
+
+
 def _arrays(tree):
     as_data = lambda x: (
         jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
