@@ -148,8 +148,8 @@ def test_a_context_without_the_history_wrapper_is_a_config_error(algo):
 
 
 def _variants():
-    """``(algo, overrides)``: each bool switch flipped, each other valid choice, and each count
-    at 1, one at a time from the defaults."""
+    """``(algo, overrides)``: each bool switch flipped, each other valid choice, and (with
+    ``--runslow``) each count at 1, one at a time from the defaults."""
     cases = []
     for algo, module in sorted(ALGORITHMS.items()):
         default = module.Config()
@@ -165,9 +165,11 @@ def _variants():
                 values = [1]
             else:
                 continue
+            marks = [pytest.mark.slow] if kind is int else []  # counts: --runslow (time)
             for value in values:
                 if value != getattr(default, field):
-                    cases.append(pytest.param(algo, {field: value}, id=f"{algo}-{field}={value}"))
+                    case_id = f"{algo}-{field}={value}"
+                    cases.append(pytest.param(algo, {field: value}, id=case_id, marks=marks))
     return cases
 
 
