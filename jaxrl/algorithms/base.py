@@ -133,20 +133,21 @@ def check_fields(cfg) -> None:
             raise ConfigError(f"{name} must be {want}, got {value!r}")
 
 
-def check_positive_ints(cfg, names: tuple[str, ...]) -> None:
-    """Raises ``ConfigError`` unless every named ``cfg`` field is an int >= 1."""
+def _check_ints(cfg, names: tuple[str, ...], minimum: int, want: str) -> None:
     for name in names:
         value = getattr(cfg, name)
-        if not _is_int(value) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not _is_int(value) or value < minimum:
+            raise ConfigError(f"{name} must be {want}, got {value!r}")
+
+
+def check_positive_ints(cfg, names: tuple[str, ...]) -> None:
+    """Raises ``ConfigError`` unless every named ``cfg`` field is an int >= 1."""
+    _check_ints(cfg, names, 1, "a positive integer")
 
 
 def check_non_negative_ints(cfg, names: tuple[str, ...]) -> None:
     """Raises ``ConfigError`` unless every named ``cfg`` field is an int >= 0."""
-    for name in names:
-        value = getattr(cfg, name)
-        if not _is_int(value) or value < 0:
-            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    _check_ints(cfg, names, 0, "an integer >= 0")
 
 
 def check_choices(cfg, choices: Mapping[str, Iterable[str]]) -> None:
