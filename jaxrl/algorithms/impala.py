@@ -102,6 +102,10 @@ HPARAM_DEFAULTS = dict(
     rms_decay=0.99,  # RMSProp only
     rms_eps=0.01,  # RMSProp only (TorchBeast's; the paper's 0.1 is for summed Atari losses)
     adam_eps=1e-5,  # Adam only
+    # Gates of the off-policy correction (1: V-trace; 0: treat the data as on-policy). The
+    # targets use ρ_s^target_correction_on, the policy gradient ρ_s^pg_correction_on.
+    target_correction_on=1.0,
+    pg_correction_on=1.0,
 )
 HPARAM_RANGES = dict(
     learning_rate=(0.0, 1.0),
@@ -116,6 +120,8 @@ HPARAM_RANGES = dict(
     rms_decay=(0.0, 1.0),
     rms_eps=(1e-12, 1.0),  # > 0: 0 gives 0/0 for a zero gradient
     adam_eps=(1e-12, 1.0),  # > 0: 0 gives 0/0 for a zero gradient
+    target_correction_on=(0.0, 1.0),
+    pg_correction_on=(0.0, 1.0),
 )
 
 
@@ -134,6 +140,8 @@ class HParams(struct.PyTreeNode):
     rms_decay: jax.Array
     rms_eps: jax.Array
     adam_eps: jax.Array
+    target_correction_on: jax.Array
+    pg_correction_on: jax.Array
 
     @classmethod
     def make(cls, **overrides) -> HParams:
@@ -231,6 +239,7 @@ def vtrace(
     rho_bar: jax.Array,
     c_bar: jax.Array,
     pg_rho_bar: jax.Array,
+    pg_rho_tm1: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """V-trace targets and policy-gradient advantages of one trajectory (IMPALA eq. 1, §4.2).
 
@@ -252,6 +261,9 @@ def vtrace(
         discount_t: ``γ (1 − terminated)`` ``[T]``. cut_t: truncated ``[T]`` (bool or 0/1).
         rho_tm1: ``π(a_s|x_s) / μ(a_s|x_s)`` ``[T]``.
         lambda_, rho_bar, c_bar, pg_rho_bar: scalars.
+        pg_rho_tm1: the ratios that weight the policy gradient ``[T]``; ``None``: ``rho_tm1``.
+            (The paper's "1-step importance sampling" baseline weights the advantage while
+            the targets use ``ρ = 1``.)
 
     Returns:
         ``(v_s, pg_advantage)``, each ``[T]``. Gradients reach every input (pass
@@ -274,7 +286,8 @@ def vtrace(
     last = jnp.arange(v_tm1.shape[0]) == v_tm1.shape[0] - 1
     vs_tp1 = jnp.where(jnp.logical_or(keep == 0.0, last), v_t, vs_tp1)
     q_t = r_t + discount_t * vs_tp1
-    pg_advantage = jnp.minimum(pg_rho_bar, rho_tm1) * (q_t - v_tm1)
+    pg_rho_tm1 = rho_tm1 if pg_rho_tm1 is None else pg_rho_tm1
+    pg_advantage = jnp.minimum(pg_rho_bar, pg_rho_tm1) * (q_t - v_tm1)
     return vs, pg_advantage
 
 
@@ -305,7 +318,11 @@ def loss(
 
     ``L = −mean(log π(a_s|x_s) A_s) + vf_coef · 0.5 · mean((v_s − V(x_s))^2)
     − ent_coef · mean(H[π(·|x_s)])`` with V-trace targets ``v_s`` and advantages ``A_s``
-    (:func:`vtrace`) from the learner's values and ``ρ_s = π(a_s|x_s) / μ(a_s|x_s)``.
+    (:func:`vtrace`) from the learner's values and ``ρ_s = π(a_s|x_s) / μ(a_s|x_s)``,
+    raised to the gates' powers: ``ρ_s^target_correction_on`` in the targets and
+    ``ρ_s^pg_correction_on`` in the policy gradient (1, 1: V-trace; 0, 0: no correction;
+    0, 1: the paper's 1-step importance sampling). ``train/rho_mean`` and
+    ``train/approx_kl`` measure the ungated ``ρ``, how far the behaviour policy lags.
     The targets and advantages carry no gradient to ``params`` (their network inputs are
     stop-gradiented), but do to ``hp``.
     """
@@ -316,11 +333,15 @@ def loss(
     dist, value = net.apply(params, batch.obs)
     bootstrap = net.apply(params, batch.final_obs, method="value")  # V(x'_s), pre-reset
     log_prob = dist.log_prob(batch.action)
-    rho = jnp.exp(sg(log_prob) - batch.behaviour_log_prob)
+    log_rho = sg(log_prob) - batch.behaviour_log_prob
+    rho = jnp.exp(log_rho)
+    # The gates' powers of ρ; at 1 exactly ρ (x · 1 = x), at 0 exactly 1 (no correction).
+    target_rho = jnp.exp(hp.target_correction_on * log_rho)
+    pg_rho = jnp.exp(hp.pg_correction_on * log_rho)
     discount_t = hp.discount * (1.0 - batch.terminated.astype(jnp.float32))
-    vs, pg_advantage = jax.vmap(vtrace, in_axes=(1,) * 6 + (None,) * 4, out_axes=1)(
-        sg(value), sg(bootstrap), batch.reward, discount_t, batch.truncated, rho,
-        hp.vtrace_lambda, hp.rho_bar, hp.c_bar, hp.pg_rho_bar,
+    vs, pg_advantage = jax.vmap(vtrace, in_axes=(1,) * 6 + (None,) * 4 + (1,), out_axes=1)(
+        sg(value), sg(bootstrap), batch.reward, discount_t, batch.truncated, target_rho,
+        hp.vtrace_lambda, hp.rho_bar, hp.c_bar, hp.pg_rho_bar, pg_rho,
     )  # fmt: skip
     pg_loss = policy_gradient_loss(dist, batch.action, log_prob, pg_advantage)
     value, vs = value.reshape(-1), vs.reshape(-1)
@@ -333,7 +354,7 @@ def loss(
         "train/value_loss": v_loss,
         "train/entropy": entropy,
         "train/rho_mean": jnp.mean(rho),
-        "train/rho_clip_fraction": jnp.mean((rho > hp.rho_bar).astype(jnp.float32)),
+        "train/rho_clip_fraction": jnp.mean((target_rho > hp.rho_bar).astype(jnp.float32)),
         "train/approx_kl": policy_losses.approx_kl(sg(log_prob), batch.behaviour_log_prob),
     }
     return total, metrics

@@ -41,8 +41,10 @@ def _differ(a, b) -> bool:
 # ---------------------------------------------------------------- V-trace by hand
 
 
-def _vtrace_by_hand(v_tm1, v_t, r, disc, cut, rho, lam, rho_bar, c_bar, pg_rho_bar):
-    """IMPALA eq. (1) as a backward loop in float64; the trace stops at cuts and at T."""
+def _vtrace_by_hand(v_tm1, v_t, r, disc, cut, rho, lam, rho_bar, c_bar, pg_rho_bar, pg_rho=None):
+    """IMPALA eq. (1) as a backward loop in float64; the trace stops at cuts and at T.
+    ``pg_rho`` (default ``rho``) weights the policy-gradient advantage."""
+    pg_rho = rho if pg_rho is None else pg_rho
     T = len(r)
     vs = np.zeros(T)
     for s in reversed(range(T)):
@@ -51,7 +53,7 @@ def _vtrace_by_hand(v_tm1, v_t, r, disc, cut, rho, lam, rho_bar, c_bar, pg_rho_b
         vs[s] = v_tm1[s] + delta + disc[s] * lam * min(c_bar, rho[s]) * carry
     vs_next = [v_t[s] if (cut[s] or s == T - 1) else vs[s + 1] for s in range(T)]
     adv = np.array(
-        [min(pg_rho_bar, rho[s]) * (r[s] + disc[s] * vs_next[s] - v_tm1[s]) for s in range(T)]
+        [min(pg_rho_bar, pg_rho[s]) * (r[s] + disc[s] * vs_next[s] - v_tm1[s]) for s in range(T)]
     )
     return vs, adv
 
@@ -197,10 +199,19 @@ OFF_POLICY_HP = HP.replace(
 )
 
 
-def test_off_policy_loss_matches_hand_computation():
-    """Every term of the loss in float64 numpy, V-trace per env by the hand recursion."""
+# (target_correction_on, pg_correction_on): V-trace, no correction, the paper's 1-step
+# importance sampling, and gates between 0 and 1 (the ratios' powers).
+GATES = [(1.0, 1.0), (0.0, 0.0), (0.0, 1.0), (0.5, 0.25)]
+
+
+@pytest.mark.parametrize("target_on, pg_on", GATES)
+def test_off_policy_loss_matches_hand_computation(target_on, pg_on):
+    """Every term of the loss in float64 numpy, V-trace per env by the hand recursion, with
+    ``ρ^target_on`` in the targets and ``ρ^pg_on`` in the policy gradient."""
     state, batch = _off_policy_batch()
-    hp = OFF_POLICY_HP
+    hp = OFF_POLICY_HP.replace(
+        target_correction_on=jnp.float32(target_on), pg_correction_on=jnp.float32(pg_on)
+    )
     (total, metrics), _ = _loss_and_grad_jit(CFG0, ENV, state.params, batch, hp)
 
     net = impala.network(CFG0, ENV)
@@ -216,7 +227,8 @@ def test_off_policy_loss_matches_hand_computation():
     for n in range(value.shape[1]):
         vs[:, n], adv[:, n] = _vtrace_by_hand(
             value[:, n], bootstrap[:, n], f64(batch.reward[:, n]), disc[:, n],
-            np.asarray(batch.truncated[:, n]), rho[:, n], 0.9, 1.5, 0.8, 1.2,
+            np.asarray(batch.truncated[:, n]), rho[:, n] ** target_on, 0.9, 1.5, 0.8, 1.2,
+            rho[:, n] ** pg_on,
         )  # fmt: skip
     pg = -np.mean(logp * adv)
     v_loss = 0.5 * np.mean((vs - value) ** 2)
@@ -224,8 +236,28 @@ def test_off_policy_loss_matches_hand_computation():
     np.testing.assert_allclose(total, pg + 0.7 * v_loss - 0.03 * entropy, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(metrics["train/policy_loss"], pg, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(metrics["train/value_loss"], v_loss, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(metrics["train/rho_mean"], rho.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["train/rho_mean"], rho.mean(), rtol=1e-5)  # ungated
     assert (rho > 1.5).any() and (rho < 0.8).any()  # both clips are active
+
+
+def test_correction_gates_at_zero_treat_the_data_as_on_policy():
+    """With both gates 0 the loss and its gradient are those of the same batch relabelled as
+    the learner's own (``μ := π``, every ``ρ`` 1): the paper's "no correction" baseline."""
+    state, batch = _off_policy_batch()
+    off = OFF_POLICY_HP.replace(
+        target_correction_on=jnp.float32(0.0), pg_correction_on=jnp.float32(0.0)
+    )
+    dist = impala.network(CFG0, ENV).apply(state.params, batch.obs, method="policy")
+    relabelled = batch.replace(behaviour_log_prob=dist.log_prob(batch.action))
+    (total, metrics), (grads, _) = _loss_and_grad_jit(CFG0, ENV, state.params, batch, off)
+    (ref, ref_metrics), (ref_grads, _) = _loss_and_grad_jit(
+        CFG0, ENV, state.params, relabelled, OFF_POLICY_HP
+    )
+    np.testing.assert_allclose(total, ref, rtol=1e-6)
+    _allclose(grads, ref_grads, rtol=1e-5, atol=1e-7)
+    assert float(metrics["train/rho_clip_fraction"]) == 0.0
+    assert abs(float(metrics["train/rho_mean"]) - 1.0) > 0.05  # the data is off-policy
+    np.testing.assert_allclose(ref_metrics["train/rho_mean"], 1.0, atol=1e-5)
 
 
 def test_loss_jit_equals_no_jit():
@@ -239,7 +271,8 @@ def test_gradients_reach_the_vtrace_hyperparameters():
     """Targets stop gradients on network outputs only, so ∂L/∂γ, ∂L/∂λ, ∂L/∂ρ̄, ∂L/∂c̄ ≠ 0."""
     state, batch = _off_policy_batch()
     _, (_, grads) = _loss_and_grad_jit(CFG0, ENV, state.params, batch, OFF_POLICY_HP)
-    for name in ("discount", "vtrace_lambda", "rho_bar", "c_bar", "pg_rho_bar", "ent_coef"):
+    names = ("discount", "vtrace_lambda", "rho_bar", "c_bar", "pg_rho_bar", "ent_coef")
+    for name in names + ("target_correction_on", "pg_correction_on"):
         g = float(getattr(grads, name))
         assert np.isfinite(g) and g != 0.0, name
 
