@@ -177,6 +177,48 @@ def evaluate(
     return jnp.where(done, ret, jnp.nan)
 
 
+def discounted_return(
+    act: Callable[[jax.Array], jax.Array],
+    env: Env,
+    env_params: Any,
+    env_state: Any,
+    obs: jax.Array,
+    discount: jax.Array | float,
+    horizon: int,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """``Σ_{t < horizon} γ^t r_t`` of the policy ``act`` from one env state: a scalar.
+
+    The true value that a learned ``V(s)`` or ``Q(s, π(s))`` estimates, for measuring the
+    estimates' bias (e.g. DQN's and DDPG's overestimation). Rewards count until the first
+    ``terminated`` step, inclusive; a ``truncated`` step (a time limit) does not stop the
+    sum, since a learner that bootstraps through time limits estimates the untruncated
+    value (``env.step`` never resets; an env whose adapter reports its time limit as a
+    termination needs the limit raised in ``env_params``). The tail left out is at most
+    ``γ^horizon · max|r| / (1 − γ)``.
+
+    Args:
+        act: ``obs [*obs_shape] -> action`` (deterministic; e.g. a greedy policy).
+        env, env_params: the *raw* env (no auto-reset) and its params.
+        env_state, obs: the start state and its observation (from ``env.reset``).
+        discount: ``γ``. horizon: steps rolled out (static).
+        key: env step keys are ``fold_in(key, t)`` (default ``key(0)``; deterministic envs
+            ignore them).
+    """
+    key = jax.random.key(0) if key is None else key
+
+    def step(carry, t):
+        state, obs, scale, alive = carry
+        obs, state, out = env.step(jax.random.fold_in(key, t), state, act(obs), env_params)
+        reward = jnp.where(alive, scale * out.reward.astype(jnp.float32), 0.0)
+        alive = jnp.logical_and(alive, jnp.logical_not(out.terminated))
+        return (state, obs, scale * discount, alive), reward
+
+    carry = (env_state, obs, jnp.float32(1.0), jnp.bool_(True))
+    _, rewards = jax.lax.scan(step, carry, jnp.arange(horizon))
+    return jnp.sum(rewards)
+
+
 def evaluate_runs(
     algo: ModuleType,
     cfg: Any,

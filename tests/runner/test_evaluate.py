@@ -16,15 +16,23 @@ from jaxrl.algorithms import ddpg, ppo, sac, td3
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env, Step
 from jaxrl.envs.probe import (
+    ActionReward,
     ContinuousTarget,
     ProbeParams,
     ProbeState,
     RewardFromObs,
     TimeLimitChain,
+    TwoStepReward,
 )
 from jaxrl.errors import ConfigError
 from jaxrl.runner import cli_eval, loop, sweep
-from jaxrl.runner.evaluate import PeriodicEval, eval_key, evaluate, policy_fn
+from jaxrl.runner.evaluate import (
+    PeriodicEval,
+    discounted_return,
+    eval_key,
+    evaluate,
+    policy_fn,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,3 +327,26 @@ def test_eval_table_says_how_many_episodes_were_unfinished_instead_of_a_std():
     lines = cli_eval.format_table(result).splitlines()
     assert lines[2].split() == ["0", "0", "-", "-", "(2", "of", "5", "episodes", "unfinished)"]
     assert lines[3].split() == ["1", "1", "12.50", "0.50"]
+
+
+# ---------------------------------------------------------------- discounted_return
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _discounted(env, action, horizon, discount):
+    params = env.default_params()
+    obs, state = env.reset(jax.random.key(0), params)
+    act = lambda o: jnp.asarray(action, env.action_space(params).dtype)
+    return discounted_return(act, env, params, state, obs, discount, horizon)
+
+
+def test_discounted_return_stops_at_termination_and_not_at_a_time_limit():
+    # reward 0 then 1 and termination at step 2; the env keeps paying 1 after that
+    np.testing.assert_allclose(_discounted(TwoStepReward(), 0, 6, 0.9), 0.9, rtol=1e-6)
+    np.testing.assert_allclose(_discounted(TwoStepReward(), 0, 1, 0.9), 0.0)
+    # the action's reward, once (one-step episodes)
+    np.testing.assert_allclose(_discounted(ActionReward(), 1, 4, 0.5), 1.0)
+    np.testing.assert_allclose(_discounted(ActionReward(), 0, 4, 0.5), -1.0)
+    # reward 1 every step, truncated at 10 steps: the sum runs on past the limit
+    want = (1 - 0.9**30) / (1 - 0.9)
+    np.testing.assert_allclose(_discounted(TimeLimitChain(), 0, 30, 0.9), want, rtol=1e-5)
