@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base, ppo
 from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.envs.base import Env
@@ -177,9 +178,9 @@ def optimizer(cfg: Config, hp: HParams, lr: jax.Array) -> optax.GradientTransfor
     mean of ``g²`` started at 0.
     """
     if cfg.optimizer == "rmsprop":
-        opt = optax.rmsprop(lr, decay=RMSPROP_DECAY, eps=OPTIMIZER_EPS, eps_in_sqrt=False)
+        opt = optim.rmsprop(lr, decay=RMSPROP_DECAY, eps=OPTIMIZER_EPS)
     else:
-        opt = optax.adam(lr, eps=OPTIMIZER_EPS)
+        opt = optim.adam(lr, eps=OPTIMIZER_EPS)
     if not cfg.clip_grad_norm:
         return opt
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), opt)

@@ -49,6 +49,7 @@ import optax
 import rlax
 from flax import struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base
 from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.envs import spaces
@@ -242,7 +243,7 @@ def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Arra
 def optimizer(cfg: Config, hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
     """Global-norm clipping at ``hp.max_grad_norm``, then Adam or RMSProp (traced values)."""
     if cfg.optimizer == "adam":
-        opt = optax.adam(lr, eps=1e-5)
+        opt = optim.adam(lr, eps=1e-5)
     else:
         opt = optax.rmsprop(lr, decay=0.99, eps=1e-5)
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), opt)

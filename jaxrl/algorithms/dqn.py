@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base
 from jaxrl.distributed import data_parallel as dp
 from jaxrl.envs import spaces
@@ -312,7 +313,7 @@ def optimizer(hp: HParams, lr: jax.Array | None = None) -> optax.GradientTransfo
     """Adam at ``lr`` (default ``hp.learning_rate``) after clipping the global gradient norm."""
     return optax.chain(
         optax.clip_by_global_norm(hp.max_grad_norm),
-        optax.adam(hp.learning_rate if lr is None else lr, eps=hp.adam_eps),
+        optim.adam(hp.learning_rate if lr is None else lr, eps=hp.adam_eps),
     )
 
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base
 from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.distributed import data_parallel as dp
@@ -248,7 +249,7 @@ def learning_rate(
 
 def optimizer(cfg: Config, hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
     """Adam (eps 1e-5), after global-norm clipping when enabled; built from traced values."""
-    adam = optax.adam(lr, eps=1e-5)
+    adam = optim.adam(lr, eps=1e-5)
     if not cfg.clip_grad_norm:
         return adam
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), adam)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base
 from jaxrl.envs import wrappers
 from jaxrl.envs.base import Env
@@ -230,7 +231,7 @@ def entropy_coef(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Array
 
 def optimizer(hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
     """Global-norm clipping then Adam (eps 1e-5), built from traced values."""
-    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optim.adam(lr, eps=1e-5))
 
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base, td3
 from jaxrl.algorithms.td3 import Transition  # noqa: F401  (re-exported)
 from jaxrl.distributed import data_parallel as dp
@@ -276,7 +277,7 @@ def optimizer(hp: HParams) -> optax.GradientTransformation:
     """Adam at ``hp.learning_rate`` (actor, critics and temperature keep separate states),
     on the parameters raveled into one vector (``optax.flatten``): Adam's numbers, in a few
     large ops instead of several per parameter array."""
-    return optax.flatten(optax.adam(hp.learning_rate))
+    return optax.flatten(optim.adam(hp.learning_rate))
 
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:

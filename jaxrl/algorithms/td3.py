@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base
 from jaxrl.distributed import data_parallel as dp
 from jaxrl.envs import spaces
@@ -242,7 +243,7 @@ def optimizer(hp: HParams) -> optax.GradientTransformation:
     """Adam at ``hp.learning_rate`` (actor and critics keep separate states), on the parameters
     raveled into one vector (``optax.flatten``): Adam's numbers, in a few large ops instead
     of several per parameter array."""
-    return optax.flatten(optax.adam(hp.learning_rate))
+    return optax.flatten(optim.adam(hp.learning_rate))
 
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
@@ -375,9 +376,10 @@ def critic_loss(
         noise = jnp.clip(hp.policy_noise * batch.target_noise, -hp.noise_clip, hp.noise_clip)
         next_action = jnp.clip(next_action + noise, -1.0, 1.0)
     next_q = jnp.min(critic.apply(params.target_critic, tr.next_obs, next_action), axis=0)
-    target = tr.reward + hp.discount * (1.0 - tr.terminated) * next_q
+    # sg on the network output, not the whole target: the target keeps its ∂/∂γ (STYLE §4)
+    target = tr.reward + hp.discount * (1.0 - tr.terminated) * jax.lax.stop_gradient(next_q)
     q = critic.apply(critic_params, tr.obs, tr.action)  # [num_critics, B]
-    loss = jnp.sum(jnp.mean(jnp.square(q - jax.lax.stop_gradient(target)[None]), axis=-1))
+    loss = jnp.sum(jnp.mean(jnp.square(q - target[None]), axis=-1))
     return loss, {"train/critic_loss": loss, "train/q": jnp.mean(q)}
 
 

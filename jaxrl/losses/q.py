@@ -4,6 +4,10 @@ The per-example losses are rlax's (``double_q_learning``, ``categorical_double_q
 ``quantile_q_learning``), vmapped over the batch. n-step returns are computed here from
 replay windows of consecutive steps of one env, cut at the first episode end, so one
 window format serves 1-step and n-step learning alike.
+
+Gradients are stopped on the next-state network outputs, not on whole targets (rlax's
+``stop_target_gradients`` is off): the target ``G + d · sg(Q(s', ·))`` keeps its
+derivative in ``G`` and ``d``, so in the discount, which meta-gradients need (STYLE §4).
 """
 
 from __future__ import annotations
@@ -64,10 +68,13 @@ def scalar_td_error(
 
     Pass the target network's values as both arguments for DQN's max target, the online
     network's as ``q_t_selector`` for Double DQN. ``q_* [B, A]``, the rest ``[B]``.
+    Gradients reach ``q_tm1``, ``returns`` and ``discount``, not ``q_t_*``.
     """
-    return jax.vmap(rlax.double_q_learning)(
-        q_tm1, action, returns, discount, q_t_value, q_t_selector
+    sg = jax.lax.stop_gradient
+    per_example = lambda q, a, r, d, qt, sel: rlax.double_q_learning(  # noqa: E731
+        q, a, r, d, sg(qt), sg(sel), stop_target_gradients=False
     )
+    return jax.vmap(per_example)(q_tm1, action, returns, discount, q_t_value, q_t_selector)
 
 
 def categorical_loss(
@@ -83,12 +90,30 @@ def categorical_loss(
 
     ``atoms [K]`` the fixed support, ``logits_* [B, A, K]``, ``q_t_selector [B, A]``
     (expected values of the net that picks the next action: target net for C51, online
-    net for double), ``action, returns, discount [B]``.
+    net for double), ``action, returns, discount [B]``. Gradients reach ``logits_tm1``,
+    ``returns`` and ``discount``, not ``logits_t`` or ``q_t_selector``.
+
+    rlax's cross-entropy is ``KL + entropy`` of the target, whose ``log`` has a NaN
+    derivative at the projected target's zeros. So rlax's loss keeps its stopped target,
+    and the target's derivative in ``returns`` and ``discount`` (meta-gradients need it
+    in ``∇_θ loss``) comes from ``c(p) − c(sg(p))``, ``c(p) = −Σ p · log_softmax(logits_tm1[a])``:
+    exactly 0 in value and in ``∂/∂logits_tm1``, so loss and gradient are rlax's bitwise.
     """
+    sg = jax.lax.stop_gradient
     per_example = lambda lt, a, r, d, lt1, sel: rlax.categorical_double_q_learning(  # noqa: E731
         atoms, lt, a, r, d, atoms, lt1, sel
     )
-    return jax.vmap(per_example)(logits_tm1, action, returns, discount, logits_t, q_t_selector)
+    losses = jax.vmap(per_example)(logits_tm1, action, returns, discount, logits_t, q_t_selector)
+
+    def target(r, d, lt1, sel):  # rlax's projected target, with its derivative in r and d
+        probs = jax.nn.softmax(sg(lt1)[jnp.argmax(sel)])
+        return rlax.categorical_l2_project(r + d * atoms, probs, atoms)
+
+    targets = jax.vmap(target)(returns, discount, logits_t, q_t_selector)
+    taken = jnp.take_along_axis(logits_tm1, action[:, None, None].astype(jnp.int32), axis=1)
+    log_q = jax.nn.log_softmax(taken[:, 0], axis=-1)
+    cross_entropy = lambda p: -jnp.sum(p * log_q, axis=-1)  # noqa: E731
+    return losses + (cross_entropy(targets) - cross_entropy(sg(targets)))
 
 
 def quantile_midpoints(num_quantiles: int) -> jax.Array:
@@ -108,11 +133,13 @@ def quantile_loss(
     """QR-DQN quantile Huber loss ``[B]`` (Dabney et al. 2018).
 
     ``quantiles_* [B, A, N]``; ``selector_t [B, A, N]`` picks the greedy next action by
-    its mean (target net's quantiles for QR-DQN, the online net's for double).
+    its mean (target net's quantiles for QR-DQN, the online net's for double). Gradients
+    reach ``quantiles_tm1``, ``returns`` and ``discount``, not ``quantiles_t``/``selector_t``.
     """
     taus = quantile_midpoints(quantiles_tm1.shape[-1])
+    sg = jax.lax.stop_gradient
     per_example = lambda q, a, r, d, sel, qt: rlax.quantile_q_learning(  # noqa: E731
-        q.T, taus, a, r, d, sel.T, qt.T, huber
+        q.T, taus, a, r, d, sg(sel).T, sg(qt).T, huber, stop_target_gradients=False
     )
     return jax.vmap(per_example)(quantiles_tm1, action, returns, discount, selector_t, quantiles_t)
 

@@ -39,6 +39,14 @@ of each update on ``η`` is kept: ``ds_K/dη ≈ Σ_k ∂u_k/∂η``.
 
 The outer objective ``outer_fn(state_K) -> (scalar, aux)`` is any differentiable surrogate
 on fresh data (STYLE §4), never a sampled return. No function here calls ``jit``.
+
+**Every algorithm.** ``wrt="hparams"`` is tested against finite differences through the
+updates of every algorithm (tests/meta/test_metagrad_algorithms.py). The meta-gradient
+is that of the computation except where an inner loss stops a gradient (bootstrap values
+of target networks, ACER's and IMPALA's stopped values: a semi-gradient, as in Xu et al.)
+and at discrete choices (sampled actions, argmaxes, replay sample indices, TRPO's accepted
+backtrack), which get the derivative of the branch taken: docs/design.md, "Meta-gradients
+through every algorithm".
 """
 
 from __future__ import annotations
