@@ -39,6 +39,7 @@ import optax
 import rlax
 from flax import struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base, ppo
 from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.envs.base import Env
@@ -196,10 +197,10 @@ def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Arra
 
 def optimizer(cfg: Config, hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
     """Global-norm clipping, then RMSProp (decay ``rms_decay``) or Adam; from traced values."""
-    if cfg.optimizer == "rmsprop":
+    if cfg.optimizer == "rmsprop":  # optax's: ε inside the root, finite meta-gradients
         opt = optax.rmsprop(lr, decay=hp.rms_decay, eps=hp.rms_eps)
     else:
-        opt = optax.adam(lr, eps=hp.adam_eps)
+        opt = optim.adam(lr, eps=hp.adam_eps)
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), opt)
 
 

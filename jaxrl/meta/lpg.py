@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 from flax import serialization, struct
 
+from jaxrl import optim
 from jaxrl.algorithms import base
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
@@ -271,10 +272,11 @@ def agent_apply(cfg: Config, theta: Params, obs: jax.Array) -> tuple[jax.Array, 
 
 
 def agent_tx(cfg: Config, learning_rate: jax.Array) -> optax.GradientTransformation:
-    """The agent optimiser, rebuilt from a traced learning rate (SGD or Adam)."""
+    """The agent optimiser, rebuilt from a traced learning rate (SGD or Adam). Meta-gradients
+    pass through it, so Adam is :func:`jaxrl.optim.adam` (finite where ``ν = 0``)."""
     if cfg.agent_optimizer == "sgd":
         return optax.sgd(learning_rate)
-    return optax.adam(learning_rate)
+    return optim.adam(learning_rate)
 
 
 def init_critic(cfg: Config, key: jax.Array, obs_dim: int) -> Params:
