@@ -14,6 +14,8 @@ Two published figures, one measurement:
   (the online network picks the next action, the target network rates it) reduces it.
   gymnax CartPole-v1 with the preset ``dqn/cartpole`` (1e5 env steps) as **dqn**, and the
   same with ``double=True`` as **double_dqn**. With ``γ = 0.99`` no value exceeds 100.
+  ``--algo dqn_minatar``: the same on Breakout-MinAtar with ``dqn/breakout_minatar``
+  (128,000 env steps, hard target updates every 250, the MinAtar conv torso).
 
 Every ``--every`` env steps, on 100 fixed reset states (the same for every run), the
 estimate's mean is set against the true value's: the discounted return of the noise-free
@@ -72,6 +74,10 @@ SETUPS = {
     ),
     "dqn": (
         dqn, "CartPole-v1", "dqn/cartpole", 5000, dqn_estimate,
+        {"dqn": {"double": False}, "double_dqn": {"double": True}},
+    ),
+    "dqn_minatar": (
+        dqn, "Breakout-MinAtar", "dqn/breakout_minatar", 8000, dqn_estimate,
         {"dqn": {"double": False}, "double_dqn": {"double": True}},
     ),
 }  # fmt: skip
