@@ -466,6 +466,17 @@ def act_and_store(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[Sta
     return state, metrics
 
 
+def with_params(cfg: Config, state: State, params: dqn.Params) -> State:
+    """``state`` as if the run started from ``params``, the actors' copy included.
+
+    ``params`` (online and target networks) become the learner's and the actors' networks,
+    as after :func:`init`. :func:`jaxrl.meta.metagrad.with_params` (MAML's ``wrt="params"``)
+    calls it; ``state.replace(params=...)`` would leave the actors acting with, and rating
+    priorities by, the old networks until the next sync."""
+    del cfg
+    return state.replace(params=params, actor_params=params)
+
+
 def sync(cfg: Config, state: State) -> State:
     """Copies the learner's networks to the actors after every ``actor_sync_period``-th
     update (counting the update that just ran)."""

@@ -11,6 +11,9 @@ Every algorithm module exposes:
 * ``train(cfg, env, state, hp, num_updates) -> (State, Metrics)``: ``num_updates``
   iterations as one ``lax.scan``; metrics come back stacked ``[num_updates, ...]``.
 * ``loss(cfg, env, params, batch, hp) -> (scalar, Metrics)``.
+* optional, where ``init`` keeps copies of the parameters outside ``State.params``
+  (IMPALA, Ape-X): ``with_params(cfg, state, params) -> State``, the state as if the run
+  started from ``params`` (used by ``jaxrl.meta.metagrad.with_params``).
 
 Modules never call ``jit``: the runner and tests do, so every function nests under
 ``vmap`` and ``grad``.

@@ -210,10 +210,9 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
     key, key_net, key_env = jax.random.split(key, 3)
     obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
     params = network(cfg, env).init(key_net, obs)
-    stale = jax.tree.map(lambda x: jnp.broadcast_to(x, (cfg.lag + 1, *x.shape)), params)
     return State(
         params=params,
-        stale_params=stale,
+        stale_params=_ring(cfg, params),
         opt_state=optimizer(cfg, hp, hp.learning_rate).init(params),
         env_state=env_state,
         obs=obs,
@@ -221,6 +220,21 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
         key=key,
         update_count=jnp.zeros((), jnp.int32),
     )
+
+
+def _ring(cfg: Config, params: dict) -> dict:
+    """The ring buffer with every one of its ``lag + 1`` slots equal to ``params``."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (cfg.lag + 1, *x.shape)), params)
+
+
+def with_params(cfg: Config, state: State, params: dict) -> State:
+    """``state`` as if the run started from ``params``, its lagged copies included.
+
+    Sets the learner's parameters and every slot of the ring buffer, so the actors act
+    with ``params`` for the next ``lag`` updates, as after :func:`init`.
+    :func:`jaxrl.meta.metagrad.with_params` (MAML's ``wrt="params"``) calls it;
+    ``state.replace(params=...)`` would leave the actors on the old parameters."""
+    return state.replace(params=params, stale_params=_ring(cfg, params))
 
 
 def behaviour_params(cfg: Config, state: State) -> dict:

@@ -311,7 +311,10 @@ def make_kl_fn(cfg: Config, env: Env, params: dict, obs: jax.Array):
     net = network(cfg, env)
     actor, _ = split_params(params)
     theta, unravel = ravel_pytree(actor)
-    old = net.apply(jax.lax.stop_gradient(actor), obs, method="policy")
+    # No stop_gradient on ``actor``: ``kl`` and its derivatives in ``t`` are the same without
+    # one (``old`` is a constant of ``t``), and a meta-gradient keeps the dependence of the
+    # Fisher ``F(θ_old)`` on ``θ_old`` (MAML's ``θ_0``; ``γ``, ``λ`` through earlier steps).
+    old = net.apply(actor, obs, method="policy")
     kl = lambda t: natural.mean_kl(old, net.apply(unravel(t), obs, method="policy"))
     return kl, theta, unravel
 

@@ -16,7 +16,10 @@ meta-gradient is ``jax.grad`` of an outer objective of ``state_K`` through a
   *next* rollout, which is then also the data of the next inner update
   (:func:`validation_loss`, :func:`online_step`).
 * ``wrt="params"``: meta-parameters are the initial network parameters ``θ_0`` in
-  ``State.params`` (MAML, Finn et al. 2017, arXiv:1703.03400).
+  ``State.params`` (MAML, Finn et al. 2017, arXiv:1703.03400), target and averaged
+  copies included; :func:`with_params` also sets the copies an algorithm keeps outside
+  ``State.params`` (IMPALA's lagged behaviour parameters, Ape-X's actors'), so the run
+  starts from ``θ_0``.
 * ``wrt="loss"``: meta-parameters ``η`` of a learned loss
   ``learned_loss(η, cfg, env, params, batch, hp)`` that replaces ``algo.loss`` (the
   algorithm's ``update`` must accept ``loss_fn``, as PPO's does); LPG (Oh et al. 2020,
@@ -40,13 +43,15 @@ of each update on ``η`` is kept: ``ds_K/dη ≈ Σ_k ∂u_k/∂η``.
 The outer objective ``outer_fn(state_K) -> (scalar, aux)`` is any differentiable surrogate
 on fresh data (STYLE §4), never a sampled return. No function here calls ``jit``.
 
-**Every algorithm.** ``wrt="hparams"`` is tested against finite differences through the
-updates of every algorithm (tests/meta/test_metagrad_algorithms.py). The meta-gradient
+**Every algorithm.** ``wrt="hparams"`` and ``wrt="params"`` are tested against finite
+differences through the updates of every algorithm (tests/meta/test_metagrad_algorithms.py,
+tests/meta/test_maml_algorithms.py). The meta-gradient
 is that of the computation except where an inner loss stops a gradient (bootstrap values
 of target networks, ACER's and IMPALA's stopped values: a semi-gradient, as in Xu et al.)
 and at discrete choices (sampled actions, argmaxes, replay sample indices, TRPO's accepted
 backtrack), which get the derivative of the branch taken: docs/design.md, "Meta-gradients
-through every algorithm".
+through every algorithm" and "MAML through every algorithm" (for target networks it is a
+semi-gradient in their copies of ``θ_0``).
 """
 
 from __future__ import annotations
@@ -148,6 +153,24 @@ def stop_float_gradients(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.lax.stop_gradient(x) if _is_float(x) else x, tree)
 
 
+def with_params(algo: ModuleType, cfg: Any, state: Any, params: Any) -> Any:
+    """``state`` as if the run started from the network parameters ``params`` (MAML's ``θ_0``).
+
+    ``params`` has the structure of ``state.params``, target / averaged copies included
+    (DQN family, TD3, DDPG, SAC, ACER): they are meta-parameters of their own, and pass
+    them equal to the online part for a run that starts as :func:`init` would. Copies of
+    the parameters held *outside* ``State.params`` are set by the algorithm's
+    ``with_params(cfg, state, params)`` where it has one (IMPALA's ring buffer of lagged
+    behaviour parameters, Ape-X's actors' copy); otherwise ``state.replace(params=params)``.
+    Optimiser moments, K-FAC statistics, replay contents, recurrent carries and env
+    states are kept (none is a copy of the parameters).
+    """
+    hook = getattr(algo, "with_params", None)
+    if hook is None:
+        return state.replace(params=params)
+    return hook(cfg, state, params)
+
+
 def inner_train(
     algo: ModuleType,
     cfg: Any,
@@ -217,8 +240,8 @@ def unroll(
     Args:
         meta_params: ``wrt="hparams"``: ``{name: unconstrained scalar}`` (see
             :func:`to_meta`); ``"params"``: a network-parameter pytree replacing
-            ``state.params``; ``"loss"``: any pytree ``η`` passed as the first argument of
-            ``loss_fn``.
+            ``state.params`` (:func:`with_params`); ``"loss"``: any pytree ``η`` passed
+            as the first argument of ``loss_fn``.
         loss_fn: with ``wrt="loss"``, ``loss_fn(η, cfg, env, params, batch, hp)`` (the
             learned loss); otherwise an optional plain replacement of ``algo.loss``.
 
@@ -230,7 +253,7 @@ def unroll(
     if wrt == "hparams":
         hp = from_meta(hp, meta_params)
     elif wrt == "params":
-        state = state.replace(params=meta_params)
+        state = with_params(algo, cfg, state, meta_params)
     else:
         loss_fn = functools.partial(loss_fn, meta_params)
     return inner_train(

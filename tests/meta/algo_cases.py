@@ -1,0 +1,105 @@
+"""Tiny configurations of every algorithm for the meta-gradient tests
+(``test_metagrad_algorithms.py``: ``wrt="hparams"``; ``test_maml_algorithms.py``:
+``wrt="params"``), and their shared setup.
+
+Each config is tiny and a run starts from one plain update (``WARM_UP``), so the replay
+algorithms hold data and take gradient steps in both meta-differentiated updates (``K``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl import envs
+from jaxrl.algorithms import ALGORITHMS, recurrent_ppo
+
+K = 2
+WARM_UP = 1  # plain updates before the unroll
+ON = dict(num_envs=4, rollout_len=8, hidden=(16,))
+REPLAY = dict(hidden=(16,), batch_size=8, buffer_size=64, learning_starts=0, train_freq=4)
+LR, GAMMA = ("learning_rate",), ("learning_rate", "discount")
+
+# name: (env, Config overrides, HParams overrides, hyperparameters whose meta-gradient
+# test_metagrad_algorithms.py checks). The discount is checked where its finite difference
+# is well above float32 noise with that file's objective; elsewhere (DQN, SAC, DDPG, TD3:
+# |∂/∂γ| ~ 1e-9 .. 2e-8 there, as is the FD noise) it cannot be resolved, or the
+# meta-gradient is a semi-gradient by design (ACER, IMPALA, R2D2: bootstrap values are
+# stopped network outputs) or sampling is discrete in it (Ape-X's actor-side priorities).
+CASES = {
+    "a2c": ("CartPole-v1", ON | dict(activation="relu"), {}, GAMMA),  # RMSProp, dead ReLUs
+    "acer": ("CartPole-v1", ON | dict(buffer_size=128, replay_start=32, replay_ratio=1), {}, LR),
+    # lr = η_max: below the KL trust-region step, which sets the step (∂/∂lr = 0) at 0.25
+    "acktr": ("CartPole-v1", ON, dict(learning_rate=1e-3), LR),
+    "apex": (
+        "CartPole-v1",
+        REPLAY | dict(num_actors=4, target_update_period=4, train_freq=2),
+        {},
+        LR,
+    ),
+    "ddpg": ("Pendulum-v1", REPLAY | dict(num_envs=2), {}, LR),
+    "dqn": ("CartPole-v1", REPLAY | dict(num_envs=2, target_update_period=4), {}, LR),
+    "impala": ("CartPole-v1", ON | dict(lag=1, optimizer="adam"), {}, LR),
+    "npg": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, LR),
+    "ppo": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, LR),
+    "r2d2": (
+        "CartPole-v1",
+        dict(
+            num_envs=2,
+            train_freq=8,
+            hidden=(8,),
+            lstm_features=8,
+            batch_size=4,
+            buffer_size=64,
+            sequence_length=8,
+            burn_in=2,
+            period=4,
+            n_step=2,
+            learning_starts=16,
+            target_update_period=4,
+        ),
+        {},
+        LR,
+    ),  # fmt: skip
+    "rainbow": (
+        "CartPole-v1",
+        REPLAY | dict(num_envs=2, target_update_period=4, num_atoms=11),
+        {},
+        GAMMA,
+    ),  # fmt: skip
+    "recurrent_ppo": (
+        "CartPole-v1",
+        dict(num_envs=4, rollout_len=8, hidden=16, num_minibatches=2, num_epochs=1),
+        {},
+        GAMMA,
+    ),  # fmt: skip
+    "sac": ("Pendulum-v1", REPLAY | dict(num_envs=2), {}, LR),
+    "td3": ("Pendulum-v1", REPLAY | dict(num_envs=2, policy_delay=1), {}, LR),
+    "trpo": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, LR),
+    "vpg": ("CartPole-v1", ON, {}, GAMMA),
+}
+MODULES = ALGORITHMS | {"recurrent_ppo": recurrent_ppo}  # RL^2's learner, not in the registry
+
+# Compile time dominates: XLA's cheaper CPU backend settings, as in test_metagrad.py.
+jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
+
+
+def make(name: str):
+    """``(algo, env, cfg, hp)`` of case ``name``."""
+    algo = MODULES[name]
+    env_id, overrides, hp_overrides, _ = CASES[name]
+    env, _ = envs.make(env_id)
+    return algo, env, algo.Config(**overrides), algo.HParams.make(**hp_overrides)
+
+
+def float_leaves(tree) -> list[jax.Array]:
+    """The float leaves of ``tree`` (PRNG keys and integer counters dropped)."""
+    return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
