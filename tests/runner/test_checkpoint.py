@@ -1,6 +1,6 @@
 """Checkpoints and exact resume: interrupted + resumed equals uninterrupted bitwise (PPO,
-Rainbow and TD3 with their replay buffers, IMPALA's lagged behaviour policy, R2D2's
-sequence replay, SAC; every other algorithm with --runslow); a restored state has the
+Rainbow's prioritised replay, IMPALA's lagged behaviour policy, R2D2's sequence replay,
+SAC's flat replay; every other algorithm, TD3 included, with --runslow); a restored state has the
 template's types, so the resume runs the uninterrupted run's program; a write killed midway
 leaves the previous checkpoint usable; corrupt, truncated or incompatible checkpoints are
 one clear ConfigError."""
@@ -58,7 +58,8 @@ MORE = {
     "dqn": ("CartPole-v1", RAINBOW_CFG | dict(num_atoms=51, prioritised=True, n_step=3)),
     "ddpg": ("Pendulum-v1", TD3_CFG),
 }  # fmt: skip
-SLOW = {"acktr", "acer", "apex", "trpo", "a2c", "dqn", "ddpg"}  # their state is like another's
+# their state is like another's (TD3's like SAC's)
+SLOW = {"acktr", "acer", "apex", "trpo", "a2c", "dqn", "ddpg", "td3"}
 # name: (algo, env, config, seeds, loop.run's chunking and checkpointing)
 CASES = {
     "ppo": (ppo, "CartPole-v1", PPO_CFG, PPO_SEEDS, dict(checkpoint_every=2)),
