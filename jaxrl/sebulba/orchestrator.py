@@ -304,8 +304,18 @@ def _compile_learn(agent: Agent, learner: Learner) -> None:
 
 
 def _last(learner: Learner) -> dict[str, float]:
-    metrics = jax.device_get(learner.metrics[-1])
-    return {k: float(v) for k, v in {**metrics, **learner.host_metrics[-1]}.items()}
+    """The newest update's metrics for ``log_fn``, with ``episode/return`` forward-filled:
+    the mean return of the newest update in which episodes ended (NaN before the first),
+    as the in-JAX runner prints it, so long episodes do not print as missing. Scalars only."""
+    newest = jax.device_get(learner.metrics[-1])
+    metrics = {k: float(v) for k, v in newest.items() if np.ndim(v) == 0}
+    if not np.isfinite(metrics.get("episode/return", 0.0)):
+        for earlier in reversed(learner.metrics[:-1]):
+            ret = float(jax.device_get(earlier["episode/return"]))
+            if np.isfinite(ret):
+                metrics["episode/return"] = ret
+                break
+    return {**metrics, **learner.host_metrics[-1]}
 
 
 def _result(agent: Agent, learner: Learner, actors: list[Actor], wall_s: float) -> Result:

@@ -68,6 +68,16 @@ def test_episode_statistics_reach_the_metrics():
     assert result.summary["final_return"] == 7.0
 
 
+def test_the_logged_return_is_the_newest_finished_episodes():
+    """``log_fn`` sees the return of the newest update in which episodes ended, where the
+    metrics of an update without one say NaN."""
+    logged = []
+    result, _ = _train(4, log_fn=lambda u, m: logged.append(m["episode/return"]), log_every=1)
+    # Updates cover env steps [4u, 4u + 4) per env; the 7-step episodes end in updates 1, 3.
+    np.testing.assert_array_equal(result.metrics["episode/return"], [np.nan, 7.0, np.nan, 7.0])
+    np.testing.assert_array_equal(logged, [np.nan, 7.0, 7.0, 7.0])
+
+
 def test_lock_step_runs_are_reproducible():
     """With ``max_policy_lag=0`` trajectory ``s`` is always acted by version ``s``, so thread
     timing cannot change the result: two runs give the same parameters, bit for bit."""
