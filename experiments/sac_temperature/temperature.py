@@ -15,10 +15,11 @@ For each task, ``--alphas`` fixed temperatures (``autotune=False``, ``α = init_
 x ``--seeds`` seeds run as ONE compiled program (``init_alpha`` is a traced
 hyperparameter), and automatic tuning (``autotune=True`` from ``init_alpha = 1``) as a
 second; the seeds are the same keys in every cell. Everything else is the preset
-``sac/pendulum`` (256-256 nets, Adam 1e-3, batch 256, 1,000 uniform warm-up steps), with
-the replay holding the whole run. Tasks: gymnax Pendulum-v1 (20,000 env steps: 100
-episodes) and MountainCarContinuous-v0 (``--mc-steps``; 999-step episodes, reward
-``-0.1 a²`` per step and +100 at the flag: a task where exploration decides).
+``sac/pendulum`` (Adam 1e-3, batch 256, 1,000 uniform warm-up steps) with ``--hidden``
+nets (default 64-64, as Rejax's Pendulum config; the preset's 256-256 would take about
+16 times the arithmetic) and the replay holding the whole run. Tasks: gymnax Pendulum-v1
+(20,000 env steps: 100 episodes) and MountainCarContinuous-v0 (``--mc-steps``; 999-step
+episodes, reward ``-0.1 a²`` per step and +100 at the flag: exploration decides).
 
 Score of a run: the mean undiscounted return of ``--episodes`` evaluation episodes of the
 deterministic policy ``tanh(mean)`` at the end (the papers' evaluation); also recorded:
@@ -55,11 +56,13 @@ PRESET = "sac/pendulum"
 EVAL_SEED = 7
 
 
-def run_cell(env_id: str, steps: int, seeds: int, alphas, autotune: bool, chunks: int, episodes):
+def run_cell(
+    env_id: str, steps: int, seeds: int, alphas, autotune: bool, chunks: int, episodes, hidden
+):
     """One program: ``len(alphas) x seeds`` runs. Returns per-run curves and final scores."""
     env, _ = envs.make(env_id)
     cfg, hp = config.resolve(sac, config.load_preset(PRESET), {}, steps)
-    cfg = dataclasses.replace(cfg, autotune=autotune, buffer_size=steps)
+    cfg = dataclasses.replace(cfg, autotune=autotune, buffer_size=steps, hidden=hidden)
     if cfg.num_updates % chunks:
         raise SystemExit(f"--chunks must divide {cfg.num_updates} updates")
     runs = sweep.grid(hp, range(seeds), init_alpha=list(alphas))
@@ -119,25 +122,28 @@ def main() -> None:
     parser.add_argument("--tasks", default="pendulum,mountaincar")
     parser.add_argument("--pendulum-steps", type=int, default=20_000)
     parser.add_argument("--mc-steps", type=int, default=50_000)
+    parser.add_argument("--hidden", default="64,64", help="hidden layer widths")
     parser.add_argument("--chunks", type=int, default=20, help="curve points per run")
     parser.add_argument("--episodes", type=int, default=16, help="evaluation episodes per run")
     parser.add_argument("--json", help="write every run's curves and scores here")
     parser.add_argument("--plot", help="write the figure (PNG) here")
     args = parser.parse_args()
     alphas = [float(a) for a in args.alphas.split(",")]
+    hidden = tuple(int(h) for h in args.hidden.split(","))
     tasks = {
         "pendulum": ("Pendulum-v1", args.pendulum_steps),
         "mountaincar": ("MountainCarContinuous-v0", args.mc_steps),
     }
-    out = {"preset": PRESET, "seeds": args.seeds, "alphas": alphas}
+    out = {"preset": PRESET, "hidden": hidden, "seeds": args.seeds, "alphas": alphas}
     for task in args.tasks.split(","):
         env_id, steps = tasks[task]
         res = {"env": env_id, "steps": steps}
         for cell, cell_alphas, autotune in (("fixed", alphas, False), ("auto", [1.0], True)):
             t0 = time.time()
             res[cell] = run_cell(
-                env_id, steps, args.seeds, cell_alphas, autotune, args.chunks, args.episodes
-            )
+                env_id, steps, args.seeds, cell_alphas, autotune, args.chunks, args.episodes,
+                hidden,
+            )  # fmt: skip
             res[cell]["wall_s"] = time.time() - t0
             print(f"{task} {cell}: {res[cell]['wall_s']:.0f} s", flush=True)
         res["summary"] = summarise(task, res, alphas)
