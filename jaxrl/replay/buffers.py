@@ -37,10 +37,15 @@ Priorities must be finite and non-negative (a NaN makes every later sample meani
 
 Where flashbax 0.1.3 is patched here (PR #58 upstream fixes the first and makes the tree's
 dtype configurable; unreleased): its ``add`` gives new items ``floor`` of the max priority
-(an integer ``full_like``); its float32 sum tree drifts (issue #52), and its descent can then
-land on zero-priority slots (padding past the capacity, empty slots, broken windows) and
-return garbage with probability 0. Sampling here descends the same tree but never enters a
-zero-sum child, and replaces a draw that still hits a zero leaf by the batch's first good one.
+(an integer ``full_like``); its float32 sum tree drifts (issue #52): every change is added to
+the ancestors as a delta, and the rounding accumulates (a total near 8,192 brought down to
+about 33 by shrinking priorities ended 0.42 below the sum of its leaves, so the last slots
+could not be drawn). Here every ``add`` and ``set_priorities`` then sets each ancestor of
+the slots they touched to the sum of its two children (:func:`_resum_ancestors`), so the
+tree is always an exact float32 sum of its leaves and nothing accumulates. Its descent could
+also land on zero-priority slots (padding past the capacity, empty slots, broken windows)
+and return garbage with probability 0; sampling here never enters a zero-sum child, and
+replaces a draw that still hits a zero leaf by the batch's first good one.
 """
 
 from __future__ import annotations
@@ -308,7 +313,13 @@ def _add(fbx_add, set_batch, state, batch, *, sequence_length: int, period: int,
     values = jnp.where(valid, tree.max_recorded_priority, 0.0)
     values = jnp.broadcast_to(values[None, :], (num_rows, values.shape[0])).reshape(-1)
     tree = set_batch(tree, indices, values)
-    return state.replace(sum_tree_state=tree)
+    # flashbax zeroed the windows the write broke, which start in before - L + 1 .. after - 1
+    # (as ours do): re-sum the ancestors of every window start in a range covering both.
+    first_touched = (before - sequence_length + 1) // period * period
+    touched = first_touched + period * jnp.arange((add_len + sequence_length) // period + 3)
+    touched = jnp.arange(num_rows)[:, None] * per_row + ((touched % max_len) // period)[None, :]
+    nodes = _resum_ancestors(tree.nodes, tree.tree_depth, touched.reshape(-1))
+    return state.replace(sum_tree_state=tree.replace(nodes=nodes))
 
 
 def _sample(state, key, *, batch_size: int, sequence_length: int, period: int, items: bool):
@@ -349,10 +360,34 @@ def _sample(state, key, *, batch_size: int, sequence_length: int, period: int, i
 
 
 def _set_priorities(fbx_set, state, indices, priorities):
-    """flashbax's ``set_priorities``, leaving zero-priority slots at 0."""
+    """flashbax's ``set_priorities``, leaving zero-priority slots at 0, with exact sums."""
     tree = state.sum_tree_state
     current = tree.nodes.at[2**tree.tree_depth - 1 + indices].get(mode="fill", fill_value=0.0)
-    return fbx_set(state, indices, jnp.where(current > 0, priorities, 0.0))
+    state = fbx_set(state, indices, jnp.where(current > 0, priorities, 0.0))
+    tree = state.sum_tree_state
+    nodes = _resum_ancestors(tree.nodes, tree.tree_depth, indices)
+    return state.replace(sum_tree_state=tree.replace(nodes=nodes))
+
+
+def _resum_ancestors(nodes: jax.Array, depth: int, slots: jax.Array) -> jax.Array:
+    """Sets every ancestor of the leaf ``slots`` ``[K]`` to the sum of its two children,
+    bottom up, so each internal node is the float32 sum of its subtree's leaves whatever
+    deltas flashbax added before. Slots outside ``[0, 2^depth)`` (padding) are ignored.
+
+    ``nodes`` is flashbax's flat tree ``[2^(depth+1) - 1]``: level ``l`` (root 0, leaves
+    ``depth``) holds nodes ``2^l - 1 .. 2^(l+1) - 2``. Siblings written in one call compute
+    the same parent value, so duplicates are harmless. ``O(K depth)``.
+    """
+    valid = (slots >= 0) & (slots < 2**depth)
+    index = jnp.where(valid, slots, 0)
+    for level in range(depth - 1, -1, -1):
+        index = index // 2
+        children = 2 ** (level + 1) - 1 + 2 * index
+        total = nodes[children] + nodes[children + 1]
+        nodes = nodes.at[jnp.where(valid, 2**level - 1 + index, nodes.shape[0])].set(
+            total, mode="drop"
+        )
+    return nodes
 
 
 def _check_exponent(priority_exponent: float) -> float:

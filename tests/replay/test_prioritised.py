@@ -152,6 +152,69 @@ def test_never_samples_a_zero_priority_slot_when_the_tree_has_drifted(leaves, ch
     assert np.any(theirs.probabilities == 0)
 
 
+def _assert_exact_tree(state):
+    """Every internal node is the float32 sum of its two children (so the root is a sum of
+    the leaves, not of a history of added deltas), and the root is the leaves' float64 sum
+    to float32 precision."""
+    tree = state.sum_tree_state
+    nodes = np.asarray(tree.nodes)
+    inner = np.arange(2**tree.tree_depth - 1)
+    np.testing.assert_array_equal(nodes[inner], nodes[2 * inner + 1] + nodes[2 * inner + 2])
+    leaves = nodes[2**tree.tree_depth - 1 :].astype(np.float64)
+    np.testing.assert_allclose(nodes[0], leaves.sum(), rtol=1e-6)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _shrink_every_priority(buf, state, key):
+    """Sets every slot's priority from 1 to ~1e-3 in shuffled batches of 64, as a learner
+    whose TD errors shrink does (each ``set_priorities`` moves the total by about -64)."""
+    capacity = state.sum_tree_state.nodes.shape[0] // 2 + 1
+    order = jax.random.permutation(key, capacity).reshape(-1, 64)
+    small = jax.random.uniform(key, order.shape, minval=1e-4, maxval=2e-3)
+
+    def step(state, batch):
+        indices, priorities = batch
+        return buf.set_priorities(state, indices, priorities), None
+
+    return jax.lax.scan(step, state, (order, small))[0]
+
+
+def test_the_sum_tree_does_not_drift_when_priorities_shrink():
+    """Found by experiments/per/blind_cliffwalk.py: flashbax propagates each change as a
+    delta added to the ancestors, and the rounding of adding -1 to a total near 8,192
+    accumulated until the root was 0.42 below the sum of the leaves (about 33), so the
+    last slots of the tree could no longer be drawn and learning stalled."""
+    capacity = 8192
+    buf = buffers.prioritised_flat_buffer(capacity, batch_size=64, priority_exponent=1.0)
+    state = buf.init({"x": jnp.zeros((), jnp.int32)})
+    state = buf.add(state, {"x": jnp.arange(capacity, dtype=jnp.int32)})
+    for round_ in range(3):  # each round shrinks every priority, then the ring is refilled
+        state = _shrink_every_priority(buf, state, jax.random.key(round_))
+        _assert_exact_tree(state)
+        state = buf.add(state, {"x": jnp.arange(capacity, dtype=jnp.int32)})
+        _assert_exact_tree(state)
+    # The last slot can be drawn again: with all of them at 1 it has its share.
+    state = buf.set_priorities(state, jnp.arange(capacity - 64, capacity), jnp.full(64, 1e-6))
+    state = buf.set_priorities(state, jnp.array([capacity - 1]), jnp.array([1e3]))
+    assert np.mean(_draws(buf, state, num_batches=4).indices == capacity - 1) > 0.05
+
+
+@pytest.mark.parametrize("period", [1, 2, 3])
+def test_the_sequence_sum_tree_stays_exact_as_windows_are_written_and_broken(period):
+    seq = buffers.prioritised_sequence_buffer(2, 66, 16, sequence_length=5, period=period)
+    state = seq.init({"t": jnp.zeros((), jnp.int32)})
+
+    @jax.jit
+    def step(state, key):
+        state = seq.add(state, {"t": jnp.zeros((2, 7), jnp.int32)})
+        draws = seq.sample(state, key)
+        return seq.set_priorities(state, draws.indices, jax.random.uniform(key, (16,)) * 1e-3)
+
+    for key in jax.random.split(jax.random.key(0), 40):  # wraps the 66-step rows 4 times
+        state = step(state, key)
+        _assert_exact_tree(state)
+
+
 def test_set_priorities_cannot_revive_empty_or_broken_slots():
     buf, state = _flat_with_priorities([1.0, 1.0, 1.0], alpha=1.0, capacity=6)
     # slot 4 is empty, 7 is padding of the 8-leaf tree, 9 is past it; 1 is set to 0.
