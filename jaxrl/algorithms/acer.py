@@ -41,6 +41,7 @@ Targets stop gradients on network outputs only (never on ``hp``), so meta-gradie
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import chex
 import jax
@@ -469,12 +470,22 @@ def loss(
     return total, metrics
 
 
+LossFn = Callable[[Config, Env, Params, Segment, HParams], tuple[jax.Array, Metrics]]
+
+
 def gradient_step(
-    cfg: Config, env: Env, state: State, batch: Segment, hp: HParams, lr: jax.Array
+    cfg: Config,
+    env: Env,
+    state: State,
+    batch: Segment,
+    hp: HParams,
+    lr: jax.Array,
+    loss_fn: LossFn = loss,
 ) -> tuple[State, Metrics]:
-    """One optimiser step on :func:`loss`, then the Polyak move of the average network."""
+    """One optimiser step on ``loss_fn`` (default :func:`loss`), differentiated in
+    ``params.online`` only, then the Polyak move of the average network."""
     grads, metrics = jax.grad(
-        lambda online: loss(cfg, env, state.params.replace(online=online), batch, hp),
+        lambda online: loss_fn(cfg, env, state.params.replace(online=online), batch, hp),
         has_aux=True,
     )(state.params.online)
     updates, opt_state = optimizer(cfg, hp, lr).update(grads, state.opt_state, state.params.online)
@@ -510,9 +521,14 @@ def sample_batches(cfg: Config, buffer_state, key: jax.Array) -> Segment:
     return jax.tree.map(lambda x: jnp.swapaxes(x, 1, 2), sampled)
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
     """One iteration: collect ``T x N`` steps, store them, one on-policy step on them and
-    ``replay_ratio`` steps on replayed segments (no-ops before ``replay_start``)."""
+    ``replay_ratio`` steps on replayed segments (no-ops before ``replay_start``).
+
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss) replaces the loss
+    whose gradient every step takes (:func:`gradient_step`); its metrics are returned."""
     state, segment, ro = collect(cfg, env, state)
     buf = buffer(cfg)
     state = state.replace(
@@ -529,7 +545,7 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
 
     def step(st, xs):
         batch, ok = xs
-        new, metrics = gradient_step(cfg, env, st, batch, hp, lr)
+        new, metrics = gradient_step(cfg, env, st, batch, hp, lr, loss_fn)
         return tree.select(ok, new, st), metrics
 
     state, metrics = jax.lax.scan(step, state.replace(key=key), (batches, valid))
@@ -543,10 +559,11 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def act(cfg: Config, env: Env, params: Params, obs: jax.Array, key: jax.Array) -> jax.Array:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -406,15 +407,35 @@ def sample_batch(cfg: Config, env: Env, replay_state, key: jax.Array, hp: HParam
     return dqn.Batch(to_window(sample.experience), weights, sample.indices, key_noise)
 
 
+def loss(
+    cfg: Config, env: Env, params: dqn.Params, batch: dqn.Batch, hp: HParams
+) -> tuple[jax.Array, Metrics]:
+    """The contract's loss: the core's importance-weighted loss on windows ``[B, n]``."""
+    return dqn.loss(core_config(cfg), env, params, batch, core_hparams(hp))
+
+
+LossFn = Callable[[Config, Env, dqn.Params, dqn.Batch, HParams], tuple[jax.Array, Metrics]]
+
+
 def learner_step(
-    cfg: Config, env: Env, state: State, hp: HParams, key: jax.Array, ready: jax.Array
+    cfg: Config,
+    env: Env,
+    state: State,
+    hp: HParams,
+    key: jax.Array,
+    ready: jax.Array,
+    loss_fn: LossFn = loss,
 ) -> tuple[State, Metrics]:
-    """One learner step: sample, :func:`jaxrl.algorithms.dqn.gradient_step`, then set the
-    sampled items' priorities to their new ``|TD|`` (+ :data:`PRIORITY_EPS`). A no-op where
-    ``ready`` is false."""
+    """One learner step: sample, :func:`jaxrl.algorithms.dqn.gradient_step` on ``loss_fn``
+    (:func:`loss`'s signature: Ape-X's ``cfg`` and ``hp``), then set the sampled items'
+    priorities to their new ``|TD|`` (+ :data:`PRIORITY_EPS`). A no-op where ``ready`` is
+    false."""
     batch = sample_batch(cfg, env, state.replay, key, hp)
+    # The core calls it with its own Config and HParams, which Ape-X's determine; Ape-X's
+    # loss is the core's (whose forward pass also gives the priorities).
+    core_loss = dqn.loss if loss_fn is loss else lambda _c, e, p, b, _h: loss_fn(cfg, e, p, b, hp)
     core, metrics, priorities = dqn.gradient_step(
-        core_config(cfg), env, _core_state(state), batch, core_hparams(hp), ready
+        core_config(cfg), env, _core_state(state), batch, core_hparams(hp), ready, core_loss
     )
     replay = replay_buffer(cfg).set_priorities(
         state.replay, batch.indices, priorities + PRIORITY_EPS
@@ -430,15 +451,17 @@ def learner_step(
     return state, metrics | {"train/priority": jnp.mean(priorities)}
 
 
-def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """``cfg.gradient_steps`` :func:`learner_step` s (no-ops before ``learning_starts`` env
-    steps or while the replay holds fewer than ``batch_size`` items)."""
+def learn(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """``cfg.gradient_steps`` :func:`learner_step` s on ``loss_fn`` (no-ops before
+    ``learning_starts`` env steps or while the replay holds fewer than ``batch_size`` items)."""
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, replay_buffer(cfg).can_sample(state.replay)
     )
     key, key_steps = jax.random.split(state.key)
     state, metrics = jax.lax.scan(
-        lambda s, k: learner_step(cfg, env, s, hp, k, ready),
+        lambda s, k: learner_step(cfg, env, s, hp, k, ready, loss_fn),
         state.replace(key=key),
         jax.random.split(key_steps, cfg.gradient_steps),
     )
@@ -484,27 +507,27 @@ def sync(cfg: Config, state: State) -> State:
     return state.replace(actor_params=tree.select(due, state.params, state.actor_params))
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One iteration: act and store (:func:`act_and_store`), learn, maybe sync the actors."""
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """One iteration: act and store (:func:`act_and_store`), learn, maybe sync the actors.
+
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss) replaces the loss
+    whose gradient the learner takes; the actors' initial priorities and the learner's new
+    ones stay the core's ``|TD|``."""
     state, metrics = act_and_store(cfg, env, state, hp)
-    state, learn_metrics = learn(cfg, env, state, hp)
+    state, learn_metrics = learn(cfg, env, state, hp, loss_fn)
     state = sync(cfg, state)
     metrics = metrics | learn_metrics | {"train/grad_steps": state.grad_steps}
     return state.replace(update_count=state.update_count + 1), metrics
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
-
-
-def loss(
-    cfg: Config, env: Env, params: dqn.Params, batch: dqn.Batch, hp: HParams
-) -> tuple[jax.Array, Metrics]:
-    """The contract's loss: the core's importance-weighted loss on windows ``[B, n]``."""
-    return dqn.loss(core_config(cfg), env, params, batch, core_hparams(hp))
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def act(cfg: Config, env: Env, params: dqn.Params, obs: jax.Array) -> jax.Array:

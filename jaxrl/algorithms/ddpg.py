@@ -150,20 +150,30 @@ def reset_noise(state: State, done: jax.Array) -> State:
     return state.replace(noise=jnp.where(done[:, None], 0.0, state.noise))
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: td3.LossFn = loss
+) -> tuple[State, Metrics]:
     """One iteration: collect ``train_freq`` steps per env, store them, then
-    ``cfg.gradient_steps`` TD3 gradient steps (here DDPG's)."""
+    ``cfg.gradient_steps`` TD3 gradient steps (here DDPG's) on ``loss_fn`` (same signature
+    as :func:`loss`, e.g. a learned loss: its gradients in the critic and in the actor are
+    the two steps', :func:`jaxrl.algorithms.td3.learn`)."""
     state, transitions, info = td3.collect_with(
         cfg, env, state, lambda s, o, k: explore(cfg, env, s, o, k, hp), reset_noise
     )
     state = td3.store(cfg, state, transitions)
-    state, metrics = td3.learn(cfg, env, state, hp)
+    state, metrics = td3.learn(cfg, env, state, hp, loss_fn)
     metrics |= td3.episode_metrics(info)
     return state.replace(update_count=state.update_count + 1), metrics
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config,
+    env: Env,
+    state: State,
+    hp: HParams,
+    num_updates: int,
+    loss_fn: td3.LossFn = loss,
 ) -> tuple[State, Metrics]:
     """``num_updates`` DDPG iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
+    return jax.lax.scan(step, state, None, num_updates)

@@ -38,6 +38,7 @@ shard axis ``[D, ...]``. ``D = 1`` is the single-device program, unchanged.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -497,20 +498,50 @@ def loss(
     return value, metrics
 
 
+LossFn = Callable[[Config, Env, Params, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
+def priorities(cfg: Config, env: Env, params: Params, batch: Batch, hp: HParams) -> jax.Array:
+    """New replay priorities ``[B]`` of the sampled windows: ``|TD|`` (scalar Q) or the
+    distributional loss (c51/qr) of :func:`per_example_loss`, the target network stopped
+    as in :func:`weighted_loss`."""
+    target = jax.lax.stop_gradient(params.target)
+    return per_example_loss(cfg, env, params.online, target, batch, hp)[1]
+
+
 def gradient_step(
-    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, ready: jax.Array
+    cfg: Config,
+    env: Env,
+    state: State,
+    batch: Batch,
+    hp: HParams,
+    ready: jax.Array,
+    loss_fn: LossFn = loss,
 ) -> tuple[State, Metrics, jax.Array]:
-    """One Adam step on :func:`loss`, the periodic target update and, if prioritised, the
+    """One Adam step on ``loss_fn``, the periodic target update and, if prioritised, the
     new priorities of the sampled windows; a no-op where ``ready`` is false.
+
+    ``loss_fn`` (:func:`loss`'s signature, e.g. a learned loss) is differentiated in
+    ``params.online`` only, the target network held at ``state.params.target``; its
+    metrics are returned. The priorities stay the algorithm's own, whatever ``loss_fn``
+    is: for :func:`loss` they come out of its forward pass (:func:`weighted_loss`), for
+    another loss from a pass of their own (:func:`priorities`; a second pass would cost
+    Rainbow half again its step time).
 
     Returns ``(state, metrics, priorities [B])``. With ``data_shards > 1`` the gradient is
     averaged over shards; ``metrics`` and ``priorities`` are this shard's.
     """
     shards = dp.shards(cfg)
     online = dp.local_grad_params(state.params.online, shards)
-    (_, (priorities, metrics)), grads = jax.value_and_grad(weighted_loss, argnums=2, has_aux=True)(
-        cfg, env, online, state.params.target, batch, hp
-    )
+
+    def objective(o):
+        if loss_fn is loss:
+            return weighted_loss(cfg, env, o, state.params.target, batch, hp)
+        params = state.params.replace(online=o)
+        value, metrics = loss_fn(cfg, env, params, batch, hp)
+        return value, (priorities(cfg, env, params, batch, hp), metrics)
+
+    grads, (new_priorities, metrics) = jax.grad(objective, has_aux=True)(online)
     grads = dp.pmean(grads, shards)
     lr = learning_rate(cfg, hp, state.env_steps)
     updates, opt_state = optimizer(hp, lr).update(grads, state.opt_state, state.params.online)
@@ -529,7 +560,7 @@ def gradient_step(
     )
     buffer_state = state.buffer
     if cfg.prioritised:
-        updated = buffer(cfg).set_priorities(buffer_state, batch.indices, priorities + 1e-6)
+        updated = buffer(cfg).set_priorities(buffer_state, batch.indices, new_priorities + 1e-6)
         buffer_state = buffer_state.replace(
             sum_tree_state=tree.select(ready, updated.sum_tree_state, buffer_state.sum_tree_state)
         )
@@ -537,12 +568,14 @@ def gradient_step(
         params=params, opt_state=opt_state, buffer=buffer_state, grad_steps=grad_steps
     )
     metrics = metrics | {"train/grad_norm": optax.global_norm(grads)}
-    return new, metrics, priorities
+    return new, metrics, new_priorities
 
 
-def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """``cfg.gradient_steps`` :func:`gradient_step` s (no-ops before ``learning_starts``);
-    metrics averaged over steps and shards."""
+def learn(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """``cfg.gradient_steps`` :func:`gradient_step` s on ``loss_fn`` (no-ops before
+    ``learning_starts``); metrics averaged over steps and shards."""
     shards = dp.shards(cfg)
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, buffer(cfg).can_sample(state.buffer)
@@ -552,7 +585,7 @@ def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metr
 
     def step(st, key):
         batch = sample_batch(cfg, env, st.buffer, key, beta)
-        st, metrics, _ = gradient_step(cfg, env, st, batch, hp, ready)
+        st, metrics, _ = gradient_step(cfg, env, st, batch, hp, ready, loss_fn)
         return st, metrics
 
     key, key_steps = jax.random.split(state.key)
@@ -572,26 +605,38 @@ def episode_metrics(info: dict) -> Metrics:
     }
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
     """One iteration: collect ``train_freq`` steps per env, store them, learn.
 
-    With ``cfg.data_shards > 1`` every shard runs :func:`shard_update`
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss) replaces the loss
+    whose gradient every step takes (:func:`gradient_step`). With ``cfg.data_shards > 1``
+    every shard runs :func:`shard_update`
     (:func:`jaxrl.distributed.data_parallel.run_update`).
     """
-    step = lambda s, h: shard_update(cfg, env, s, h)
+    step = lambda s, h: shard_update(cfg, env, s, h, loss_fn)
     return dp.run_update(step, state, hp, cfg.data_shards, DATA_SHARDED)
 
 
-def shard_update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+def shard_update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
     """:func:`update` as one shard sees it (all of it when ``cfg.data_shards == 1``)."""
     eps = epsilon(cfg, hp, state.env_steps)
     state, transitions, info = collect(cfg, env, state, hp)
-    state, metrics = store_and_learn(cfg, env, state, transitions, info, hp)
+    state, metrics = store_and_learn(cfg, env, state, transitions, info, hp, loss_fn)
     return state, metrics | {"train/epsilon": eps}
 
 
 def store_and_learn(
-    cfg: Config, env: Env, state: State, transitions: Transition, info: dict, hp: HParams
+    cfg: Config,
+    env: Env,
+    state: State,
+    transitions: Transition,
+    info: dict,
+    hp: HParams,
+    loss_fn: LossFn = loss,
 ) -> tuple[State, Metrics]:
     """The learning half of :func:`shard_update`: :func:`store` the shard's transitions
     ``[T, N / D, ...]``, :func:`learn`, count the update.
@@ -602,7 +647,7 @@ def store_and_learn(
     (:mod:`jaxrl.sebulba`).
     """
     state = state.replace(buffer=store(cfg, state.buffer, transitions))
-    state, metrics = learn(cfg, env, state, hp)
+    state, metrics = learn(cfg, env, state, hp, loss_fn)
     if cfg.data_shards == 1:
         episodes = episode_metrics(info)
     else:
@@ -611,10 +656,10 @@ def store_and_learn(
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` iterations as one scan; metrics stacked ``[num_updates]``."""
-    step = lambda s, h: shard_update(cfg, env, s, h)
+    step = lambda s, h: shard_update(cfg, env, s, h, loss_fn)
     return dp.run_train(step, state, hp, num_updates, cfg.data_shards, DATA_SHARDED)
 
 

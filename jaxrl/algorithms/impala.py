@@ -30,6 +30,7 @@ The network and env stack are PPO's (``ppo.network``, ``ppo.vec_env`` read the s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import chex
 import distrax
@@ -399,25 +400,40 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, rollout_lib.Rol
     )
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One IMPALA iteration: act with the stale policy (:func:`collect`), then :func:`learn`."""
+LossFn = Callable[[Config, Env, dict, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """One IMPALA iteration: act with the stale policy (:func:`collect`), then :func:`learn`.
+
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss) replaces the loss
+    whose gradient the learner takes; its metrics are returned with the rest.
+    """
     state, rollout = collect(cfg, env, state)
-    return learn(cfg, env, state, rollout, hp)
+    return learn(cfg, env, state, rollout, hp, loss_fn)
 
 
 def learn(
-    cfg: Config, env: Env, state: State, rollout: rollout_lib.Rollout, hp: HParams
+    cfg: Config,
+    env: Env,
+    state: State,
+    rollout: rollout_lib.Rollout,
+    hp: HParams,
+    loss_fn: LossFn = loss,
 ) -> tuple[State, Metrics]:
-    """The learning half of :func:`update`: one optimiser step on :func:`loss` of a behaviour
-    ``rollout`` ``[T, N]`` (V-trace against its recorded ``log_prob``), the new parameters
-    written to the ring buffer, and the rollout's episode metrics.
+    """The learning half of :func:`update`: one optimiser step on ``loss_fn`` (default
+    :func:`loss`) of a behaviour ``rollout`` ``[T, N]`` (V-trace against its recorded
+    ``log_prob``), the new parameters written to the ring buffer, and the rollout's
+    episode metrics.
 
     ``state``'s env fields are not read, so a host actor's rollout trains through it too
     (:mod:`jaxrl.sebulba`, with ``lag = 0`` and the real actor-learner lag).
     """
     batch = make_batch(rollout)
     lr = learning_rate(cfg, hp, state.update_count)
-    grads, metrics = jax.grad(loss, argnums=2, has_aux=True)(cfg, env, state.params, batch, hp)
+    grads, metrics = jax.grad(loss_fn, argnums=2, has_aux=True)(cfg, env, state.params, batch, hp)
     updates, opt_state = optimizer(cfg, hp, lr).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # The new parameters act `lag` updates from now; they replace the oldest, just used.
@@ -437,10 +453,11 @@ def learn(
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` IMPALA iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def act(cfg: Config, env: Env, params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:

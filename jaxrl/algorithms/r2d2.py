@@ -49,6 +49,7 @@ Exploration: before ``learning_starts`` env steps all actions are uniform; after
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import chex
 import jax
@@ -557,14 +558,43 @@ def sample_batch(cfg: Config, buffer_state, key: jax.Array, hp: HParams) -> Batc
     return Batch(seq, weights, sample.indices)
 
 
+LossFn = Callable[[Config, Env, Params, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
+def priorities(cfg: Config, env: Env, params: Params, batch: Batch, hp: HParams) -> jax.Array:
+    """New priorities ``[B]`` of the sampled sequences: :func:`sequence_priorities` of the
+    (stopped) TD errors of :func:`td_errors`, as :func:`weighted_loss` computes them."""
+    td, _ = td_errors(cfg, env, params.online, jax.lax.stop_gradient(params.target), batch.seq, hp)
+    return sequence_priorities(jax.lax.stop_gradient(td), hp.priority_eta)
+
+
 def gradient_step(
-    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, ready: jax.Array
+    cfg: Config,
+    env: Env,
+    state: State,
+    batch: Batch,
+    hp: HParams,
+    ready: jax.Array,
+    loss_fn: LossFn = loss,
 ) -> tuple[State, Metrics, jax.Array]:
-    """One Adam step, the periodic target update and the new priorities of the sampled
-    sequences; a no-op where ``ready`` is false. Returns ``(state, metrics, priorities)``."""
-    (_, (priorities, metrics)), grads = jax.value_and_grad(weighted_loss, argnums=2, has_aux=True)(
-        cfg, env, state.params.online, state.params.target, batch, hp
-    )
+    """One Adam step on ``loss_fn``, the periodic target update and the new priorities of
+    the sampled sequences; a no-op where ``ready`` is false.
+
+    ``loss_fn`` (:func:`loss`'s signature, e.g. a learned loss) is differentiated in
+    ``params.online`` only; its metrics are returned. The priorities stay R2D2's own,
+    whatever ``loss_fn`` is: for :func:`loss` they come out of its forward pass
+    (:func:`weighted_loss`), for another loss from a pass of their own
+    (:func:`priorities`). Returns ``(state, metrics, priorities)``.
+    """
+
+    def objective(online):
+        if loss_fn is loss:
+            return weighted_loss(cfg, env, online, state.params.target, batch, hp)
+        params = state.params.replace(online=online)
+        value, metrics = loss_fn(cfg, env, params, batch, hp)
+        return value, (priorities(cfg, env, params, batch, hp), metrics)
+
+    grads, (new_priorities, metrics) = jax.grad(objective, has_aux=True)(state.params.online)
     updates, opt_state = dqn.optimizer(hp).update(grads, state.opt_state, state.params.online)
     online = optax.apply_updates(state.params.online, updates)
     grad_steps = state.grad_steps + 1
@@ -573,24 +603,27 @@ def gradient_step(
         optax.incremental_update(online, state.params.target, hp.tau),
         state.params.target,
     )
-    buffer_state = buffer(cfg).set_priorities(state.buffer, batch.indices, priorities + 1e-6)
+    buffer_state = buffer(cfg).set_priorities(state.buffer, batch.indices, new_priorities + 1e-6)
     new = state.replace(
         params=Params(online, target), opt_state=opt_state, buffer=buffer_state,
         grad_steps=grad_steps,
     )  # fmt: skip
     metrics = metrics | {"train/grad_norm": optax.global_norm(grads)}
-    return tree.select(ready, new, state), metrics, priorities
+    return tree.select(ready, new, state), metrics, new_priorities
 
 
-def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """``cfg.gradient_steps`` :func:`gradient_step` s (no-ops before ``learning_starts``)."""
+def learn(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """``cfg.gradient_steps`` :func:`gradient_step` s on ``loss_fn`` (no-ops before
+    ``learning_starts``)."""
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, buffer(cfg).can_sample(state.buffer)
     )
 
     def step(st, key):
         batch = sample_batch(cfg, st.buffer, key, hp)
-        st, metrics, _ = gradient_step(cfg, env, st, batch, hp, ready)
+        st, metrics, _ = gradient_step(cfg, env, st, batch, hp, ready, loss_fn)
         return st, metrics
 
     key, key_steps = jax.random.split(state.key)
@@ -600,21 +633,27 @@ def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metr
     return state, jax.tree.map(jnp.mean, metrics)
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One iteration: collect ``train_freq`` steps per env, store them, learn."""
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """One iteration: collect ``train_freq`` steps per env, store them, learn.
+
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss) replaces the loss
+    whose gradient every step takes (:func:`gradient_step`)."""
     eps = jnp.mean(epsilons(cfg, hp, state.env_steps))
     state, transitions, info = collect(cfg, env, state, hp)
     state = state.replace(buffer=store(cfg, state.buffer, transitions))
-    state, metrics = learn(cfg, env, state, hp)
+    state, metrics = learn(cfg, env, state, hp, loss_fn)
     metrics |= dqn.episode_metrics(info) | {"train/epsilon": eps}
     return state.replace(update_count=state.update_count + 1), metrics
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def evaluate(

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import distrax
 import flax.linen as nn
@@ -456,10 +457,12 @@ def actor_loss(
 def temperature_loss(
     log_alpha: jax.Array, entropy: jax.Array, target: jax.Array
 ) -> tuple[jax.Array, Metrics]:
-    """``mean(alpha * sg(H - H_target))`` for entropy estimates ``[B]``: its gradient in
-    ``log alpha`` is negative (alpha grows) while the entropy is below the target."""
+    """``alpha * sg(mean(H) - H_target)`` for entropy estimates ``[B]`` (or their mean
+    ``[]``): its gradient in ``log alpha`` is negative (alpha grows) while the entropy is
+    below the target. The mean is taken first, so the estimates ``[B]`` and their mean
+    give the same number (:func:`alpha_loss` and :func:`gradient_step`)."""
     alpha = jnp.exp(log_alpha)
-    loss = jnp.mean(alpha * jax.lax.stop_gradient(entropy - target))
+    loss = alpha * jax.lax.stop_gradient(jnp.mean(entropy) - target)
     return loss, {"train/alpha_loss": loss, "train/alpha": alpha}
 
 
@@ -502,9 +505,10 @@ def sample_batch(cfg: Config, buffer_state, key: jax.Array) -> Batch:
     return Batch(td3.buffer(cfg).sample(buffer_state, key_sample).experience, key_pi)
 
 
-def _adam_step(loss_fn, params, opt_state, hp: HParams, shards: int):
-    """One Adam step on ``loss_fn(params)``, its gradient averaged over ``shards``."""
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(dp.local_grad_params(params, shards))
+def _adam_step(objective, params, opt_state, hp: HParams, shards: int):
+    """One Adam step on ``objective(params) -> (scalar, metrics)``, its gradient averaged
+    over ``shards``."""
+    grads, metrics = jax.grad(objective, has_aux=True)(dp.local_grad_params(params, shards))
     grads = dp.pmean(grads, shards)
     updates, opt_state = optimizer(hp).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
@@ -514,12 +518,29 @@ def _adam_step(loss_fn, params, opt_state, hp: HParams, shards: int):
 LEARNER_FIELDS = (*td3.LEARNER_FIELDS, "alpha_opt_state")
 
 
+LossFn = Callable[[Config, Env, Params, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
 def gradient_step(
-    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, ready: jax.Array | bool
+    cfg: Config,
+    env: Env,
+    state: State,
+    batch: Batch,
+    hp: HParams,
+    ready: jax.Array | bool,
+    loss_fn: LossFn = loss,
 ) -> tuple[State, Metrics]:
     """Critics, then (every ``policy_delay``-th step) actor and temperature, then the
     Polyak target update; a no-op where ``ready`` is false. With ``cfg.data_shards > 1``
     every gradient is averaged over shards; ``metrics`` are this shard's.
+
+    Every gradient is ``loss_fn``'s (:func:`loss`'s signature, e.g. a learned loss) in one
+    block of the parameters, the others held: the critics step down its gradient in
+    ``params.critic``; then the actor and the temperature down its gradients in
+    ``params.actor`` and ``params.log_alpha``, both at the parameters after the critic
+    step. For :func:`loss` these are the gradients of :func:`critic_loss`,
+    :func:`actor_loss` and :func:`alpha_loss` (each stops the other blocks). The metrics
+    are SAC's own losses' whatever ``loss_fn`` is.
 
     The temperature loss takes the entropy estimate of the actor step's own policy sample
     (before the actor moves), as SB3 and Rejax do, so the actor is evaluated once.
@@ -528,19 +549,28 @@ def gradient_step(
     """
     shards = cfg.data_shards
 
+    def block(p: Params, field: str, metrics_fn):
+        """``x -> (loss_fn at p with p.<field> = x, metrics_fn(x))``."""
+        return lambda x: (loss_fn(cfg, env, p.replace(**{field: x}), batch, hp)[0], metrics_fn(x))
+
     def actor_and_temperature(st: State) -> tuple[State, Metrics]:
         p = st.params
         actor, a_opt, a_metrics = _adam_step(
-            lambda a: actor_loss(cfg, env, a, p, batch, hp), p.actor, st.actor_opt_state, hp, shards
+            block(p, "actor", lambda a: actor_loss(cfg, env, a, p, batch, hp)[1]),
+            p.actor,
+            st.actor_opt_state,
+            hp,
+            shards,
         )
         entropy, target = a_metrics["train/entropy"], target_entropy(env, hp)
-        t_loss = lambda la: temperature_loss(la, entropy, target)
+        alpha_metrics = lambda la: temperature_loss(la, entropy, target)[1]
         if cfg.autotune:
             log_alpha, t_opt, t_metrics = _adam_step(
-                t_loss, p.log_alpha, st.alpha_opt_state, hp, shards
+                block(p, "log_alpha", alpha_metrics), p.log_alpha, st.alpha_opt_state, hp, shards
             )
         else:
-            log_alpha, t_opt, t_metrics = p.log_alpha, st.alpha_opt_state, t_loss(p.log_alpha)[1]
+            log_alpha, t_opt = p.log_alpha, st.alpha_opt_state
+            t_metrics = alpha_metrics(p.log_alpha)
         params = p.replace(actor=actor, log_alpha=log_alpha)
         new = st.replace(params=params, actor_opt_state=a_opt, alpha_opt_state=t_opt)
         return new, a_metrics | t_metrics
@@ -548,7 +578,7 @@ def gradient_step(
     def step(st: State) -> tuple[State, Metrics]:
         p = st.params
         critic, c_opt, c_metrics = _adam_step(
-            lambda c: critic_loss(cfg, env, c, p, batch, hp),
+            block(p, "critic", lambda c: critic_loss(cfg, env, c, p, batch, hp)[1]),
             p.critic,
             st.critic_opt_state,
             hp,
@@ -568,10 +598,12 @@ def gradient_step(
     return run_if(ready, step, state, LEARNER_FIELDS)
 
 
-def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """``cfg.gradient_steps`` :func:`gradient_step` s on uniform replay batches, skipped
-    (no sampling, no gradients; NaN metrics) before ``learning_starts``. Metrics are
-    averaged over shards and over the steps that computed them."""
+def learn(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """``cfg.gradient_steps`` :func:`gradient_step` s on ``loss_fn`` and uniform replay
+    batches, skipped (no sampling, no gradients; NaN metrics) before ``learning_starts``.
+    Metrics are averaged over shards and over the steps that computed them."""
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, td3.buffer(cfg).can_sample(state.buffer)
     )
@@ -580,7 +612,7 @@ def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metr
 
     def steps(st: State) -> tuple[State, Metrics]:
         def step(s, key):
-            return gradient_step(cfg, env, s, sample_batch(cfg, s.buffer, key), hp, True)
+            return gradient_step(cfg, env, s, sample_batch(cfg, s.buffer, key), hp, True, loss_fn)
 
         st, metrics = jax.lax.scan(step, st, jax.random.split(key_steps, cfg.gradient_steps))
         mean = jnp.mean if cfg.policy_delay == 1 else jnp.nanmean
@@ -589,23 +621,29 @@ def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metr
     return run_if(ready, steps, state.replace(key=key), LEARNER_FIELDS)
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
     """One iteration: collect ``train_freq`` steps per env, store them, learn.
 
-    With ``cfg.data_shards > 1`` every shard runs :func:`shard_update`
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss) sets the gradients
+    of the critic, actor and temperature steps (:func:`gradient_step`). With
+    ``cfg.data_shards > 1`` every shard runs :func:`shard_update`
     (:func:`jaxrl.distributed.data_parallel.run_update`).
     """
-    step = lambda s, h: shard_update(cfg, env, s, h)
+    step = lambda s, h: shard_update(cfg, env, s, h, loss_fn)
     return dp.run_update(step, state, hp, cfg.data_shards, DATA_SHARDED)
 
 
-def shard_update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+def shard_update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
     """:func:`update` as one shard sees it (all of it when ``cfg.data_shards == 1``)."""
     state, transitions, info = td3.collect_with(
         cfg, env, state, lambda s, o, k: explore(cfg, env, s, o, k)
     )
     state = td3.store(cfg, state, transitions)
-    state, metrics = learn(cfg, env, state, hp)
+    state, metrics = learn(cfg, env, state, hp, loss_fn)
     if cfg.data_shards == 1:
         metrics |= td3.episode_metrics(info)
     else:
@@ -614,8 +652,8 @@ def shard_update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[Stat
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` SAC iterations as one scan; metrics stacked ``[num_updates]``."""
-    step = lambda s, h: shard_update(cfg, env, s, h)
+    step = lambda s, h: shard_update(cfg, env, s, h, loss_fn)
     return dp.run_train(step, state, hp, num_updates, cfg.data_shards, DATA_SHARDED)

@@ -427,19 +427,45 @@ def sample_batch(cfg: Config, env: Env, buffer_state, key: jax.Array) -> Batch:
 LEARNER_FIELDS = ("params", "actor_opt_state", "critic_opt_state", "grad_steps")
 
 
+LossFn = Callable[[Config, Env, Params, Batch, HParams], tuple[jax.Array, Metrics]]
+CriticLossFn = Callable[[Config, Env, dict, Params, Batch, HParams], tuple[jax.Array, Metrics]]
+ActorLossFn = Callable[[Config, Env, dict, Params, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
+def block_losses(loss_fn: LossFn) -> tuple[CriticLossFn, ActorLossFn]:
+    """The critics' and the actor's losses (the signatures of :func:`critic_loss` and
+    :func:`actor_loss`) that a loss in :func:`loss`'s signature gives: its value with
+    ``params.critic`` (``params.actor``) set to the differentiated block, the other
+    parameters held. Their metrics are TD3's own (:func:`critic_loss`'s,
+    :func:`actor_loss`'s) whatever ``loss_fn`` is. For :func:`loss` their gradients are
+    those of :func:`critic_loss` and :func:`actor_loss` (each stops the other network)."""
+
+    def critic_fn(cfg, env, critic_params, params, batch, hp):
+        value = loss_fn(cfg, env, params.replace(critic=critic_params), batch, hp)[0]
+        return value, critic_loss(cfg, env, critic_params, params, batch, hp)[1]
+
+    def actor_fn(cfg, env, actor_params, params, batch, hp):
+        value = loss_fn(cfg, env, params.replace(actor=actor_params), batch, hp)[0]
+        return value, actor_loss(cfg, env, actor_params, params, batch, hp)[1]
+
+    return critic_fn, actor_fn
+
+
 def critic_step(
-    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams
+    cfg: Config,
+    env: Env,
+    state: State,
+    batch: Batch,
+    hp: HParams,
+    critic_loss_fn: CriticLossFn = critic_loss,
 ) -> tuple[State, Metrics]:
-    """One Adam step of the twin critics."""
+    """One Adam step of the twin critics on ``critic_loss_fn``."""
     grads, metrics = jax.grad(
-        lambda c: critic_loss(cfg, env, c, state.params, batch, hp), has_aux=True
+        lambda c: critic_loss_fn(cfg, env, c, state.params, batch, hp), has_aux=True
     )(state.params.critic)
     updates, opt_state = optimizer(hp).update(grads, state.critic_opt_state, state.params.critic)
     params = state.params.replace(critic=optax.apply_updates(state.params.critic, updates))
     return state.replace(params=params, critic_opt_state=opt_state), metrics
-
-
-ActorLossFn = Callable[[Config, Env, dict, Params, Batch, HParams], tuple[jax.Array, Metrics]]
 
 
 def actor_step(
@@ -475,18 +501,21 @@ def gradient_step(
     hp: HParams,
     ready: jax.Array | bool,
     actor_loss_fn: ActorLossFn = actor_loss,
+    critic_loss_fn: CriticLossFn = critic_loss,
 ) -> tuple[State, Metrics]:
-    """One TD3 gradient step: the critics, then on every ``policy_delay``-th step the actor
-    and the targets; a no-op where ``ready`` is false.
+    """One TD3 gradient step: the critics on ``critic_loss_fn``, then on every
+    ``policy_delay``-th step the actor on ``actor_loss_fn`` and the targets; a no-op where
+    ``ready`` is false.
 
     Both gates are :func:`run_if` branches, so skipped work is not computed, also under
     ``vmap``. The actor's metrics are NaN on steps without an actor step, and all metrics
     are NaN where ``ready`` is false. ``actor_batch`` is what ``actor_loss_fn`` reads (the
-    critic's batch for TD3; replay windows for MetaGenRL).
+    critic's batch for TD3; replay windows for MetaGenRL, whose learned objective is an
+    ``actor_loss_fn``). :func:`block_losses` makes both from one loss (:func:`learn`).
     """
 
     def step(st: State) -> tuple[State, Metrics]:
-        new, c_metrics = critic_step(cfg, env, st, critic_batch, hp)
+        new, c_metrics = critic_step(cfg, env, st, critic_batch, hp, critic_loss_fn)
         actor_fn = lambda s: actor_step(cfg, env, s, actor_batch, hp, actor_loss_fn)
         if cfg.policy_delay == 1:
             new, a_metrics = actor_fn(new)
@@ -499,11 +528,17 @@ def gradient_step(
 
 
 def learn(
-    cfg: Config, env: Env, state: State, hp: HParams, actor_loss_fn: ActorLossFn = actor_loss
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``cfg.gradient_steps`` :func:`gradient_step` s on uniform replay batches, skipped
     (no sampling, no gradients; NaN metrics) before ``learning_starts``. Metrics are means
-    over the steps that computed them (the actor's over its delayed steps)."""
+    over the steps that computed them (the actor's over its delayed steps).
+
+    ``loss_fn`` (:func:`loss`'s signature, e.g. a learned loss) sets both gradients: the
+    critics step down its gradient in ``params.critic``, the actor down its gradient in
+    ``params.actor`` after the critic step (:func:`block_losses`); the metrics stay TD3's
+    own losses'."""
+    critic_fn, actor_fn = block_losses(loss_fn)
     ready = jnp.logical_and(
         state.env_steps >= cfg.learning_starts, buffer(cfg).can_sample(state.buffer)
     )
@@ -512,7 +547,7 @@ def learn(
     def steps(st: State) -> tuple[State, Metrics]:
         def step(s, key):
             batch = sample_batch(cfg, env, s.buffer, key)
-            return gradient_step(cfg, env, s, batch, batch, hp, True, actor_loss_fn)
+            return gradient_step(cfg, env, s, batch, batch, hp, True, actor_fn, critic_fn)
 
         st, metrics = jax.lax.scan(step, st, jax.random.split(key_steps, cfg.gradient_steps))
         return st, jax.tree.map(jnp.mean if cfg.policy_delay == 1 else jnp.nanmean, metrics)
@@ -521,13 +556,14 @@ def learn(
 
 
 def update(
-    cfg: Config, env: Env, state: State, hp: HParams, actor_loss_fn: ActorLossFn = actor_loss
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
-    """One iteration: collect ``train_freq`` steps per env, store them, learn."""
+    """One iteration: collect ``train_freq`` steps per env, store them, :func:`learn` on
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss)."""
     state, transitions, info = collect(cfg, env, state, hp)
     flat = jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), transitions)
     state = state.replace(buffer=buffer(cfg).add(state.buffer, flat))
-    state, metrics = learn(cfg, env, state, hp, actor_loss_fn)
+    state, metrics = learn(cfg, env, state, hp, loss_fn)
     done = info["done"].astype(jnp.float32)
     metrics |= {
         "episode/return": base.nan_mean(info["episode_return"], done),
@@ -538,10 +574,11 @@ def update(
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` TD3 iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def act(cfg: Config, env: Env, params: Params, obs: jax.Array) -> jax.Array:

@@ -34,6 +34,7 @@ where its Config switch is on (:func:`ppo.blend`): gate 1 is the switch on, gate
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import chex
 import jax
@@ -286,12 +287,16 @@ def loss(
     cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams
 ) -> tuple[jax.Array, Metrics]:
     """``surrogate_loss + value_loss`` on one batch (no shared parameters, so the gradient
-    of the sum is each half's gradient). The update does not descend it: the actor takes
-    a trust-region step, the critic Adam steps."""
+    of the sum is each half's gradient). The update does not descend it: its gradient in
+    the actor half is what the trust-region step preconditions, its gradient in the critic
+    half what the critic's Adam steps follow (:func:`update`)."""
     pg_loss, pg_metrics = surrogate_loss(cfg, env, params, batch, hp)
     v_loss, v_metrics = value_loss(cfg, env, params, batch, hp)
     total = pg_loss + v_loss
     return total, pg_metrics | v_metrics | {"train/total_loss": total}
+
+
+LossFn = Callable[[Config, Env, dict, Batch, HParams], tuple[jax.Array, Metrics]]
 
 
 def policy_gradient(cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams) -> dict:
@@ -319,20 +324,28 @@ def make_kl_fn(cfg: Config, env: Env, params: dict, obs: jax.Array):
     return kl, theta, unravel
 
 
-def _actor_functions(cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams):
-    """``(θ_old [P], unravel, objective, kl)`` on the flattened actor, where
-    ``objective(θ) = (−surrogate_loss, metrics)`` and ``kl(θ) = mean KL(π_old ‖ π_θ)``."""
+def _actor_functions(
+    cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams, loss_fn: LossFn
+):
+    """``(θ_old [P], unravel, objective, ascent, kl)`` on the flattened actor:
+    ``objective(θ) = (−surrogate_loss, metrics)``, ``ascent(θ) = −loss_fn`` with the
+    actor half set to ``θ`` (the critic half held), ``kl(θ) = mean KL(π_old ‖ π_θ)``."""
     kl, theta, unravel = make_kl_fn(cfg, env, params, batch.obs)
+    _, critic = split_params(params)
 
     def objective(t):
         neg_surrogate, metrics = surrogate_loss(cfg, env, unravel(t), batch, hp)
         return -neg_surrogate, metrics
 
-    return theta, unravel, objective, kl
+    def ascent(t):
+        return -loss_fn(cfg, env, merge_params(unravel(t), critic), batch, hp)[0]
+
+    return theta, unravel, objective, ascent, kl
 
 
-def _natural_step(cfg: Config, hp: HParams, theta, objective, kl):
-    (value, metrics), grad = jax.value_and_grad(objective, has_aux=True)(theta)
+def _natural_step(cfg: Config, hp: HParams, theta, objective, ascent, kl):
+    value, metrics = objective(theta)
+    grad = jax.grad(ascent)(theta)
     fvp = natural.fisher_vector_product(kl, theta, hp.cg_damping)
     direction = natural.conjugate_gradient(fvp, grad, cfg.cg_iters)
     full_step, _ = natural.trust_region_step(direction, fvp, hp.max_kl)
@@ -340,23 +353,29 @@ def _natural_step(cfg: Config, hp: HParams, theta, objective, kl):
 
 
 def natural_step(
-    cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams
+    cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams, loss_fn: LossFn = loss
 ) -> tuple[jax.Array, jax.Array]:
     """The actor's full trust-region step and the policy gradient, both flat ``[P]``.
 
-    ``g = ∇_θ L`` (the surrogate objective at ``θ_old``), ``s = CG(F + cg_damping · I, g)``
-    with ``cfg.cg_iters`` iterations, and the full step ``√(2 max_kl / sᵀ(F + λI)s) · s``.
-    Flat vectors are in the order of ``ravel_pytree(split_params(params)[0])``.
+    ``g = −∇_θ loss_fn`` in the actor half (for :func:`loss`, the gradient of the surrogate
+    objective at ``θ_old``), ``s = CG(F + cg_damping · I, g)`` with ``cfg.cg_iters``
+    iterations, and the full step ``√(2 max_kl / sᵀ(F + λI)s) · s``. Flat vectors are in
+    the order of ``ravel_pytree(split_params(params)[0])``.
     """
-    theta, _, objective, kl = _actor_functions(cfg, env, params, batch, hp)
-    full_step, grad, _, _ = _natural_step(cfg, hp, theta, objective, kl)
+    theta, _, objective, ascent, kl = _actor_functions(cfg, env, params, batch, hp, loss_fn)
+    full_step, grad, _, _ = _natural_step(cfg, hp, theta, objective, ascent, kl)
     return full_step, grad
 
 
 def policy_step(
-    cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams
+    cfg: Config, env: Env, params: dict, batch: Batch, hp: HParams, loss_fn: LossFn = loss
 ) -> tuple[dict, Metrics]:
     """One TRPO (or, with ``cfg.line_search=False``, NPG) step of the actor on ``batch``.
+
+    The step preconditions ``g = −∇_θ loss_fn`` in the actor half (:func:`natural_step`;
+    a learned ``loss_fn`` replaces the surrogate there), while the line search accepts a
+    candidate by the surrogate objective's improvement and the KL, as TRPO's safeguard
+    whatever ``loss_fn`` is; the metrics are the surrogate's (:func:`surrogate_loss`).
 
     Returns the whole ActorCritic params with only the actor half changed, and metrics:
     the surrogate and entropy at ``θ_old``, the accepted step fraction, the measured mean
@@ -364,8 +383,8 @@ def policy_step(
     first-order expected improvement, the number of backtracks, ``‖g‖`` and the full
     step's norm.
     """
-    theta, unravel, objective, kl = _actor_functions(cfg, env, params, batch, hp)
-    full_step, grad, value, metrics = _natural_step(cfg, hp, theta, objective, kl)
+    theta, unravel, objective, ascent, kl = _actor_functions(cfg, env, params, batch, hp, loss_fn)
+    full_step, grad, value, metrics = _natural_step(cfg, hp, theta, objective, ascent, kl)
     if cfg.line_search:
         theta_new, info = natural.backtracking_line_search(
             lambda t: objective(t)[0], kl, theta, full_step, value, hp.max_kl,
@@ -393,23 +412,32 @@ def policy_step(
 def fit_critic(
     cfg: Config,
     env: Env,
-    critic: dict,
+    params: dict,
     opt_state: optax.OptState,
     batch: Batch,
     hp: HParams,
     lr: jax.Array,
     key: jax.Array,
+    loss_fn: LossFn = loss,
 ) -> tuple[dict, optax.OptState, Metrics]:
-    """``cfg.num_epochs`` x ``cfg.num_minibatches`` Adam steps of :func:`value_loss` on the
-    critic half of the params; metrics averaged over the steps."""
+    """``cfg.num_epochs`` x ``cfg.num_minibatches`` Adam steps of the critic half of
+    ``params`` down ``∇ loss_fn`` in it (the actor half held; for :func:`loss`, the
+    gradient of :func:`value_loss`). Returns the new critic half, the optimiser state and
+    :func:`value_loss`'s metrics averaged over the steps."""
     tx = ppo.optimizer(cfg, hp, lr)
-    grad_fn = jax.grad(lambda p, b: value_loss(cfg, env, p, b, hp), has_aux=True)
+    actor, critic = split_params(params)
+
+    def objective(c, b):
+        value = loss_fn(cfg, env, merge_params(actor, c), b, hp)[0]
+        return value, value_loss(cfg, env, c, b, hp)[1]
+
+    grad_fn = jax.grad(objective, has_aux=True)
 
     def sgd_step(carry, minibatch):
-        params, opt_state = carry
-        grads, metrics = grad_fn(params, minibatch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), metrics
+        c, opt_state = carry
+        grads, metrics = grad_fn(c, minibatch)
+        updates, opt_state = tx.update(grads, opt_state, c)
+        return (optax.apply_updates(c, updates), opt_state), metrics
 
     def epoch(carry, key):
         perm = jax.random.permutation(key, cfg.steps_per_update)
@@ -422,17 +450,26 @@ def fit_critic(
     return critic, opt_state, jax.tree.map(jnp.mean, metrics)
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
     """One iteration: collect, GAE, a trust-region step of the actor, Adam epochs of the
-    critic (both on the same batch, from the parameters that collected it)."""
+    critic (both on the same batch, from the parameters that collected it).
+
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss) replaces ``loss``
+    wherever the update takes its gradient: its actor-half gradient is the one the
+    natural-gradient step preconditions (:func:`policy_step`), its critic-half gradient
+    the critic's Adam steps' (:func:`fit_critic`, at the old actor). The line search's
+    acceptance test (surrogate improvement and KL) and the reported metrics stay TRPO's.
+    """
     state, rollout = collect(cfg, env, state)
     batch = make_batch(cfg, env, state.params, rollout, hp)
-    params, pg_metrics = policy_step(cfg, env, state.params, batch, hp)
-    actor, critic = split_params(params)
+    params, pg_metrics = policy_step(cfg, env, state.params, batch, hp, loss_fn)
+    actor, _ = split_params(params)
     key, key_critic = jax.random.split(state.key)
     lr = ppo.learning_rate(cfg, hp, state.update_count, hp.anneal_lr_on)
     critic, opt_state, v_metrics = fit_critic(
-        cfg, env, critic, state.opt_state, batch, hp, lr, key_critic
+        cfg, env, state.params, state.opt_state, batch, hp, lr, key_critic, loss_fn
     )
     metrics = (
         pg_metrics | v_metrics | {"train/learning_rate": lr} | rollout_lib.episode_metrics(rollout)
@@ -447,10 +484,11 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
     """``num_updates`` TRPO iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def act(cfg: Config, env: Env, params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:

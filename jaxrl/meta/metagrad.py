@@ -21,9 +21,10 @@ meta-gradient is ``jax.grad`` of an outer objective of ``state_K`` through a
   ``State.params`` (IMPALA's lagged behaviour parameters, Ape-X's actors'), so the run
   starts from ``θ_0``.
 * ``wrt="loss"``: meta-parameters ``η`` of a learned loss
-  ``learned_loss(η, cfg, env, params, batch, hp)`` that replaces ``algo.loss`` (the
-  algorithm's ``update`` must accept ``loss_fn``, as PPO's does); LPG (Oh et al. 2020,
-  arXiv:2007.08794) and MetaGenRL (Kirsch et al. 2020, arXiv:1910.04098) style.
+  ``learned_loss(η, cfg, env, params, batch, hp)`` that replaces ``algo.loss`` wherever
+  the update takes its gradient (every algorithm's ``update`` takes
+  ``loss_fn=algo.loss``); LPG (Oh et al. 2020, arXiv:2007.08794) and MetaGenRL (Kirsch
+  et al. 2020, arXiv:1910.04098) style.
 
 **First order.** With ``first_order=True`` every inner update ``s_{k+1} = u(s_k, η)`` is
 applied as an increment whose dependence on the incoming state is cut:
@@ -43,15 +44,21 @@ of each update on ``η`` is kept: ``ds_K/dη ≈ Σ_k ∂u_k/∂η``.
 The outer objective ``outer_fn(state_K) -> (scalar, aux)`` is any differentiable surrogate
 on fresh data (STYLE §4), never a sampled return. No function here calls ``jit``.
 
-**Every algorithm.** ``wrt="hparams"`` and ``wrt="params"`` are tested against finite
-differences through the updates of every algorithm (tests/meta/test_metagrad_algorithms.py,
-tests/meta/test_maml_algorithms.py). The meta-gradient
-is that of the computation except where an inner loss stops a gradient (bootstrap values
-of target networks, ACER's and IMPALA's stopped values: a semi-gradient, as in Xu et al.)
-and at discrete choices (sampled actions, argmaxes, replay sample indices, TRPO's accepted
-backtrack), which get the derivative of the branch taken: docs/design.md, "Meta-gradients
-through every algorithm" and "MAML through every algorithm" (for target networks it is a
-semi-gradient in their copies of ``θ_0``).
+**Every algorithm.** All three are tested against finite differences through the updates
+of every algorithm in ``jaxrl.algorithms.ALGORITHMS`` (tests/meta/: test_metagrad_algorithms,
+test_maml_algorithms, test_learned_loss_algorithms). Where an update is more than a
+gradient step of ``algo.loss``, the learned loss replaces its gradient block by block:
+TRPO / NPG's natural-gradient step preconditions its gradient in the actor and the
+critic's Adam steps follow its gradient in the critic (the line search still tests TRPO's
+surrogate); SAC's critic, actor and temperature and TD3 / DDPG's critics and actor each
+step down its gradient in their own parameters; the DQN family's replay priorities stay
+the algorithm's TD errors (docs/design.md, "Meta-gradients through every algorithm").
+The meta-gradient is that of the computation except where an inner loss stops a
+gradient (bootstrap values of target networks, ACER's and IMPALA's stopped values: a
+semi-gradient, as in Xu et al.) and at discrete choices (sampled actions, argmaxes, replay
+sample indices, TRPO's accepted backtrack), which get the derivative of the branch taken:
+docs/design.md, "Meta-gradients through every algorithm" and "MAML through every
+algorithm" (for target networks it is a semi-gradient in their copies of ``θ_0``).
 """
 
 from __future__ import annotations
@@ -190,7 +197,8 @@ def inner_train(
         cfg, env: its static ``Config`` and environment.
         state, hp: its ``State`` and ``HParams`` (traced; may depend on meta-parameters).
         num_steps: ``K``, a Python int >= 1.
-        loss_fn: replaces ``algo.loss`` (signature of ``algo.loss``); ``None`` keeps it.
+        loss_fn: replaces ``algo.loss`` (signature of ``algo.loss``), passed to
+            ``algo.update``; ``None`` keeps it.
         remat: wrap each update in ``jax.checkpoint``, so reverse mode stores only the
             ``K`` states and recomputes each update's internals (memory ``O(K)`` states
             instead of ``O(K)`` full update traces; same gradient).
