@@ -148,7 +148,10 @@ def network(arch: str, num_actions: int) -> nn.Module:
 
 
 def make_run(table, probs, q_pi, arch: str, data: str, args):
-    """A pure ``run(key) -> SE [num_evals]`` for one seed (vmap it over keys)."""
+    """Pure ``init(key) -> params`` and ``run(key, params) -> SE [1 + num_evals]`` for one
+    seed. Map ``init`` over keys with ``lax.map`` and vmap ``run``: a vmapped orthogonal
+    initialiser is a batched QR, which hangs XLA:CPU over several devices (docs/design.md,
+    decision 9)."""
     num_states, num_actions = probs.shape
     net = network(arch, num_actions)
     eye = jnp.eye(num_states)
@@ -192,17 +195,18 @@ def make_run(table, probs, q_pi, arch: str, data: str, args):
         carry, _ = jax.lax.scan(update, carry, keys)
         return carry, squared_error(carry[0])
 
-    def run(key):
-        k_init, k_run = jax.random.split(key)
-        params = net.init(k_init, eye[:1])
+    def init(key):
+        return net.init(key, eye[:1])
+
+    def run(key, params):
         carry = (params, params, opt.init(params), jnp.zeros(args.batch, jnp.int32), jnp.int32(0))
-        keys = jax.random.split(k_run, num_evals * args.eval_every)
+        keys = jax.random.split(key, num_evals * args.eval_every)
         keys = keys.reshape(num_evals, args.eval_every, *keys.shape[1:])
         se0 = squared_error(params)
         _, se = jax.lax.scan(evaluate_after_chunk, carry, keys)
         return jnp.concatenate([se0[None], se])
 
-    return run
+    return init, run
 
 
 def summary(se: np.ndarray) -> dict[str, list[float]]:
@@ -225,6 +229,7 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["uniform", "on_policy"],
                         choices=["uniform", "on_policy"])  # fmt: skip
     parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="the base key: key(seed)")
     parser.add_argument("--updates", type=int, default=20_000)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--batch", type=int, default=32)
@@ -236,7 +241,9 @@ def main() -> None:
     if args.updates % args.eval_every:
         parser.error("--updates must be a multiple of --eval-every")
 
-    keys = shard_runs(jax.random.split(jax.random.key(0), args.seeds), run_mesh())
+    k_init, k_run = jax.random.split(jax.random.key(args.seed))
+    init_keys = jax.random.split(k_init, args.seeds)
+    run_keys = jax.random.split(k_run, args.seeds)
     results = {"config": vars(args), "runs": []}
     for data in args.data:
         for num_actions in args.actions:
@@ -245,8 +252,9 @@ def main() -> None:
             q_pi = true_q(table, probs)
             for arch in ("single", "dueling"):
                 t0 = time.time()
-                run = jax.jit(jax.vmap(make_run(table, probs, q_pi, arch, data, args)))
-                se = np.asarray(run(keys))
+                init, run = make_run(table, probs, q_pi, arch, data, args)
+                params = jax.jit(lambda ks, f=init: jax.lax.map(f, ks))(init_keys)
+                se = np.asarray(jax.jit(jax.vmap(run))(*shard_runs((run_keys, params), run_mesh())))
                 scores = summary(se)
                 results["runs"].append({"data": data, "actions": num_actions, "arch": arch,
                                         "se": se.tolist(), **scores})  # fmt: skip
