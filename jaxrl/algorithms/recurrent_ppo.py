@@ -44,6 +44,7 @@ from jaxrl.envs.base import Env
 from jaxrl.losses import policy as policy_losses
 from jaxrl.losses.returns import episode_gae
 from jaxrl.losses.value import value_loss
+from jaxrl.networks.init import orthogonal
 from jaxrl.networks.recurrent import CELLS, RecurrentScan, initial_carry
 from jaxrl.types import Metrics
 
@@ -146,7 +147,7 @@ class RecurrentActorCritic(nn.Module):
     @nn.compact
     def __call__(self, carry, obs: jax.Array, reset: jax.Array):
         carry, y = RecurrentScan(self.hidden, self.cell, name="rnn")(carry, obs, reset)
-        ortho = nn.initializers.orthogonal
+        ortho = orthogonal
         logits = nn.Dense(self.num_actions, kernel_init=ortho(0.01), name="policy")(y)
         value = nn.Dense(1, kernel_init=ortho(1.0), name="value")(y)[..., 0]
         return carry, logits, value

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl.errors import ConfigError
+from jaxrl.networks.init import orthogonal
 from jaxrl.networks.torsos import MLP
 
 
@@ -53,7 +54,7 @@ class ContextEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, history: jax.Array) -> jax.Array:
-        cell = nn.GRUCell(self.features)
+        cell = nn.GRUCell(self.features, recurrent_kernel_init=orthogonal())
         carry = jnp.zeros((*history.shape[:-2], self.features), history.dtype)
         scan = nn.scan(
             lambda c, h, x: c(h, x),

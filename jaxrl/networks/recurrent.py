@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl.errors import ConfigError
+from jaxrl.networks.init import orthogonal
 
 CELLS = ("gru", "lstm")
 
@@ -47,9 +48,13 @@ class RecurrentCore(nn.Module):
     def __call__(self, carry, x: jax.Array, reset: jax.Array):
         carry = reset_carry(carry, reset)
         if self.cell == "gru":
-            return nn.GRUCell(self.features, name="gru")(carry, x)
+            return nn.GRUCell(self.features, recurrent_kernel_init=orthogonal(), name="gru")(
+                carry, x
+            )
         if self.cell == "lstm":
-            return nn.OptimizedLSTMCell(self.features, name="lstm")(carry, x)
+            return nn.OptimizedLSTMCell(
+                self.features, recurrent_kernel_init=orthogonal(), name="lstm"
+            )(carry, x)
         raise ConfigError(f"cell must be one of {CELLS}, got {self.cell!r}")
 
 

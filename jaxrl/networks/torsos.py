@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl.networks.init import orthogonal
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "relu": nn.relu,
@@ -23,7 +25,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def kernel_init(ortho_init: bool, scale: float = float(np.sqrt(2.0))):
     """Orthogonal init with gain ``scale`` (Implementation Matters' choice) or flax's lecun."""
-    return nn.initializers.orthogonal(scale) if ortho_init else nn.initializers.lecun_normal()
+    return orthogonal(scale) if ortho_init else nn.initializers.lecun_normal()
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:

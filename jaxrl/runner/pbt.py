@@ -154,8 +154,9 @@ def init(
 
     Returns:
       A :class:`PBTState` with scores NaN and counters zero. Members are initialised with
-      ``lax.map``, not ``vmap`` (a vmapped orthogonal initialiser is a batched QR that can stall
-      XLA's CPU backend; see ``docs/design.md``).
+      ``lax.map``, not ``vmap``: a user's network built with flax's orthogonal initialiser
+      would become a batched QR that can stall XLA's CPU backend (jaxrl's own networks use
+      :func:`jaxrl.networks.init.orthogonal`, safe either way; ``docs/design.md``).
     """
     num = keys.shape[0]
     hps = jax.tree.map(lambda x: jnp.broadcast_to(x, (num,)), hps)

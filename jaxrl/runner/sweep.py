@@ -96,8 +96,9 @@ def init_runs(algo: Any, cfg: Any, env: Any, keys: jax.Array, hps: Any) -> Any:
     """The initial State of every run: ``algo.init`` mapped over the run axis, jitted.
 
     ``keys``: [R] PRNG keys; ``hps``: HParams with leaves [R]. Returns State with leaves [R].
-    Uses ``lax.map`` rather than ``vmap``: init runs once, and a vmapped orthogonal
-    initialiser becomes one batched QR that can stall XLA's CPU backend (see docs/design.md).
+    Uses ``lax.map`` rather than ``vmap``: init runs once, and a user's network built with
+    flax's orthogonal initialiser would, vmapped, become a batched QR that can stall XLA's
+    CPU backend (jaxrl's own use :func:`jaxrl.networks.init.orthogonal`; docs/design.md).
     One program per ``(algo, cfg, env)`` in a process (:func:`jaxrl.utils.programs.per_arguments`).
     """
     return _init_program(algo, cfg, env)(keys, hps)
