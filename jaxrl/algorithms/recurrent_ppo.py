@@ -28,6 +28,7 @@ traced ``HParams``, ``State`` of arrays; nothing here calls ``jit``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import chex
 import distrax
@@ -333,6 +334,9 @@ def loss(
     return total, metrics
 
 
+LossFn = Callable[[Config, Env, dict, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
 def split_envs(batch: Batch, perm: jax.Array, num_minibatches: int) -> Batch:
     """Permutes the env axis and splits it: leaves ``[M, T, N/M, ...]`` (carry ``[M, N/M, H]``)."""
 
@@ -348,13 +352,19 @@ def split_envs(batch: Batch, perm: jax.Array, num_minibatches: int) -> Batch:
     return jax.tree.map(seq, batch.replace(carry0=None)).replace(carry0=carry0)
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One iteration: collect, GAE, then PPO epochs over env-column minibatches or one A2C step."""
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """One iteration: collect, GAE, then PPO epochs over env-column minibatches or one A2C step.
+
+    ``loss_fn`` (same signature as :func:`loss`, e.g. a learned loss for
+    ``jaxrl.meta.metagrad``'s ``wrt="loss"``) replaces the loss every step descends.
+    """
     state, rollout = collect(cfg, env, state)
     batch = make_batch(rollout, hp)
     tx = optimizer(hp, learning_rate(cfg, hp, state.update_count))
     loss_hp = hp.replace(ent_coef=entropy_coef(cfg, hp, state.update_count))
-    grad_fn = jax.grad(lambda p, b: loss(cfg, env, p, b, loss_hp), has_aux=True)
+    grad_fn = jax.grad(lambda p, b: loss_fn(cfg, env, p, b, loss_hp), has_aux=True)
 
     def sgd_step(carry, minibatch):
         params, opt_state = carry
@@ -385,7 +395,9 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
-    """``num_updates`` iterations as one scan; metrics stacked ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    """``num_updates`` iterations of :func:`update` on ``loss_fn`` as one scan; metrics
+    stacked ``[num_updates]``."""
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)  # noqa: E731
+    return jax.lax.scan(step, state, None, num_updates)
