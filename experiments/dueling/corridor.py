@@ -129,22 +129,30 @@ def true_q(table: dict[str, np.ndarray], probs: np.ndarray) -> np.ndarray:
     return bellman_q(table, v)
 
 
+def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
+    """``x`` forward; its gradient multiplied by ``scale`` backward."""
+    return x * scale + jax.lax.stop_gradient(x * (1.0 - scale))
+
+
 class DuelingCorridorNet(nn.Module):
-    """The paper's dueling network: ``MLP((50,))`` then value/advantage streams of 25."""
+    """The paper's dueling network: ``MLP((50,))`` then value/advantage streams of 25.
+    ``grad_scale``: the gradient entering the shared layer from the two streams is scaled by
+    it (Wang et al. use ``1/√2`` on Atari; 1 leaves it alone)."""
 
     num_actions: int
+    grad_scale: float = 1.0
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        x = MLP((50,), "relu")(obs)
+        x = scale_gradient(MLP((50,), "relu")(obs), self.grad_scale)
         return QHead(self.num_actions, stream_width=25, dueling=True)(x)
 
 
-def network(arch: str, num_actions: int) -> nn.Module:
+def network(arch: str, num_actions: int, grad_scale: float = 1.0) -> nn.Module:
     """``"single"``: ``QNetwork(A, hidden=(50, 50))``; ``"dueling"``: the paper's dueling."""
     if arch == "single":
         return QNetwork(num_actions, hidden=(50, 50))
-    return DuelingCorridorNet(num_actions)
+    return DuelingCorridorNet(num_actions, grad_scale)
 
 
 def make_run(table, probs, q_pi, arch: str, data: str, args):
@@ -153,12 +161,14 @@ def make_run(table, probs, q_pi, arch: str, data: str, args):
     initialiser is a batched QR, which hangs XLA:CPU over several devices (docs/design.md,
     decision 9)."""
     num_states, num_actions = probs.shape
-    net = network(arch, num_actions)
+    net = network(arch, num_actions, args.dueling_grad_scale)
     eye = jnp.eye(num_states)
     nxt, rew, done = (jnp.asarray(table[k]) for k in ("next_state", "reward", "done"))
     probs_j, q_pi_j = jnp.asarray(probs), jnp.asarray(q_pi)
     log_probs = jnp.log(probs_j)
     opt = optax.adam(args.lr)
+    if args.max_grad_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), opt)
     num_evals = args.updates // args.eval_every
 
     def squared_error(params):
@@ -235,6 +245,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--target-period", type=int, default=100)
+    parser.add_argument("--max-grad-norm", type=float, default=0.0, help="0: no clipping")
+    parser.add_argument("--dueling-grad-scale", type=float, default=1.0,
+                        help="gradient scale into the dueling net's shared layer")  # fmt: skip
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
