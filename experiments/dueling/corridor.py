@@ -156,10 +156,8 @@ def network(arch: str, num_actions: int, grad_scale: float = 1.0) -> nn.Module:
 
 
 def make_run(table, probs, q_pi, arch: str, data: str, args):
-    """Pure ``init(key) -> params`` and ``run(key, params) -> SE [1 + num_evals]`` for one
-    seed. Map ``init`` over keys with ``lax.map`` and vmap ``run``: a vmapped orthogonal
-    initialiser is a batched QR, which hangs XLA:CPU over several devices (docs/design.md,
-    decision 9)."""
+    """A pure ``run(init_key, run_key) -> SE [1 + num_evals]`` for one seed (vmap it; jaxrl's
+    orthogonal initialiser is safe to vmap on XLA:CPU, docs/design.md decision 9)."""
     num_states, num_actions = probs.shape
     net = network(arch, num_actions, args.dueling_grad_scale)
     eye = jnp.eye(num_states)
@@ -205,10 +203,8 @@ def make_run(table, probs, q_pi, arch: str, data: str, args):
         carry, _ = jax.lax.scan(update, carry, keys)
         return carry, squared_error(carry[0])
 
-    def init(key):
-        return net.init(key, eye[:1])
-
-    def run(key, params):
+    def run(init_key, key):
+        params = net.init(init_key, eye[:1])
         carry = (params, params, opt.init(params), jnp.zeros(args.batch, jnp.int32), jnp.int32(0))
         keys = jax.random.split(key, num_evals * args.eval_every)
         keys = keys.reshape(num_evals, args.eval_every, *keys.shape[1:])
@@ -216,7 +212,7 @@ def make_run(table, probs, q_pi, arch: str, data: str, args):
         _, se = jax.lax.scan(evaluate_after_chunk, carry, keys)
         return jnp.concatenate([se0[None], se])
 
-    return init, run
+    return run
 
 
 def summary(se: np.ndarray) -> dict[str, list[float]]:
@@ -265,9 +261,9 @@ def main() -> None:
             q_pi = true_q(table, probs)
             for arch in ("single", "dueling"):
                 t0 = time.time()
-                init, run = make_run(table, probs, q_pi, arch, data, args)
-                params = jax.jit(lambda ks, f=init: jax.lax.map(f, ks))(init_keys)
-                se = np.asarray(jax.jit(jax.vmap(run))(*shard_runs((run_keys, params), run_mesh())))
+                run = make_run(table, probs, q_pi, arch, data, args)
+                keys = shard_runs((init_keys, run_keys), run_mesh())
+                se = np.asarray(jax.jit(jax.vmap(run))(*keys))
                 scores = summary(se)
                 results["runs"].append({"data": data, "actions": num_actions, "arch": arch,
                                         "se": se.tolist(), **scores})  # fmt: skip
