@@ -22,8 +22,9 @@ What is stored and sampled (fixed windows of per-env streams):
   the last one of a window included) and every step after the burn-in is in the loss with
   weight 1: the loss mask is exact, nothing is padded.
 * Burn-in: the first ``burn_in`` steps (default 40) only unroll the online and the target
-  network from the stored state; the online state after them is a constant
-  (``stop_gradient``) and those steps have no loss or priority.
+  network from the window's start state (its first stored ``carry``, or zeros with
+  ``start_state="zero"``: the paper's two strategies); the online state after them is a
+  constant (``stop_gradient``) and those steps have no loss or priority.
 
 Learning: n-step (``n_step = 5``) double Q-learning with the invertible value rescaling
 ``h(x) = sign(x)(sqrt(|x| + 1) - 1) + eps x`` (rlax ``signed_hyperbolic`` /
@@ -69,6 +70,7 @@ from jaxrl.utils import tree
 
 LOSSES = ("l2", "huber")
 EXPLORATION = ("per_env", "linear")
+START_STATES = ("stored", "zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,7 @@ class Config:
     value_rescaling: bool = True
     priority_exponent: float = 0.9  # alpha of proportional prioritisation
     exploration: str = "per_env"  # "per_env" | "linear"
+    start_state: str = "stored"  # a replayed window's first LSTM state: "stored" | "zero"
 
     def __post_init__(self):
         base.check_fields(self)
@@ -107,7 +110,13 @@ class Config:
                 "lstm_features",
             ),
         )  # fmt: skip
-        base.check_choices(self, {"torso": TORSOS, "loss": LOSSES, "exploration": EXPLORATION})
+        base.check_choices(
+            self,
+            {
+                "torso": TORSOS, "loss": LOSSES, "exploration": EXPLORATION,
+                "start_state": START_STATES,
+            },
+        )  # fmt: skip
         if not isinstance(self.burn_in, int) or not 0 <= self.burn_in < self.sequence_length:
             raise base.ConfigError(
                 f"burn_in must be an int in [0, sequence_length = {self.sequence_length}), "
@@ -363,6 +372,8 @@ def td_errors(
     chex.assert_equal_shape([seq.reward, seq.done, seq.terminated, seq.action, seq.reset])
     b = cfg.burn_in
     carry = jax.tree.map(lambda x: x[0], seq.carry)
+    if cfg.start_state == "zero":
+        carry = jax.tree.map(jnp.zeros_like, carry)
     online_carry, target_carry = carry, carry
     if b > 0:
         net = network(cfg, env)

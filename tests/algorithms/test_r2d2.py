@@ -217,6 +217,24 @@ def test_td_errors_equal_rlax_transformed_n_step_q_learning(env):
         np.testing.assert_allclose(td[:, b], expected[cfg.burn_in :], rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("burn_in", [0, 3])
+def test_zero_start_state_is_the_stored_strategy_on_zeroed_carries(env, burn_in):
+    """``start_state="zero"`` starts every window from zeros: its TD errors are the stored
+    strategy's on the same window with a zero first carry, whatever was stored."""
+    stored = r2d2.Config(**TINY | dict(burn_in=burn_in))
+    zero = r2d2.Config(**TINY | dict(burn_in=burn_in, start_state="zero"))
+    hp = r2d2.HParams.make(discount=0.9)
+    online, target = _nets(stored, env, jax.random.key(10))
+    seq = _sequence(jax.random.key(11), stored.sequence_length, 3, done_p=0.1)
+    seq = seq.replace(reset=seq.reset.at[0].set(False))  # the stored carry is read at step 0
+    zeroed = seq.replace(carry=jax.tree.map(lambda c: c.at[0].set(0.0), seq.carry))
+    td_zero, _ = _td_errors(zero, env, online, target, seq, hp)
+    td_zeroed, _ = _td_errors(stored, env, online, target, zeroed, hp)
+    np.testing.assert_allclose(td_zero, td_zeroed, rtol=1e-6, atol=1e-7)
+    td_stored, _ = _td_errors(stored, env, online, target, seq, hp)
+    assert float(jnp.abs(td_stored - td_zero).max()) > 1e-3  # the stored carry matters
+
+
 def test_lstm_state_resets_at_episode_boundaries(env):
     """After a reset the Q-values equal a fresh unroll from the zero state, and the TD errors
     from there on equal those of a window that starts at the boundary; targets before the
@@ -380,6 +398,7 @@ def test_jit_equals_no_jit(env):
         dict(loss="mse"),
         dict(exploration="boltzmann"),
         dict(torso="transformer"),
+        dict(start_state="burn_in"),
         dict(priority_exponent=1.5),
         dict(total_timesteps=8),  # less than one update
     ],
