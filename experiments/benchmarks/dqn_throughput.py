@@ -237,9 +237,7 @@ def measure_jaxrl(
     cfg, hp = jaxrl_config(dqn, total_timesteps, dueling)
 
     def run(keys, hp):
-        # lax.map, not vmap: jit(vmap(init)) of orthogonal initialisers can deadlock XLA's
-        # 2-thread CPU pool (batched QRs; see ppo_throughput.init_seeds).
-        states = jax.lax.map(lambda key: dqn.init(cfg, env, key, hp, env_params), keys)
+        states = jax.vmap(lambda key: dqn.init(cfg, env, key, hp, env_params))(keys)
         return jax.vmap(lambda state: dqn.train(cfg, env, state, hp, cfg.num_updates))(states)
 
     keys = jax.random.split(jax.random.key(base_seed), seeds)

@@ -366,9 +366,7 @@ def measure_jaxrl(
     cfg, hp = config_fn(module, total_timesteps)
 
     def run(keys, hp):
-        # lax.map, not vmap: jit(vmap(init)) of orthogonal initialisers can deadlock XLA's
-        # 2-thread CPU pool (batched QRs; see ppo_throughput.init_seeds).
-        states = jax.lax.map(lambda key: module.init(cfg, env, key, hp, env_params), keys)
+        states = jax.vmap(lambda key: module.init(cfg, env, key, hp, env_params))(keys)
         return jax.vmap(lambda state: module.train(cfg, env, state, hp, cfg.num_updates))(states)
 
     keys = jax.random.split(jax.random.key(base_seed), seeds)

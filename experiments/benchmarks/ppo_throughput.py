@@ -12,8 +12,7 @@ all seeds together and after compilation:
 (b) ``rollout``: ``ppo.collect`` (policy forward, sampling, env step) repeated
     ``num_updates`` times in a scan, with fixed parameters;
 (c) ``jaxrl``: ``ppo.init`` + ``ppo.train`` for ``cfg.num_updates`` in one ``jit``,
-    training vmapped over seeds, compiled once with ``.lower(...).compile()`` (timed
-    apart); init maps over seeds instead, see :func:`init_seeds`;
+    vmapped over seeds, compiled once with ``.lower(...).compile()`` (timed apart);
 (d) ``rejax``: Rejax 0.1.3 PPO on the matched config, run by ``peers/rejax_ppo.py`` in
     a separate venv (rejax 0.1.3 needs gymnax 0.0.9; jaxrl needs gymnax 1.x), created
     once at ``experiments/benchmarks/.peer-venv`` with the same jax/flax/optax versions;
@@ -223,16 +222,8 @@ def gymnax_stepping_program(cfg: ppo.Config, seeds: int, key: jax.Array) -> Prog
 
 
 def init_seeds(cfg: ppo.Config, env, keys: jax.Array, hp: ppo.HParams) -> ppo.State:
-    """``ppo.init`` for each key, stacked ``[S, ...]``; traceable (use inside ``jit``).
-
-    ``lax.map``, not ``vmap``: with jaxlib 0.10.2 on CPU, ``jit(vmap(ppo.init))`` can hang
-    for ever. The orthogonal initialiser's QR becomes a batched LAPACK call that splits
-    its batch over XLA's intra-op thread pool and blocks until the pieces finish; when
-    as many independent batched QRs (actor and critic layers) start at once as the pool
-    has threads (2 here), every thread waits and nothing runs. One seed at a time keeps
-    each QR unbatched; init is a negligible part of the run.
-    """
-    return jax.lax.map(lambda key: ppo.init(cfg, env, key, hp), keys)
+    """``ppo.init`` for each key ``[S]``, stacked ``[S, ...]``; traceable (use inside ``jit``)."""
+    return jax.vmap(lambda key: ppo.init(cfg, env, key, hp))(keys)
 
 
 def init_states(cfg: ppo.Config, env, keys: jax.Array, hp: ppo.HParams) -> ppo.State:
@@ -266,7 +257,7 @@ def rollout_program(cfg: ppo.Config, keys: jax.Array) -> Program:
 def train_program(cfg: ppo.Config, keys: jax.Array) -> Program:
     """(c) ``ppo.init`` + ``ppo.train(num_updates)`` per seed in one program, ``vmap`` over seeds.
 
-    Init maps over seeds (see :func:`init_seeds`); training is vmapped. The program returns
+    The program returns
     the final state and every metric ``train`` reports, as a user's run would (returning
     less would let XLA skip the metric computations).
     """

@@ -7,9 +7,7 @@ seed (the script checks it):
 * ``Double+Dueling``: the same preset with ``double=True`` and ``dueling=True``;
 * ``Rainbow``: the ``rainbow/<env>`` preset (``jaxrl.algorithms.rainbow``: every option on).
 
-Each arm is ``--seeds`` seeds in one compiled program: the seeds are initialised inside one
-jitted ``lax.map`` (``jit(vmap(init))`` can deadlock XLA's 2-thread CPU pool on the batched
-QR of the orthogonal initialiser; see docs/design.md, item 9), then trained by
+Each arm is ``--seeds`` seeds in one compiled program: ``jit(vmap(init))``, then
 ``jit(vmap(train))``. Final performance is the mean undiscounted return of ``--episodes``
 greedy episodes per seed of the final parameters (:func:`jaxrl.runner.evaluate.evaluate`).
 Per arm the script reports mean, std, the interquartile mean (IQM) over seeds with a 95%
@@ -113,7 +111,7 @@ def run_arm(algo, cfg, hp, env, env_params, seeds: int, episodes: int, seed: int
     the binned training-return curve (mean episode return per bin ``[seeds, bins]``).
     """
     keys = jax.random.split(jax.random.key(seed), seeds)
-    init = jax.jit(lambda ks: jax.lax.map(lambda k: algo.init(cfg, env, k, hp, env_params), ks))
+    init = jax.jit(jax.vmap(lambda k: algo.init(cfg, env, k, hp, env_params)))
     state = jax.block_until_ready(init(keys))
     train = jax.jit(
         jax.vmap(lambda s: algo.train(cfg, env, s, hp, cfg.num_updates)), donate_argnums=0

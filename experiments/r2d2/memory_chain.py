@@ -69,9 +69,7 @@ def dqn_setup(total_timesteps: int, memory_length: int, discount: float):
 def run(algo, cfg, hp, env, env_params, greedy, seeds: int) -> dict:
     """Trains ``seeds`` runs in one vmapped program; greedy evaluation after each chunk."""
     keys = jax.random.split(jax.random.key(0), seeds)
-    # lax.map, not vmap: a vmapped orthogonal init is a batched QR that can stall XLA's CPU
-    # backend (see jaxrl.runner.sweep.init_runs).
-    init = jax.jit(lambda ks: jax.lax.map(lambda k: algo.init(cfg, env, k, hp, env_params), ks))
+    init = jax.jit(jax.vmap(lambda k: algo.init(cfg, env, k, hp, env_params)))
     state = init(keys)
     per_chunk = cfg.num_updates // CHUNKS
     train = jax.jit(jax.vmap(lambda s: algo.train(cfg, env, s, hp, per_chunk)))
