@@ -55,10 +55,12 @@ import numpy as np  # noqa: E402
 from jaxrl import envs  # noqa: E402
 from jaxrl.algorithms import r2d2  # noqa: E402
 from jaxrl.distributed import run_mesh, shard_runs  # noqa: E402
-from jaxrl.runner import config  # noqa: E402
+from jaxrl.runner import config, evaluate  # noqa: E402
 
+MEMORY_CHAIN = "MemoryChain-bsuite"
 EVAL_ENVS = 64
 EVAL_EPISODES_PER_ENV = 4
+EVAL_MAX_STEPS = 1_000  # other envs: 256 exact episodes of at most this many steps
 CHUNKS = 10
 ARMS = {  # name: (start_state, burn-in as a fraction of the window)
     "zero": ("zero", 0.0),
@@ -126,7 +128,8 @@ def delta_q(cfg: r2d2.Config, env, online: dict, buffer_state) -> dict:
 
 
 def arm_config(args, start_state: str, burn_in_frac: float):
-    """The ``r2d2/memory_chain`` preset with this arm's window, start state and burn-in."""
+    """The ``r2d2/memory_chain`` preset with ``--set`` and this arm's window, start state
+    and burn-in."""
     preset = config.load_preset("r2d2/memory_chain")
     overrides = dict(
         sequence_length=args.sequence_length,
@@ -134,26 +137,44 @@ def arm_config(args, start_state: str, burn_in_frac: float):
         burn_in=int(burn_in_frac * args.sequence_length),
         start_state=start_state,
     )
-    sets = {k: str(v) for k, v in overrides.items()}
+    sets = dict(args.set) | {k: str(v) for k, v in overrides.items()}
     return config.resolve(r2d2, preset, sets, args.total_timesteps)
+
+
+def make_env(args):
+    """``(env, env_params)``; MemoryChain with ``--memory-length``."""
+    env, env_params = envs.make(args.env)
+    if args.env == MEMORY_CHAIN:
+        env_params = env_params.replace(memory_length=args.memory_length)
+    return env, env_params
+
+
+def greedy_return(args, cfg, env, env_params):
+    """``(params, key) -> mean greedy return`` over 256 episodes. MemoryChain's episodes
+    all last ``memory_length + 1`` steps, so auto-reset play (:func:`r2d2.evaluate`) ends
+    exactly 4 per env; other envs play 256 exact episodes (:mod:`jaxrl.runner.evaluate`)."""
+    if args.env == MEMORY_CHAIN:
+        steps = EVAL_EPISODES_PER_ENV * (args.memory_length + 1)
+        return lambda p, key: r2d2.evaluate(cfg, env, p, key, EVAL_ENVS, steps, env_params)[0]
+    episodes = EVAL_ENVS * EVAL_EPISODES_PER_ENV
+    return lambda p, key: jnp.mean(
+        evaluate.evaluate(r2d2, cfg, env, p, key, episodes, True, env_params, EVAL_MAX_STEPS)
+    )
 
 
 def run_arm(args, name: str, keys: jax.Array) -> dict:
     """Trains one arm over ``keys`` (one vmapped program); greedy return and ``ΔQ`` after
     each chunk, ``[chunk][seed]``."""
     cfg, hp = arm_config(args, *ARMS[name])
-    env, env_params = envs.make("MemoryChain-bsuite")
-    env_params = env_params.replace(memory_length=args.memory_length)
+    env, env_params = make_env(args)
     per_chunk = cfg.num_updates // CHUNKS
-    eval_steps = EVAL_EPISODES_PER_ENV * (args.memory_length + 1)
+    greedy_fn = greedy_return(args, cfg, env, env_params)
 
     init = jax.jit(jax.vmap(lambda k: r2d2.init(cfg, env, k, hp, env_params)))
     train = jax.jit(jax.vmap(lambda s: r2d2.train(cfg, env, s, hp, per_chunk)[0]))
 
     def measure(state, key):
-        greedy, _ = r2d2.evaluate(
-            cfg, env, state.params, key, EVAL_ENVS, eval_steps, env_params
-        )
+        greedy = greedy_fn(state.params, key)
         return greedy, delta_q(cfg, env, state.params.online, state.buffer)
 
     measure = jax.jit(jax.vmap(measure))
@@ -237,16 +258,16 @@ def plot(record: dict, path: str) -> None:
             line = ax.plot(steps, y.mean(1), label=name)[0]
             ax.fill_between(steps, y.min(1), y.max(1), color=line.get_color(), alpha=0.15)
     axes[0].set_ylabel(f"greedy return ({record['seeds']} seeds)")
-    axes[0].set_ylim(-1.05, 1.05)
+    if record.get("env", MEMORY_CHAIN) == MEMORY_CHAIN:
+        axes[0].set_ylim(-1.05, 1.05)
     axes[1].set_ylabel("ΔQ, first learned step")
     axes[2].set_ylabel("ΔQ, last learned step")
     for ax in axes:
         ax.set_xlabel("env steps")
     axes[0].legend(fontsize=8)
-    fig.suptitle(
-        f"R2D2 start states, MemoryChain-bsuite memory {record['memory_length']}, "
-        f"windows of {record['sequence_length']}"
-    )
+    env = record.get("env", MEMORY_CHAIN)
+    task = f"{env} memory {record['memory_length']}" if env == MEMORY_CHAIN else env
+    fig.suptitle(f"R2D2 start states, {task}, windows of {record['sequence_length']}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -256,9 +277,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="base seed of the run keys")
     parser.add_argument("--total-timesteps", type=int, default=200_000)
-    parser.add_argument("--memory-length", type=int, default=20)
+    parser.add_argument("--env", default=MEMORY_CHAIN, help="an env name (jaxrl.envs.make)")
+    parser.add_argument("--memory-length", type=int, default=20, help="MemoryChain only")
     parser.add_argument("--sequence-length", type=int, default=20)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument(
+        "--set", nargs="*", default=[], type=lambda s: tuple(s.split("=", 1)),
+        metavar="KEY=VALUE", help="preset overrides for every arm (as jaxrl train --set)",
+    )  # fmt: skip
     parser.add_argument("--json", help="write every curve here")
     parser.add_argument("--plot", help="write the curves (png) here")
     args = parser.parse_args()
@@ -269,6 +295,8 @@ def main() -> None:
     record = {"seeds": args.seeds, "seed": args.seed, "total_timesteps": args.total_timesteps,
               "memory_length": args.memory_length, "sequence_length": args.sequence_length,
               "runs": {}}  # fmt: skip
+    if args.env != MEMORY_CHAIN or args.set:
+        record |= {"env": args.env, "set": dict(args.set)}
     for name in args.arms:
         record["runs"][name] = run_arm(args, name, keys)
         if args.json:  # after every arm, so an interrupted run keeps what it finished

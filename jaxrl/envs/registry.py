@@ -8,6 +8,9 @@ Names:
     chains; spec section 1.8), e.g. ``lpg/tabular_dense``, ``lpg/chain_short``;
   * ``meta/<name>``: task distributions for meta-RL: ``meta/nav2d`` (MAML's 2D navigation),
     ``meta/bernoulli_bandit`` (RL^2's bandits; ``num_arms=``, ``task=``);
+  * ``pomdp/<gymnax id>``: a gymnax env with its velocities hidden, e.g.
+    ``pomdp/CartPole-v1`` (cart position and pole angle only): memory tasks for recurrent
+    agents;
   * ``probe/<name>``: tiny probe environments for tests.
 """
 
@@ -20,6 +23,15 @@ from jaxrl.envs import bandits, delayed_chain, gridworld, nav2d, probe
 from jaxrl.envs.base import Env, EnvParams
 from jaxrl.envs.gymnax import ENV_IDS as GYMNAX_IDS
 from jaxrl.envs.gymnax import GymnaxEnv
+from jaxrl.envs.wrappers import SelectObs
+
+# Observation entries that are positions (the velocities are left out).
+POSITIONS = {"CartPole-v1": (0, 2), "Pendulum-v1": (0, 1), "Acrobot-v1": (0, 1, 2, 3)}
+
+
+def _pomdp(gymnax_id: str, **kwargs) -> Env:
+    return SelectObs(GymnaxEnv(gymnax_id, **kwargs), POSITIONS[gymnax_id])
+
 
 # In-package families: prefix -> {name without prefix: constructor(**kwargs) -> Env}.
 FAMILIES: dict[str, dict[str, Callable[..., Env]]] = {
@@ -31,6 +43,7 @@ FAMILIES: dict[str, dict[str, Callable[..., Env]]] = {
         },
     },
     "meta/": {"nav2d": nav2d.Nav2D, "bernoulli_bandit": bandits.BernoulliBandit},
+    "pomdp/": {name: functools.partial(_pomdp, name) for name in POSITIONS},
     "probe/": dict(probe.PROBES),
 }
 PREFIXES = ("brax/", "envpool/", *FAMILIES)

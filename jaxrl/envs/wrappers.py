@@ -195,6 +195,44 @@ class ScaleReward(Wrapper):
         return obs, ScaleRewardState(env_state, ret, stats), step
 
 
+@dataclasses.dataclass(frozen=True)
+class SelectObs(Wrapper):
+    """Keeps the entries ``indices`` of a flat observation: a partially observed version of
+    the env, e.g. CartPole's positions ``(0, 2)`` without the velocities.
+
+    Observation ``[len(indices)]`` (``Step.final_obs`` too); the bounds are the inner
+    space's at those entries.
+    """
+
+    indices: tuple[int, ...]
+
+    def __post_init__(self):
+        if not self.indices or len(set(self.indices)) != len(self.indices):
+            raise ConfigError(f"indices must be distinct and non-empty, got {self.indices!r}")
+
+    def _select(self, obs):
+        return jnp.reshape(obs, (-1,))[jnp.asarray(self.indices)]
+
+    def reset(self, key, params):
+        obs, state = self.env.reset(key, params)
+        return self._select(obs), state
+
+    def step(self, key, state, action, params):
+        obs, state, step = self.env.step(key, state, action, params)
+        return self._select(obs), state, step.replace(final_obs=self._select(step.final_obs))
+
+    def observation_space(self, params):
+        space = self.env.observation_space(params)
+        size = int(np.prod(space.shape))
+        if max(self.indices) >= size or min(self.indices) < -size:
+            raise ConfigError(f"indices {self.indices} out of range for {size} observation entries")
+        low, high = (
+            np.broadcast_to(np.asarray(b, np.float64), (size,))[list(self.indices)]
+            for b in (space.low, space.high)
+        )  # numpy, not space.bounds(): this runs inside jit
+        return spaces.Box(tuple(low.tolist()), tuple(high.tolist()), (len(self.indices),))
+
+
 class HistoryState(struct.PyTreeNode):
     env_state: object
     obs: jax.Array  # [D] the current observation

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxrl.envs import list_envs, make, probe, registry
@@ -46,6 +49,17 @@ def test_unknown_name_lists_valid_names():
         assert name in message
     for prefix in registry.PREFIXES:
         assert prefix in message
+
+
+def test_pomdp_envs_are_their_gymnax_env_without_velocities():
+    names = [n for n in list_envs() if n.startswith("pomdp/")]
+    assert names == [f"pomdp/{n}" for n in registry.POSITIONS]
+    env, params = make("pomdp/CartPole-v1")
+    obs, _ = env.reset(jax.random.key(0), params)
+    full, _ = env.unwrapped().reset(jax.random.key(0), params)
+    np.testing.assert_array_equal(obs, full[jnp.asarray([0, 2])])  # x and theta
+    with pytest.raises(ValueError, match="pomdp/CartPole-v1"):
+        make("pomdp/MountainCar-v0")
 
 
 def test_unknown_probe_lists_probe_names():

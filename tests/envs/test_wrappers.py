@@ -362,6 +362,48 @@ def test_history_rows_and_reset_at_episode_end():
     assert History(probe.TimeLimitChain(), 2).observation_space(params).shape == (9,)
 
 
+# ----------------------------------------------------------------------------- SelectObs
+
+
+def test_select_obs_hides_entries_and_changes_nothing_else():
+    """Under AutoReset, every obs and final obs is the full env's at ``indices``; rewards
+    and episode ends are the full env's (same keys)."""
+    from jaxrl.envs.gymnax import GymnaxEnv
+    from jaxrl.envs.wrappers import SelectObs
+
+    inner = GymnaxEnv("CartPole-v1")
+    params = inner.default_params()
+    actions = _cartpole_actions(jax.random.key(1), (300,))
+    full = _rollout(AutoReset(inner), params, jax.random.key(2), actions)
+    part = _rollout(AutoReset(SelectObs(inner, (0, 2))), params, jax.random.key(2), actions)
+    assert int(full[3].done.sum()) >= 3  # several auto-resets inside the rollout
+    np.testing.assert_array_equal(part[0], full[0][jnp.asarray([0, 2])])
+    np.testing.assert_array_equal(part[2], full[2][:, jnp.asarray([0, 2])])
+    np.testing.assert_array_equal(part[3].final_obs, full[3].final_obs[:, jnp.asarray([0, 2])])
+    np.testing.assert_array_equal(part[3].reward, full[3].reward)
+    np.testing.assert_array_equal(part[3].done, full[3].done)
+    space = SelectObs(inner, (0, 2)).observation_space(params)
+    low, high = (np.asarray(b) for b in inner.observation_space(params).bounds())
+    assert space.shape == (2,)
+    np.testing.assert_allclose(space.bounds()[1], high[[0, 2]])
+    np.testing.assert_allclose(space.bounds()[0], low[[0, 2]])
+    traced = jax.jit(lambda: SelectObs(inner, (0, 2)).observation_space(params).bounds())()
+    np.testing.assert_allclose(traced[1], high[[0, 2]])  # the agents build it inside jit
+
+
+def test_select_obs_rejects_bad_indices():
+    from jaxrl.envs.gymnax import GymnaxEnv
+    from jaxrl.envs.wrappers import SelectObs
+    from jaxrl.errors import ConfigError
+
+    inner = GymnaxEnv("CartPole-v1")
+    for bad in [(), (0, 0)]:
+        with pytest.raises(ConfigError, match="distinct"):
+            SelectObs(inner, bad)
+    with pytest.raises(ConfigError, match="out of range"):
+        SelectObs(inner, (0, 4)).observation_space(inner.default_params())
+
+
 # ----------------------------------------------------------------------------- Conditioned
 
 
