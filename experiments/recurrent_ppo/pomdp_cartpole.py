@@ -1,0 +1,128 @@
+"""Recurrent against feed-forward PPO on CartPole with its velocities hidden.
+
+``pomdp/CartPole-v1`` observes only the cart position and the pole angle; the velocities
+must be inferred from past observations. A feed-forward policy sees one observation; the
+recurrent PPO of :mod:`jaxrl.algorithms.recurrent_ppo` (the learner behind RL^2, a GRU
+actor-critic whose state is zeroed at episode starts) sees the episode so far. Both run
+on ``CartPole-v1`` too, as the control: there memory is not needed.
+
+* ``ppo``: the ``ppo/cartpole`` preset (MLP actor-critic, 4 envs × 128 steps, Adam 2.5e-4
+  annealed); ``ppo_scaled``: the same with ``scale_reward=True``, as the recurrent agent;
+* ``recurrent_ppo``: GRU(128) with linear policy and value heads, 16 envs × 128 steps,
+  4 epochs × 4 minibatches of env columns (truncated BPTT over each 128-step rollout),
+  Adam 1e-3 annealed to 0, rewards divided by a running std of the discounted return
+  (``scale_reward``; without it the linear value head on the GRU's bounded output learns
+  CartPole's values of up to 100 too slowly: RESULTS.md).
+
+Each (agent, env) is one compiled program vmapped over ``--seeds`` seeds with the same env-step
+budget. The score is the mean return of the training episodes (the stochastic policy)
+that ended in the last tenth of the updates, per seed.
+
+    python experiments/recurrent_ppo/pomdp_cartpole.py --seeds 8 \
+        --json experiments/recurrent_ppo/results.json
+
+RESULTS.md in this folder records the protocol and a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from jaxrl.distributed import use_all_cpu_cores
+
+use_all_cpu_cores()  # before anything starts JAX
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxrl import envs  # noqa: E402
+from jaxrl.algorithms import ppo, recurrent_ppo  # noqa: E402
+from jaxrl.distributed import run_mesh, shard_runs  # noqa: E402
+from jaxrl.runner import config  # noqa: E402
+
+ENVS = ("CartPole-v1", "pomdp/CartPole-v1")
+AGENTS = ("ppo", "ppo_scaled", "recurrent_ppo")
+RECURRENT = dict(
+    num_envs=16, rollout_len=128, num_epochs=4, num_minibatches=4, hidden=128,
+    anneal_lr=True, scale_reward=True,
+)  # fmt: skip
+
+
+def setup(agent: str, total_timesteps: int):
+    """``(module, cfg, hp, num_updates)`` for an agent at this env-step budget."""
+    if agent in ("ppo", "ppo_scaled"):
+        sets = {"scale_reward": "true"} if agent == "ppo_scaled" else {}
+        cfg, hp = config.resolve(ppo, config.load_preset("ppo/cartpole"), sets, total_timesteps)
+        return ppo, cfg, hp, cfg.num_updates
+    steps = RECURRENT["num_envs"] * RECURRENT["rollout_len"]
+    cfg = recurrent_ppo.Config(**RECURRENT, num_updates=total_timesteps // steps)
+    return recurrent_ppo, cfg, recurrent_ppo.HParams.make(), cfg.num_updates
+
+
+def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dict:
+    """Trains one (agent, env) over ``keys``; per-update training returns ``[seeds, U]``."""
+    algo, cfg, hp, num_updates = setup(agent, total_timesteps)
+    env, env_params = envs.make(env_name)
+
+    def one(key):
+        state = algo.init(cfg, env, key, hp, env_params)
+        _, metrics = algo.train(cfg, env, state, hp, num_updates)
+        return metrics["episode/return"], metrics["episode/count"]
+
+    program = jax.jit(jax.vmap(one))
+    t0 = time.perf_counter()
+    compiled = program.lower(keys).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    returns, counts = jax.block_until_ready(compiled(keys))
+    run_s = time.perf_counter() - t0
+    returns, counts = np.asarray(returns), np.asarray(counts)
+    tail = slice(num_updates - num_updates // 10, num_updates)
+    weights = np.where(np.isnan(returns[:, tail]), 0.0, counts[:, tail])
+    final = np.sum(np.nan_to_num(returns[:, tail]) * weights, 1) / np.sum(weights, 1)
+    return {
+        "final_return": final.tolist(),
+        "returns": np.where(np.isnan(returns), None, returns).tolist(),
+        "env_steps_per_update": total_timesteps // num_updates,
+        "compile_s": compile_s,
+        "run_s": run_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--total-timesteps", type=int, default=500_000)
+    parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
+    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--json", help="write every curve here")
+    args = parser.parse_args()
+
+    keys = shard_runs(jax.random.split(jax.random.key(args.seed), args.seeds), run_mesh())
+    record = {"seeds": args.seeds, "seed": args.seed, "total_timesteps": args.total_timesteps,
+              "runs": {}}  # fmt: skip
+    print("| env | agent | final training return (mean ± sd) | per seed | compile + run |")
+    print("| --- | --- | --- | --- | --- |")
+    for env_name in args.envs:
+        for agent in args.agents:
+            out = run(agent, env_name, keys, args.total_timesteps)
+            record["runs"][f"{agent}/{env_name}"] = out
+            final = np.asarray(out["final_return"])
+            print(
+                f"| {env_name} | {agent} | {final.mean():.0f} ± {final.std():.0f} | "
+                f"{' '.join(f'{x:.0f}' for x in final)} | "
+                f"{out['compile_s']:.0f} s + {out['run_s']:.0f} s |",
+                flush=True,
+            )
+            if args.json:
+                with open(f"{args.json}.tmp", "w") as f:
+                    json.dump(record, f)
+                os.replace(f"{args.json}.tmp", args.json)
+
+
+if __name__ == "__main__":
+    main()
