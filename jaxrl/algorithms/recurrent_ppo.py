@@ -282,6 +282,34 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
     return state, rollout
 
 
+def policy_carry(cfg: Config, num_episodes: int):
+    """The zero recurrent state of ``num_episodes`` evaluation episodes
+    (``jaxrl.runner.evaluate``)."""
+    return initial_carry(cfg.cell, (num_episodes,), cfg.hidden)
+
+
+def recurrent_policy(
+    cfg: Config,
+    env: Env,
+    params: dict,
+    carry,
+    obs: jax.Array,
+    key: jax.Array,
+    deterministic: bool,
+    hp: HParams | None = None,
+):
+    """Evaluation policy for ``obs [E, ...]`` from ``carry``: the most likely action, or
+    (``deterministic=False``) a sample, as in :func:`collect`; returns ``(carry, action
+    [E])``. Each evaluation episode starts from :func:`policy_carry` and is played to its
+    end, so no step resets the carry."""
+    del hp
+    reset = jnp.zeros((1, obs.shape[0]), bool)
+    carry, logits, _ = network(cfg, env).apply(params, carry, obs[None], reset)
+    dist = distrax.Categorical(logits=logits[0])
+    action = dist.mode() if deterministic else dist.sample(seed=key)
+    return carry, action.astype(jnp.int32)
+
+
 def make_batch(rollout: Rollout, hp: HParams) -> Batch:
     """GAE over the rollout; terminations cut the return, truncations bootstrap."""
     advantage, target = episode_gae(

@@ -250,6 +250,35 @@ def test_update_uses_annealed_entropy_coef():
     assert max(jax.tree.leaves(diff)) > 1e-6
 
 
+def test_recurrent_policy_steps_equal_one_unroll_and_evaluate_plays_it():
+    """Step by step, ``recurrent_policy`` acts as one unroll of the network over the episode
+    (greedy: argmax; sampled: the categorical at the key); ``jaxrl.runner.evaluate`` plays
+    it to the episode ends."""
+    from jaxrl.envs import registry
+    from jaxrl.runner import evaluate
+
+    env, env_params = registry.make("pomdp/CartPole-v1")
+    cfg = rp.Config(num_envs=4, rollout_len=8, hidden=16, num_minibatches=2)
+    params = rp.init(cfg, env, jax.random.key(0), rp.HParams.make(), env_params).params
+    policy = jax.jit(functools.partial(rp.recurrent_policy, cfg, env), static_argnums=4)
+    obs = jax.random.normal(jax.random.key(1), (12, 3, 2))
+    carry, greedy, sampled = rp.policy_carry(cfg, 3), [], []
+    for t in range(12):
+        _, a_sampled = policy(params, carry, obs[t], jax.random.key(t), False)
+        carry, a_greedy = policy(params, carry, obs[t], jax.random.key(t), True)
+        greedy.append(a_greedy)
+        sampled.append(a_sampled)
+    _, logits, _ = rp.network(cfg, env).apply(
+        params, rp.policy_carry(cfg, 3), obs, jnp.zeros((12, 3), bool)
+    )
+    np.testing.assert_array_equal(np.stack(greedy), np.argmax(logits, -1))
+    for t in (0, 11):
+        expected = distrax.Categorical(logits=logits[t]).sample(seed=jax.random.key(t))
+        np.testing.assert_array_equal(sampled[t], expected)
+    returns = evaluate.evaluate(rp, cfg, env, params, jax.random.key(2), 4, True, env_params)
+    assert returns.shape == (4,) and bool(jnp.all(returns >= 1))
+
+
 def test_evaluate_keeps_weights_and_resets_between_trials():
     cfg, env, state, _ = _setup()
     out = jax.jit(lambda p: rl2.evaluate(cfg, env, p, jax.random.key(3), 5, 6))(state.params)
