@@ -15,8 +15,9 @@ on ``CartPole-v1`` too, as the control: there memory is not needed.
   CartPole's values of up to 100 too slowly: RESULTS.md).
 
 Each (agent, env) is one compiled program vmapped over ``--seeds`` seeds with the same env-step
-budget. The score is the mean return of the training episodes (the stochastic policy)
-that ended in the last tenth of the updates, per seed.
+budget. Scores per seed: the mean return of the training episodes (the stochastic policy)
+that ended in the last tenth of the updates, and the final policy's greedy return over 256
+episodes (``jaxrl.runner.evaluate``; the recurrent policy starts each from a zero state).
 
     python experiments/recurrent_ppo/pomdp_cartpole.py --seeds 8 \
         --json experiments/recurrent_ppo/results.json
@@ -41,10 +42,11 @@ import numpy as np  # noqa: E402
 from jaxrl import envs  # noqa: E402
 from jaxrl.algorithms import ppo, recurrent_ppo  # noqa: E402
 from jaxrl.distributed import run_mesh, shard_runs  # noqa: E402
-from jaxrl.runner import config  # noqa: E402
+from jaxrl.runner import config, evaluate  # noqa: E402
 
 ENVS = ("CartPole-v1", "pomdp/CartPole-v1")
 AGENTS = ("ppo", "ppo_scaled", "recurrent_ppo")
+EVAL_EPISODES = 256
 RECURRENT = dict(
     num_envs=16, rollout_len=128, num_epochs=4, num_minibatches=4, hidden=128,
     anneal_lr=True, scale_reward=True,
@@ -69,15 +71,19 @@ def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dic
 
     def one(key):
         state = algo.init(cfg, env, key, hp, env_params)
-        _, metrics = algo.train(cfg, env, state, hp, num_updates)
-        return metrics["episode/return"], metrics["episode/count"]
+        state, metrics = algo.train(cfg, env, state, hp, num_updates)
+        greedy = evaluate.evaluate(
+            algo, cfg, env, state.params, jax.random.fold_in(key, 1), EVAL_EPISODES, True,
+            env_params, 500,
+        )  # fmt: skip
+        return metrics["episode/return"], metrics["episode/count"], greedy.mean()
 
     program = jax.jit(jax.vmap(one))
     t0 = time.perf_counter()
     compiled = program.lower(keys).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    returns, counts = jax.block_until_ready(compiled(keys))
+    returns, counts, greedy = jax.block_until_ready(compiled(keys))
     run_s = time.perf_counter() - t0
     returns, counts = np.asarray(returns), np.asarray(counts)
     tail = slice(num_updates - num_updates // 10, num_updates)
@@ -85,6 +91,7 @@ def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dic
     final = np.sum(np.nan_to_num(returns[:, tail]) * weights, 1) / np.sum(weights, 1)
     return {
         "final_return": final.tolist(),
+        "greedy_return": np.asarray(greedy).tolist(),
         "returns": np.where(np.isnan(returns), None, returns).tolist(),
         "env_steps_per_update": total_timesteps // num_updates,
         "compile_s": compile_s,
@@ -105,16 +112,19 @@ def main() -> None:
     keys = shard_runs(jax.random.split(jax.random.key(args.seed), args.seeds), run_mesh())
     record = {"seeds": args.seeds, "seed": args.seed, "total_timesteps": args.total_timesteps,
               "runs": {}}  # fmt: skip
-    print("| env | agent | final training return (mean ± sd) | per seed | compile + run |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| env | agent | final training return (mean ± sd) | per seed | "
+          "greedy return (mean ± sd) | per seed | compile + run |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for env_name in args.envs:
         for agent in args.agents:
             out = run(agent, env_name, keys, args.total_timesteps)
             record["runs"][f"{agent}/{env_name}"] = out
-            final = np.asarray(out["final_return"])
+            final, greedy = np.asarray(out["final_return"]), np.asarray(out["greedy_return"])
             print(
                 f"| {env_name} | {agent} | {final.mean():.0f} ± {final.std():.0f} | "
                 f"{' '.join(f'{x:.0f}' for x in final)} | "
+                f"{greedy.mean():.0f} ± {greedy.std():.0f} | "
+                f"{' '.join(f'{x:.0f}' for x in greedy)} | "
                 f"{out['compile_s']:.0f} s + {out['run_s']:.0f} s |",
                 flush=True,
             )
