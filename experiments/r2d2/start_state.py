@@ -82,7 +82,7 @@ def delta_q(cfg: r2d2.Config, env, online: dict, buffer_state) -> dict:
     """``ΔQ`` of every ``period``-aligned window of the replay (one run).
 
     Returns scalars: mean ``ΔQ`` at the first and the last learned step over the windows
-    where that step's episode began before the window (``first``, ``last``), how many such
+    where that step's episode began before the window (``dq_first``, ``dq_last``), how many such
     windows (``n_first``, ``n_last``), and the largest ``ΔQ`` at learned steps whose
     episode began inside the window (``fresh_max``, 0 up to float error).
     """
@@ -124,7 +124,7 @@ def delta_q(cfg: r2d2.Config, env, online: dict, buffer_state) -> dict:
     first, n_first = masked_mean(b)
     last, n_last = masked_mean(length - 1)
     fresh_max = jnp.max(jnp.where(fresh_ok[b:], dq[b:], 0.0))
-    return dict(first=first, last=last, n_first=n_first, n_last=n_last, fresh_max=fresh_max)
+    return dict(dq_first=first, dq_last=last, n_first=n_first, n_last=n_last, fresh_max=fresh_max)
 
 
 def arm_config(args, start_state: str, burn_in_frac: float):
@@ -182,21 +182,19 @@ def run_arm(args, name: str, keys: jax.Array) -> dict:
     t0 = time.perf_counter()
     train.lower(state).compile()
     compile_s = time.perf_counter() - t0
-    out = {"greedy_return": [], "dq_first": [], "dq_last": [], "n_first": [], "n_last": [],
-           "fresh_max": []}  # fmt: skip
+    out = {k: [] for k in ("greedy_return", "dq_first", "dq_last", "n_first", "n_last",
+                           "fresh_max")}  # fmt: skip
     t0 = time.perf_counter()
     for i in range(CHUNKS):
         state = train(state)
         eval_keys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, 1000 + i))(keys)
         greedy, dq = measure(state, eval_keys)
         out["greedy_return"].append(np.asarray(greedy).tolist())
-        for k in ("first", "last", "n_first", "n_last", "fresh_max"):
-            out[k if k.startswith(("n_", "fresh")) else f"dq_{k}"].append(
-                np.asarray(dq[k]).tolist()
-            )
+        for k, v in dq.items():
+            out[k].append(np.asarray(v).tolist())
         print(
             f"  {name:15s} chunk {i + 1:2d}/{CHUNKS}: greedy {np.mean(greedy):+.2f}, "
-            f"ΔQ first {np.mean(dq['first']):.3f} last {np.mean(dq['last']):.3f} "
+            f"ΔQ first {np.mean(dq['dq_first']):.3f} last {np.mean(dq['dq_last']):.3f} "
             f"(fresh max {np.max(dq['fresh_max']):.1e})",
             flush=True,
         )
