@@ -71,7 +71,8 @@ def r1(args):
 def train_rl2(args, env, seed):
     cfg = rp.Config(num_envs=args.envs, rollout_len=env.episodes_per_trial, hidden=args.hidden,
                     cell=args.cell, algo=args.algo, num_epochs=args.epochs,
-                    num_minibatches=args.minibatches, num_updates=args.updates,
+                    num_minibatches=args.minibatches,
+                    total_timesteps=args.updates * args.envs * env.episodes_per_trial,
                     anneal_lr=args.anneal, anneal_ent=args.anneal_ent,
                     scale_reward=not args.no_scale_reward,
                     reward_discount=args.discount)  # fmt: skip

@@ -8,7 +8,8 @@ on ``CartPole-v1`` too, as the control: there memory is not needed.
 
 * ``ppo``: the ``ppo/cartpole`` preset (MLP actor-critic, 4 envs × 128 steps, Adam 2.5e-4
   annealed); ``ppo_scaled``: the same with ``scale_reward=True``, as the recurrent agent;
-* ``recurrent_ppo``: GRU(128) with linear policy and value heads, 16 envs × 128 steps,
+* ``recurrent_ppo``: the ``recurrent_ppo/pomdp_cartpole`` preset on both envs: GRU(128)
+  with linear policy and value heads, 16 envs × 128 steps,
   4 epochs × 4 minibatches of env columns (truncated BPTT over each 128-step rollout),
   Adam 1e-3 annealed to 0, rewards divided by a running std of the discounted return
   (``scale_reward``; without it the linear value head on the GRU's bounded output learns
@@ -47,10 +48,6 @@ from jaxrl.runner import config, evaluate  # noqa: E402
 ENVS = ("CartPole-v1", "pomdp/CartPole-v1")
 AGENTS = ("ppo", "ppo_scaled", "recurrent_ppo")
 EVAL_EPISODES = 256
-RECURRENT = dict(
-    num_envs=16, rollout_len=128, num_epochs=4, num_minibatches=4, hidden=128,
-    anneal_lr=True, scale_reward=True,
-)  # fmt: skip
 
 
 def setup(agent: str, total_timesteps: int):
@@ -59,9 +56,9 @@ def setup(agent: str, total_timesteps: int):
         sets = {"scale_reward": "true"} if agent == "ppo_scaled" else {}
         cfg, hp = config.resolve(ppo, config.load_preset("ppo/cartpole"), sets, total_timesteps)
         return ppo, cfg, hp, cfg.num_updates
-    steps = RECURRENT["num_envs"] * RECURRENT["rollout_len"]
-    cfg = recurrent_ppo.Config(**RECURRENT, num_updates=total_timesteps // steps)
-    return recurrent_ppo, cfg, recurrent_ppo.HParams.make(), cfg.num_updates
+    preset = config.load_preset("recurrent_ppo/pomdp_cartpole")
+    cfg, hp = config.resolve(recurrent_ppo, preset, {}, total_timesteps)
+    return recurrent_ppo, cfg, hp, cfg.num_updates
 
 
 def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dict:

@@ -19,7 +19,7 @@ One ``update``:
    carry with the stored reset flags (truncated BPTT at rollout boundaries).
    ``algo="a2c"``: one Adam step on ``-mean(log pi(a|h) A)`` over the whole rollout.
    ``cfg.anneal_lr`` / ``cfg.anneal_ent`` take the learning rate / entropy coefficient
-   linearly to 0 over ``cfg.num_updates``.
+   linearly to 0 over ``cfg.num_updates = cfg.total_timesteps // (num_envs * rollout_len)``.
 
 Follows the algorithm contract of :mod:`jaxrl.algorithms.ppo` (static ``Config``,
 traced ``HParams``, ``State`` of arrays; nothing here calls ``jit``).
@@ -56,9 +56,9 @@ ALGOS = ("ppo", "a2c")
 class Config:
     """Static settings (shapes, loops, switches)."""
 
+    total_timesteps: int = 8_192_000  # per run; the horizon of lr / entropy annealing
     num_envs: int = 64
     rollout_len: int = 128
-    num_updates: int = 1000  # horizon of learning-rate annealing
     algo: str = "ppo"
     num_epochs: int = 4  # ppo only
     num_minibatches: int = 4  # ppo only; splits the env axis
@@ -74,8 +74,8 @@ class Config:
     def __post_init__(self):
         base.check_fields(self)
         base.check_ranges(self, {"reward_discount": (0.0, 1.0)})
-        names = ("num_envs", "rollout_len", "num_updates", "num_epochs", "num_minibatches",
-                 "hidden")  # fmt: skip
+        names = ("total_timesteps", "num_envs", "rollout_len", "num_epochs",
+                 "num_minibatches", "hidden")  # fmt: skip
         base.check_positive_ints(self, names)
         base.check_choices(self, {"algo": ALGOS, "cell": CELLS})
         if self.num_envs % self.minibatches:
@@ -83,6 +83,15 @@ class Config:
                 f"num_envs = {self.num_envs} is not divisible by "
                 f"num_minibatches = {self.num_minibatches}"
             )
+        base.check_budget(self, "num_envs * rollout_len")
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_len
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.steps_per_update
 
     @property
     def epochs(self) -> int:

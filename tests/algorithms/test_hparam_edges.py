@@ -31,6 +31,7 @@ SMALL = {
         learning_starts=32, target_update_period=4,
     ),
     "rainbow": REPLAY | dict(total_timesteps=120, num_envs=2, target_update_period=4, num_atoms=11),
+    "recurrent_ppo": ON_POLICY | dict(total_timesteps=6 * 32, hidden=16, num_minibatches=2),
     "sac": REPLAY | dict(total_timesteps=60),
     "td3": REPLAY | dict(total_timesteps=60),
     "trpo": ON_POLICY | dict(total_timesteps=6 * 64, rollout_len=16, num_minibatches=2),

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl import envs
-from jaxrl.algorithms import ALGORITHMS, recurrent_ppo
+from jaxrl.algorithms import ALGORITHMS
 
 K = 2
 WARM_UP = 1  # plain updates before the unroll
@@ -80,7 +80,6 @@ CASES = {
     "trpo": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, LR),
     "vpg": ("CartPole-v1", ON, {}, GAMMA),
 }
-MODULES = ALGORITHMS | {"recurrent_ppo": recurrent_ppo}  # RL^2's learner, not in the registry
 
 # Compile time dominates: XLA's cheaper CPU backend settings, as in test_metagrad.py.
 jit = functools.partial(
@@ -94,7 +93,7 @@ jit = functools.partial(
 
 def make(name: str):
     """``(algo, env, cfg, hp)`` of case ``name``."""
-    algo = MODULES[name]
+    algo = ALGORITHMS[name]
     env_id, overrides, hp_overrides, _ = CASES[name]
     env, _ = envs.make(env_id)
     return algo, env, algo.Config(**overrides), algo.HParams.make(**hp_overrides)

@@ -1,5 +1,4 @@
-"""``metagrad.meta_grad(wrt="loss")`` through K = 2 updates of every algorithm (and of
-``recurrent_ppo``, RL^2's learner): a learned
+"""``metagrad.meta_grad(wrt="loss")`` through K = 2 updates of every algorithm: a learned
 loss in the signature of ``algo.loss`` replaces it wherever the update takes its gradient.
 
 The learned loss is ``η["scale"] · algo.loss + η["coef"] · Σ‖params‖²`` (every float leaf
@@ -39,8 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from algo_cases import CASES, MODULES, WARM_UP, K, float_leaves, jit, make
+from algo_cases import CASES, WARM_UP, K, float_leaves, jit, make
 
+from jaxrl.algorithms import ALGORITHMS
 from jaxrl.meta import metagrad as mg
 
 ETA0 = {"scale": np.float32(1.0), "coef": np.float32(0.0)}  # the learned loss is algo.loss
@@ -54,13 +54,12 @@ DEFAULT = ("dqn", "impala")
 
 
 def _cases():
-    names = [n for n in CASES if n in MODULES]
-    return [pytest.param(n, marks=[] if n in DEFAULT else [pytest.mark.slow]) for n in names]
+    return [pytest.param(n, marks=[] if n in DEFAULT else [pytest.mark.slow]) for n in CASES]
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_update_and_train_take_a_loss_fn(name):
-    algo = MODULES[name]
+    algo = ALGORITHMS[name]
     for fn in (algo.update, algo.train):
         param = inspect.signature(fn).parameters.get("loss_fn")
         assert param is not None, f"{name}.{fn.__name__} takes no loss_fn"

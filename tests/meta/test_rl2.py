@@ -212,7 +212,7 @@ def _annealed_update():
     """``_setup()`` with the entropy bonus annealed over 5 updates, and its jitted update
     (``hp`` traced): one compile shared by the two tests below."""
     cfg, env, state, hp = _setup()
-    cfg = dataclasses.replace(cfg, num_updates=5, anneal_ent=True)
+    cfg = dataclasses.replace(cfg, total_timesteps=5 * cfg.steps_per_update, anneal_ent=True)
     return cfg, env, state, hp, jax.jit(lambda s, h: rp.update(cfg, env, s, h))
 
 
@@ -228,7 +228,7 @@ def test_update_jit_equals_no_jit():
 def test_entropy_coef_anneals_linearly_to_zero():
     cfg, _, _, hp = _setup()
     hp = hp.replace(ent_coef=jnp.float32(0.08))
-    cfg_anneal = dataclasses.replace(cfg, num_updates=4, anneal_ent=True)
+    cfg_anneal = dataclasses.replace(cfg, total_timesteps=4 * cfg.steps_per_update, anneal_ent=True)
     counts = jnp.array([0, 1, 2, 4, 6])
     got = jax.vmap(lambda c: rp.entropy_coef(cfg_anneal, hp, c))(counts)
     np.testing.assert_allclose(got, [0.08, 0.06, 0.04, 0.0, 0.0], rtol=1e-6)

@@ -57,6 +57,11 @@ MORE = {
     "a2c": ("CartPole-v1", ON_POLICY | dict(normalize_obs=True, scale_reward=True, anneal_lr=True)),
     "dqn": ("CartPole-v1", RAINBOW_CFG | dict(num_atoms=51, prioritised=True, n_step=3)),
     "ddpg": ("Pendulum-v1", TD3_CFG),
+    # the recurrent carry and the reset flags: the resumed run must continue mid-episode
+    "recurrent_ppo": ("CartPole-v1", dict(
+        total_timesteps=12 * 32, num_envs=4, rollout_len=8, hidden=8, num_minibatches=2,
+        scale_reward=True, anneal_lr=True,
+    )),
 }  # fmt: skip
 # their state is like another's (TD3's like SAC's)
 SLOW = {"acktr", "acer", "apex", "trpo", "a2c", "dqn", "ddpg", "td3"}
