@@ -1,6 +1,7 @@
 """Recurrent PPO / A2C for any discrete-action ``Env`` (the learner behind RL^2).
 
-A GRU or LSTM actor-critic (:class:`RecurrentActorCritic`) acts in ``num_envs``
+A GRU or LSTM actor-critic (:class:`RecurrentActorCritic`: an optional feature torso, the
+recurrent core, linear policy and value heads) acts in ``num_envs``
 auto-reset copies of the env. The recurrent carry is kept across steps and zeroed
 *before* the first step of every new episode (``reset [N]``, the previous step's ``done``),
 so no information leaks between episodes. For RL^2 the env is
@@ -47,9 +48,13 @@ from jaxrl.losses.returns import episode_gae
 from jaxrl.losses.value import value_loss
 from jaxrl.networks.init import orthogonal
 from jaxrl.networks.recurrent import CELLS, RecurrentScan, initial_carry
+from jaxrl.networks.torsos import CNN, MLP
 from jaxrl.types import Metrics
 
 ALGOS = ("ppo", "a2c")
+# Features fed to the core: the observation itself ("none", vectors), an MLP of
+# ``torso_hidden`` (vectors) or MinAtar's conv torso then that MLP (images [H, W, C]).
+TORSOS = ("none", "mlp", "minatar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +67,10 @@ class Config:
     algo: str = "ppo"
     num_epochs: int = 4  # ppo only
     num_minibatches: int = 4  # ppo only; splits the env axis
-    hidden: int = 128
+    hidden: int = 128  # features of the recurrent core
     cell: str = "gru"
+    torso: str = "none"
+    torso_hidden: tuple[int, ...] = (128,)  # ReLU layers of the "mlp" / "minatar" torso
     clip_value: bool = False
     anneal_lr: bool = False
     anneal_ent: bool = False  # entropy coefficient linearly to 0 over num_updates
@@ -77,7 +84,7 @@ class Config:
         names = ("total_timesteps", "num_envs", "rollout_len", "num_epochs",
                  "num_minibatches", "hidden")  # fmt: skip
         base.check_positive_ints(self, names)
-        base.check_choices(self, {"algo": ALGOS, "cell": CELLS})
+        base.check_choices(self, {"algo": ALGOS, "cell": CELLS, "torso": TORSOS})
         if self.num_envs % self.minibatches:
             raise base.ConfigError(
                 f"num_envs = {self.num_envs} is not divisible by "
@@ -145,18 +152,27 @@ def check(cfg: Config, hp: HParams) -> None:
 
 
 class RecurrentActorCritic(nn.Module):
-    """Recurrent core, then linear policy (categorical logits) and value heads.
+    """Torso, recurrent core, then linear policy (categorical logits) and value heads.
 
-    ``__call__(carry, obs [T, N, D], reset [T, N]) -> (carry, logits [T, N, A], value [T, N])``.
+    ``__call__(carry, obs [T, N, *O], reset [T, N]) -> (carry, logits [T, N, A], value
+    [T, N])``; ``O`` is ``(D,)`` for the ``"none"`` and ``"mlp"`` torsos, ``(H, W, C)`` for
+    ``"minatar"``. Torso layers are ReLU with orthogonal init (gain sqrt 2).
     """
 
     num_actions: int
     hidden: int = 128
     cell: str = "gru"
+    torso: str = "none"
+    torso_hidden: tuple[int, ...] = (128,)
 
     @nn.compact
     def __call__(self, carry, obs: jax.Array, reset: jax.Array):
-        carry, y = RecurrentScan(self.hidden, self.cell, name="rnn")(carry, obs, reset)
+        x = obs.astype(jnp.float32)
+        if self.torso == "mlp":
+            x = MLP(self.torso_hidden, "relu", name="torso")(x)
+        elif self.torso == "minatar":
+            x = CNN(hidden=self.torso_hidden, activation="relu", name="torso")(x)
+        carry, y = RecurrentScan(self.hidden, self.cell, name="rnn")(carry, x, reset)
         ortho = orthogonal
         logits = nn.Dense(self.num_actions, kernel_init=ortho(0.01), name="policy")(y)
         value = nn.Dense(1, kernel_init=ortho(1.0), name="value")(y)[..., 0]
@@ -207,11 +223,20 @@ class Batch(struct.PyTreeNode):
 
 
 def network(cfg: Config, env: Env) -> RecurrentActorCritic:
-    """The recurrent actor-critic for ``env``'s spaces (at the default params)."""
-    space = env.action_space(env.default_params())
+    """The recurrent actor-critic for ``env``'s spaces (at the default params); a
+    ``ConfigError`` if the torso does not fit the observations."""
+    params = env.default_params()
+    space = env.action_space(params)
     if not hasattr(space, "n"):
         raise base.ConfigError(f"recurrent PPO needs discrete actions, got {space}")
-    return RecurrentActorCritic(space.n, cfg.hidden, cfg.cell)
+    base.check_torso_fits(cfg.torso, env)
+    shape = tuple(env.observation_space(params).shape)
+    if cfg.torso not in base.IMAGE_TORSOS and len(shape) != 1:
+        raise base.ConfigError(
+            f"torso={cfg.torso!r} needs vector observations; {env.name}'s have shape {shape} "
+            "(use torso='minatar' for images)"
+        )
+    return RecurrentActorCritic(space.n, cfg.hidden, cfg.cell, cfg.torso, cfg.torso_hidden)
 
 
 def vec_env(cfg: Config, env: Env) -> Env:
@@ -339,7 +364,7 @@ def loss(
     ``-mean(log pi(a|h) A)`` (``algo="a2c"``); ``A`` is normalised over the minibatch when
     ``cfg.normalize_advantages``.
     """
-    chex.assert_rank([batch.obs, batch.reset, batch.advantage], [3, 2, 2])
+    chex.assert_rank([batch.obs, batch.reset, batch.advantage], [{3, 5}, 2, 2])
     _, logits, value = network(cfg, env).apply(params, batch.carry0, batch.obs, batch.reset)
     dist = distrax.Categorical(logits=logits)
     log_prob = dist.log_prob(batch.action).reshape(-1)
