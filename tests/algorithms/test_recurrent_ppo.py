@@ -1,7 +1,9 @@
-"""Recurrent PPO outside RL^2: feature torsos before the core (vector MLP, MinAtar conv),
-torsos that do not fit the observations refused before anything compiles, and memory on
-CartPole with its velocities hidden (the ``recurrent_ppo/pomdp_cartpole`` preset).
-The carry's resets, the loss and jit against no-jit are in ``tests/meta/test_rl2.py``."""
+"""Recurrent PPO outside RL^2: vmapped seeds equal one by one, feature torsos before the
+core (vector MLP, MinAtar conv), torsos that do not fit the observations refused before
+anything compiles, Andy Jones's two-step probe (``V(0) = γ``, ``V(1) = 1``), and memory:
+bsuite's MemoryChain and CartPole with its velocities hidden (the
+``recurrent_ppo/pomdp_cartpole`` preset). The carry's resets, the loss against a hand
+computation and jit against no-jit are in ``tests/meta/test_rl2.py``."""
 
 from __future__ import annotations
 
@@ -19,6 +21,66 @@ from jaxrl.runner import config
 
 TINY = dict(total_timesteps=2 * 32, num_envs=4, rollout_len=8, hidden=8, num_minibatches=2,
             num_epochs=1, torso_hidden=(16,))  # fmt: skip
+
+
+def test_vmapped_seeds_equal_one_by_one():
+    env, _ = envs.make("CartPole-v1")
+    cfg, hp = rp.Config(**TINY), rp.HParams.make()
+    keys = jax.random.split(jax.random.key(3), 2)
+
+    def run(key):
+        return rp.train(cfg, env, rp.init(cfg, env, key, hp), hp, cfg.num_updates)
+
+    batched = jax.jit(jax.vmap(run))(keys)
+    one = jax.jit(run)
+    for i, key in enumerate(keys):
+        single = one(key)
+        row = jax.tree.map(lambda b, i=i: b[i], (batched[0].params, batched[1]))
+        jax.tree.map(
+            lambda b, x: np.testing.assert_allclose(b, x, rtol=1e-5, atol=1e-6),
+            row, (single[0].params, single[1]),
+        )  # fmt: skip
+
+
+def test_two_step_probe_values_are_discount_then_one():
+    """Probe 3 (obs 0 then 1, reward 1 at the end): after training, the value from a zero
+    carry at obs 0 is γ = 0.9 and, one step on, at obs 1 is 1 (4 seeds; measured exact to
+    3 decimals). Wrong discounting, bootstrapping or a carry that is not the step's shows."""
+    env, env_params = envs.make("probe/two_step_reward")
+    cfg = rp.Config(total_timesteps=40 * 256, num_envs=16, rollout_len=16, hidden=16,
+                    num_minibatches=2)  # fmt: skip
+    hp = rp.HParams.make(learning_rate=3e-3, discount=0.9)
+
+    def values(key):
+        state = rp.init(cfg, env, key, hp, env_params)
+        state, _ = rp.train(cfg, env, state, hp, cfg.num_updates)
+        obs, reset = jnp.array([[[0.0]], [[1.0]]]), jnp.zeros((2, 1), bool)
+        _, _, value = rp.network(cfg, env).apply(state.params, rp.policy_carry(cfg, 1), obs,
+                                                 reset)  # fmt: skip
+        return value[:, 0]
+
+    got = np.asarray(jax.jit(jax.vmap(values))(jax.random.split(jax.random.key(0), 4)))
+    np.testing.assert_allclose(got, np.tile([0.9, 1.0], (4, 1)), atol=0.02)
+
+
+@pytest.mark.learning
+def test_remembers_the_context_of_memory_chain():
+    """bsuite MemoryChain (memory 5): the context is seen at the first step only and the
+    last step's reward is +1 if the action matches it, else -1; without memory the mean is
+    0. 6 seeds, 24,576 env steps: mean return of the last 10 % of updates > 0.9 in each
+    (measured 0.99-1.0)."""
+    env, env_params = envs.make("MemoryChain-bsuite")
+    cfg = rp.Config(total_timesteps=24_576, num_envs=16, rollout_len=32, hidden=32,
+                    num_minibatches=4, anneal_lr=True)  # fmt: skip
+    hp = rp.HParams.make(learning_rate=3e-3)
+
+    def run(key):
+        state = rp.init(cfg, env, key, hp, env_params)
+        return rp.train(cfg, env, state, hp, cfg.num_updates)[1]["episode/return"]
+
+    returns = np.asarray(jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 6)))
+    tail = np.nanmean(returns[:, -cfg.num_updates // 10 :], axis=1)
+    assert (tail > 0.9).all(), tail
 
 
 def test_a_vector_torso_on_images_is_a_config_error():
