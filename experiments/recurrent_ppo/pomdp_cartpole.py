@@ -65,6 +65,14 @@ def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dic
     """Trains one (agent, env) over ``keys``; per-update training returns ``[seeds, U]``."""
     algo, cfg, hp, num_updates = setup(agent, total_timesteps)
     env, env_params = envs.make(env_name)
+    return train_and_score(algo, cfg, hp, env, env_params, keys, num_updates)
+
+
+def train_and_score(algo, cfg, hp, env, env_params, keys: jax.Array, num_updates: int) -> dict:
+    """One compiled program: trains ``algo`` from each of ``keys`` for ``num_updates``, then
+    plays the final policy greedily. Returns the final training return per seed (the
+    episodes that ended in the last tenth of the updates), the greedy return, every
+    per-update training return and value loss, and the compile and run times."""
 
     def one(key):
         state = algo.init(cfg, env, key, hp, env_params)
@@ -73,14 +81,16 @@ def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dic
             algo, cfg, env, state.params, jax.random.fold_in(key, 1), EVAL_EPISODES, True,
             env_params, 500,
         )  # fmt: skip
-        return metrics["episode/return"], metrics["episode/count"], greedy.mean()
+        return metrics["episode/return"], metrics["episode/count"], greedy.mean(), metrics[
+            "train/value_loss"
+        ]
 
     program = jax.jit(jax.vmap(one))
     t0 = time.perf_counter()
     compiled = program.lower(keys).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    returns, counts, greedy = jax.block_until_ready(compiled(keys))
+    returns, counts, greedy, value_loss = jax.block_until_ready(compiled(keys))
     run_s = time.perf_counter() - t0
     returns, counts = np.asarray(returns), np.asarray(counts)
     tail = slice(num_updates - num_updates // 10, num_updates)
@@ -90,7 +100,8 @@ def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dic
         "final_return": final.tolist(),
         "greedy_return": np.asarray(greedy).tolist(),
         "returns": np.where(np.isnan(returns), None, returns).tolist(),
-        "env_steps_per_update": total_timesteps // num_updates,
+        "value_loss": np.asarray(value_loss).tolist(),
+        "env_steps_per_update": cfg.steps_per_update,
         "compile_s": compile_s,
         "run_s": run_s,
     }
