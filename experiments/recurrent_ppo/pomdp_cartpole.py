@@ -12,8 +12,9 @@ on ``CartPole-v1`` too, as the control: there memory is not needed.
   with linear policy and value heads, 16 envs × 128 steps,
   4 epochs × 4 minibatches of env columns (truncated BPTT over each 128-step rollout),
   Adam 1e-3 annealed to 0, rewards divided by a running std of the discounted return
-  (``scale_reward``; without it the linear value head on the GRU's bounded output learns
-  CartPole's values of up to 100 too slowly: RESULTS.md).
+  (``scale_reward``; without it the value loss on CartPole's targets of up to 100 takes
+  over the updates of the core that policy and value share: ``value_scale.py``,
+  RESULTS.md).
 
 Each (agent, env) is one compiled program vmapped over ``--seeds`` seeds with the same env-step
 budget. Scores per seed: the mean return of the training episodes (the stochastic policy)
