@@ -67,12 +67,11 @@ def test_two_step_probe_values_are_discount_then_one():
 def test_remembers_the_context_of_memory_chain():
     """bsuite MemoryChain (memory 5): the context is seen at the first step only and the
     last step's reward is +1 if the action matches it, else -1; without memory the mean is
-    0. 6 seeds, 24,576 env steps: mean return of the last 10 % of updates > 0.9 in each
-    (measured 0.99-1.0)."""
-    env, env_params = envs.make("MemoryChain-bsuite")
-    cfg = rp.Config(total_timesteps=24_576, num_envs=16, rollout_len=32, hidden=32,
-                    num_minibatches=4, anneal_lr=True)  # fmt: skip
-    hp = rp.HParams.make(learning_rate=3e-3)
+    0. The ``recurrent_ppo/memory_chain`` preset (24,576 env steps), 6 seeds: mean return
+    of the last 10 % of updates > 0.9 in each (measured 0.99-1.0)."""
+    preset = config.load_preset("recurrent_ppo/memory_chain")
+    env, env_params = envs.make(preset["env"])
+    cfg, hp = config.resolve(rp, preset, {}, None)
 
     def run(key):
         state = rp.init(cfg, env, key, hp, env_params)
