@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from jaxrl.distributed import use_all_cpu_cores
 
@@ -37,6 +36,7 @@ from pomdp_cartpole import train_and_score  # noqa: E402
 from jaxrl import envs  # noqa: E402
 from jaxrl.algorithms import recurrent_ppo  # noqa: E402
 from jaxrl.distributed import run_mesh, shard_runs  # noqa: E402
+from jaxrl.logger.writers import atomic_write_text  # noqa: E402
 
 MEMORY_LENGTHS = (8, 24, 56, 120)
 ROLLOUT_LENS = (32, 128)
@@ -87,9 +87,7 @@ def main() -> None:
                 flush=True,
             )
             if args.json:
-                with open(f"{args.json}.tmp", "w") as f:
-                    json.dump(record, f)
-                os.replace(f"{args.json}.tmp", args.json)
+                atomic_write_text(args.json, json.dumps(record))
 
 
 if __name__ == "__main__":

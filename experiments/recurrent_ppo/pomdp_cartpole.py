@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 from jaxrl.distributed import use_all_cpu_cores
@@ -44,6 +43,7 @@ import numpy as np  # noqa: E402
 from jaxrl import envs  # noqa: E402
 from jaxrl.algorithms import ppo, recurrent_ppo  # noqa: E402
 from jaxrl.distributed import run_mesh, shard_runs  # noqa: E402
+from jaxrl.logger.writers import atomic_write_text  # noqa: E402
 from jaxrl.runner import config, evaluate  # noqa: E402
 
 ENVS = ("CartPole-v1", "pomdp/CartPole-v1")
@@ -82,9 +82,12 @@ def train_and_score(algo, cfg, hp, env, env_params, keys: jax.Array, num_updates
             algo, cfg, env, state.params, jax.random.fold_in(key, 1), EVAL_EPISODES, True,
             env_params, 500,
         )  # fmt: skip
-        return metrics["episode/return"], metrics["episode/count"], greedy.mean(), metrics[
-            "train/value_loss"
-        ]
+        return (
+            metrics["episode/return"],
+            metrics["episode/count"],
+            greedy.mean(),
+            metrics["train/value_loss"],
+        )
 
     program = jax.jit(jax.vmap(one))
     t0 = time.perf_counter()
@@ -138,9 +141,7 @@ def main() -> None:
                 flush=True,
             )
             if args.json:
-                with open(f"{args.json}.tmp", "w") as f:
-                    json.dump(record, f)
-                os.replace(f"{args.json}.tmp", args.json)
+                atomic_write_text(args.json, json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 
 from jaxrl.distributed import use_all_cpu_cores
 
@@ -45,6 +44,7 @@ from jaxrl import envs  # noqa: E402
 from jaxrl.algorithms import recurrent_ppo  # noqa: E402
 from jaxrl.distributed import run_mesh, shard_runs  # noqa: E402
 from jaxrl.envs.base import Wrapper  # noqa: E402
+from jaxrl.logger.writers import atomic_write_text  # noqa: E402
 from jaxrl.runner import config  # noqa: E402
 
 RAW = {"scale_reward": "false"}
@@ -106,9 +106,7 @@ def main() -> None:
             flush=True,
         )
         if args.json:
-            with open(f"{args.json}.tmp", "w") as f:
-                json.dump(record, f)
-            os.replace(f"{args.json}.tmp", args.json)
+            atomic_write_text(args.json, json.dumps(record))
 
 
 if __name__ == "__main__":
