@@ -23,6 +23,22 @@ TINY = dict(total_timesteps=2 * 32, num_envs=4, rollout_len=8, hidden=8, num_min
             num_epochs=1, torso_hidden=(16,))  # fmt: skip
 
 
+def _final_returns(preset_name: str, total_timesteps: int | None, num_seeds: int) -> np.ndarray:
+    """Trains a preset on its env from ``split(key(0), num_seeds)``; the mean training return
+    of each seed's last 10 % of updates ``[num_seeds]``."""
+    preset = config.load_preset(preset_name)
+    env, env_params = envs.make(preset["env"])
+    cfg, hp = config.resolve(rp, preset, {}, total_timesteps)
+
+    def run(key):
+        state = rp.init(cfg, env, key, hp, env_params)
+        return rp.train(cfg, env, state, hp, cfg.num_updates)[1]["episode/return"]
+
+    keys = jax.random.split(jax.random.key(0), num_seeds)
+    returns = np.asarray(jax.jit(jax.vmap(run))(keys))
+    return np.nanmean(returns[:, -cfg.num_updates // 10 :], axis=1)
+
+
 def test_vmapped_seeds_equal_one_by_one():
     env, _ = envs.make("CartPole-v1")
     cfg, hp = rp.Config(**TINY), rp.HParams.make()
@@ -69,16 +85,7 @@ def test_remembers_the_context_of_memory_chain():
     last step's reward is +1 if the action matches it, else -1; without memory the mean is
     0. The ``recurrent_ppo/memory_chain`` preset (24,576 env steps), 6 seeds: mean return
     of the last 10 % of updates > 0.9 in each (measured 0.99-1.0)."""
-    preset = config.load_preset("recurrent_ppo/memory_chain")
-    env, env_params = envs.make(preset["env"])
-    cfg, hp = config.resolve(rp, preset, {}, None)
-
-    def run(key):
-        state = rp.init(cfg, env, key, hp, env_params)
-        return rp.train(cfg, env, state, hp, cfg.num_updates)[1]["episode/return"]
-
-    returns = np.asarray(jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 6)))
-    tail = np.nanmean(returns[:, -cfg.num_updates // 10 :], axis=1)
+    tail = _final_returns("recurrent_ppo/memory_chain", None, 6)
     assert (tail > 0.9).all(), tail
 
 
@@ -122,13 +129,5 @@ def test_recurrent_ppo_balances_with_velocities_hidden():
     """The ``recurrent_ppo/pomdp_cartpole`` preset at 1e5 env steps, 2 seeds: mean training
     return of the last 10 % of updates > 200 in each (measured 274-343 over 6 seeds;
     feed-forward PPO stays near 50 there: experiments/recurrent_ppo/RESULTS.md)."""
-    env, env_params = envs.make("pomdp/CartPole-v1")
-    cfg, hp = config.resolve(rp, config.load_preset("recurrent_ppo/pomdp_cartpole"), {}, 100_000)
-
-    def run(key):
-        state = rp.init(cfg, env, key, hp, env_params)
-        return rp.train(cfg, env, state, hp, cfg.num_updates)[1]["episode/return"]
-
-    returns = np.asarray(jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 2)))
-    tail = np.nanmean(returns[:, -cfg.num_updates // 10 :], axis=1)
+    tail = _final_returns("recurrent_ppo/pomdp_cartpole", 100_000, 2)
     assert (tail > 200).all(), tail
