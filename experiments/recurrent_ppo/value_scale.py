@@ -18,7 +18,10 @@ Arms (each the preset on ``CartPole-v1`` with one change):
   training returns are divided back;
 * ``small_vf``: ``scale_reward=False``, ``vf_coef`` 0.5 -> 0.005: the value gradient / 100
   with the targets unchanged;
-* ``no_clip``: ``scale_reward=False``, ``max_grad_norm`` 1e9 (no clipping).
+* ``no_clip``: ``scale_reward=False``, ``max_grad_norm`` 1e9 (no clipping);
+* ``raw_separate``: ``scale_reward=False``, ``separate_critic=True`` (the value on its own
+  GRU: no value gradient reaches the policy's core);
+* ``running_std_separate``: the preset with ``separate_critic=True``.
 
     python experiments/recurrent_ppo/value_scale.py --seeds 8 \\
         --json experiments/recurrent_ppo/value_scale.json
@@ -54,6 +57,8 @@ ARMS = {
     "const_0.01": (RAW, 0.01),
     "small_vf": (RAW | {"vf_coef": "0.005"}, 1.0),
     "no_clip": (RAW | {"max_grad_norm": "1e9"}, 1.0),
+    "raw_separate": (RAW | {"separate_critic": "true"}, 1.0),
+    "running_std_separate": ({"separate_critic": "true"}, 1.0),
 }
 
 

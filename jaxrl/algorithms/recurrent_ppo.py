@@ -71,6 +71,7 @@ class Config:
     cell: str = "gru"
     torso: str = "none"
     torso_hidden: tuple[int, ...] = (128,)  # ReLU layers of the "mlp" / "minatar" torso
+    separate_critic: bool = False  # the value gets its own torso and core; carry (actor, critic)
     clip_value: bool = False
     anneal_lr: bool = False
     anneal_ent: bool = False  # entropy coefficient linearly to 0 over num_updates
@@ -156,7 +157,10 @@ class RecurrentActorCritic(nn.Module):
 
     ``__call__(carry, obs [T, N, *O], reset [T, N]) -> (carry, logits [T, N, A], value
     [T, N])``; ``O`` is ``(D,)`` for the ``"none"`` and ``"mlp"`` torsos, ``(H, W, C)`` for
-    ``"minatar"``. Torso layers are ReLU with orthogonal init (gain sqrt 2).
+    ``"minatar"``. Torso layers are ReLU with orthogonal init (gain sqrt 2). With
+    ``separate_critic`` the value head reads a second torso and core of the same shape
+    (``critic_torso``, ``critic_rnn``) and the carry is the pair ``(actor, critic)``, so no
+    value gradient reaches the policy's core (as SB3-contrib's ``RecurrentPPO`` by default).
     """
 
     num_actions: int
@@ -164,18 +168,28 @@ class RecurrentActorCritic(nn.Module):
     cell: str = "gru"
     torso: str = "none"
     torso_hidden: tuple[int, ...] = (128,)
+    separate_critic: bool = False
 
     @nn.compact
     def __call__(self, carry, obs: jax.Array, reset: jax.Array):
-        x = obs.astype(jnp.float32)
-        if self.torso == "mlp":
-            x = MLP(self.torso_hidden, "relu", name="torso")(x)
-        elif self.torso == "minatar":
-            x = CNN(hidden=self.torso_hidden, activation="relu", name="torso")(x)
-        carry, y = RecurrentScan(self.hidden, self.cell, name="rnn")(carry, x, reset)
+        def torso_and_core(carry, prefix: str):
+            x = obs.astype(jnp.float32)
+            if self.torso == "mlp":
+                x = MLP(self.torso_hidden, "relu", name=f"{prefix}torso")(x)
+            elif self.torso == "minatar":
+                x = CNN(hidden=self.torso_hidden, activation="relu", name=f"{prefix}torso")(x)
+            return RecurrentScan(self.hidden, self.cell, name=f"{prefix}rnn")(carry, x, reset)
+
+        if self.separate_critic:
+            actor_carry, y = torso_and_core(carry[0], "")
+            critic_carry, z = torso_and_core(carry[1], "critic_")
+            carry = (actor_carry, critic_carry)
+        else:
+            carry, y = torso_and_core(carry, "")
+            z = y
         ortho = orthogonal
         logits = nn.Dense(self.num_actions, kernel_init=ortho(0.01), name="policy")(y)
-        value = nn.Dense(1, kernel_init=ortho(1.0), name="value")(y)[..., 0]
+        value = nn.Dense(1, kernel_init=ortho(1.0), name="value")(z)[..., 0]
         return carry, logits, value
 
 
@@ -186,7 +200,7 @@ class State(struct.PyTreeNode):
     opt_state: optax.OptState
     env_state: object
     obs: jax.Array  # [N, D] observation to act on next
-    carry: object  # recurrent carry [N, H] (LSTM: (c, h)) before that step
+    carry: object  # recurrent carry [N, H] (LSTM: (c, h); a pair with separate_critic)
     reset: jax.Array  # [N] bool: the next step starts a new episode (carry zeroed)
     env_params: object
     key: jax.Array
@@ -236,7 +250,9 @@ def network(cfg: Config, env: Env) -> RecurrentActorCritic:
             f"torso={cfg.torso!r} needs vector observations; {env.name}'s have shape {shape} "
             "(use torso='minatar' for images)"
         )
-    return RecurrentActorCritic(space.n, cfg.hidden, cfg.cell, cfg.torso, cfg.torso_hidden)
+    return RecurrentActorCritic(
+        space.n, cfg.hidden, cfg.cell, cfg.torso, cfg.torso_hidden, cfg.separate_critic
+    )
 
 
 def vec_env(cfg: Config, env: Env) -> Env:
@@ -276,7 +292,7 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
         env_params = env.default_params()
     key, key_net, key_env = jax.random.split(key, 3)
     obs, env_state = vec_env(cfg, env).reset(key_env, env_params)
-    carry = initial_carry(cfg.cell, (cfg.num_envs,), cfg.hidden)
+    carry = policy_carry(cfg, cfg.num_envs)
     reset = jnp.ones((cfg.num_envs,), bool)
     params = network(cfg, env).init(key_net, carry, obs[None], reset[None])
     opt_state = optimizer(hp, hp.learning_rate).init(params)
@@ -317,9 +333,11 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
 
 
 def policy_carry(cfg: Config, num_episodes: int):
-    """The zero recurrent state of ``num_episodes`` evaluation episodes
-    (``jaxrl.runner.evaluate``)."""
-    return initial_carry(cfg.cell, (num_episodes,), cfg.hidden)
+    """The zero recurrent state of ``num_episodes`` sequences (envs, evaluation episodes
+    for ``jaxrl.runner.evaluate``, RL^2 trials): ``[E, H]`` per core (LSTM: ``(c, h)``),
+    the pair ``(actor, critic)`` with ``cfg.separate_critic``."""
+    carry = initial_carry(cfg.cell, (num_episodes,), cfg.hidden)
+    return (carry, carry) if cfg.separate_critic else carry
 
 
 def recurrent_policy(

@@ -36,7 +36,6 @@ from jaxrl.algorithms import recurrent_ppo
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Step, Wrapper
 from jaxrl.errors import ConfigError
-from jaxrl.networks.recurrent import initial_carry
 from jaxrl.utils import tree
 
 
@@ -149,7 +148,7 @@ def evaluate(
     net = recurrent_ppo.network(cfg, env)
     key_reset, key_steps = jax.random.split(key)
     obs, state = jax.vmap(env.reset)(jax.random.split(key_reset, num_trials))
-    carry = initial_carry(cfg.cell, (num_trials,), cfg.hidden)
+    carry = recurrent_ppo.policy_carry(cfg, num_trials)
     reset = jnp.ones((num_trials,), bool)
 
     def env_step(loop, key):

@@ -58,13 +58,15 @@ def test_vmapped_seeds_equal_one_by_one():
         )  # fmt: skip
 
 
-def test_two_step_probe_values_are_discount_then_one():
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_two_step_probe_values_are_discount_then_one(separate_critic):
     """Probe 3 (obs 0 then 1, reward 1 at the end): after training, the value from a zero
     carry at obs 0 is γ = 0.9 and, one step on, at obs 1 is 1 (4 seeds; measured exact to
-    3 decimals). Wrong discounting, bootstrapping or a carry that is not the step's shows."""
+    3 decimals). Wrong discounting, bootstrapping or a carry that is not the step's shows,
+    with the value on the shared core or on its own."""
     env, env_params = envs.make("probe/two_step_reward")
     cfg = rp.Config(total_timesteps=40 * 256, num_envs=16, rollout_len=16, hidden=16,
-                    num_minibatches=2)  # fmt: skip
+                    num_minibatches=2, separate_critic=separate_critic)  # fmt: skip
     hp = rp.HParams.make(learning_rate=3e-3, discount=0.9)
 
     def values(key):
@@ -131,3 +133,53 @@ def test_recurrent_ppo_balances_with_velocities_hidden():
     feed-forward PPO stays near 50 there: experiments/recurrent_ppo/RESULTS.md)."""
     tail = _final_returns("recurrent_ppo/pomdp_cartpole", 100_000, 2)
     assert (tail > 200).all(), tail
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_separate_critic_has_its_own_torso_and_core(cell):
+    """``separate_critic``: the carry is the pair ``(actor, critic)`` of two cores of the
+    same shape; the logits depend only on the actor's torso and core, the value only on
+    the critic's (each one's gradient in the other's parameters is exactly 0, in the
+    other's carry too); a reset zeroes both carries; and an update moves both cores."""
+    env, _ = envs.make("CartPole-v1")
+    hp = rp.HParams.make()
+    cfg = rp.Config(**TINY | dict(torso="mlp", cell=cell, separate_critic=True))
+    state = rp.init(cfg, env, jax.random.key(0), hp)
+    params = state.params["params"]
+    assert set(params) == {"torso", "rnn", "critic_torso", "critic_rnn", "policy", "value"}
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+    assert shapes(params["critic_rnn"]) == shapes(params["rnn"])
+    assert shapes(params["critic_torso"]) == shapes(params["torso"])
+    zero = rp.policy_carry(cfg, cfg.num_envs)
+    assert shapes(zero) == shapes((zero[0], zero[0])) == shapes(state.carry)
+
+    net = rp.network(cfg, env)
+    key_obs, key_carry = jax.random.split(jax.random.key(1))
+    obs = jax.random.normal(key_obs, (5, cfg.num_envs, 4))
+    carry = jax.tree.map(lambda z: jax.random.normal(key_carry, z.shape), zero)
+    no_reset = jnp.zeros((5, cfg.num_envs), bool)
+
+    def head_sum(head, p, c):
+        _, logits, value = net.apply(p, c, obs, no_reset)
+        return jnp.sum(logits) if head == "policy" else jnp.sum(value)
+
+    own_params = {"policy": {"torso", "rnn", "policy"},
+                  "value": {"critic_torso", "critic_rnn", "value"}}  # fmt: skip
+    for head, own_carry in (("policy", 0), ("value", 1)):
+        g_params, g_carry = jax.grad(head_sum, argnums=(1, 2))(head, state.params, carry)
+        for name, grad in g_params["params"].items():
+            nonzero = any(np.any(x) for x in jax.tree.leaves(grad))
+            assert nonzero == (name in own_params[head]), (head, name)
+        assert not any(np.any(x) for x in jax.tree.leaves(g_carry[1 - own_carry])), head
+        assert all(np.any(x) for x in jax.tree.leaves(g_carry[own_carry])), head
+
+    reset = no_reset.at[0].set(True)
+    from_reset = net.apply(state.params, carry, obs, reset)
+    from_zero = net.apply(state.params, zero, obs, no_reset)
+    jax.tree.map(np.testing.assert_array_equal, from_reset, from_zero)
+
+    after, _ = jax.jit(lambda s: rp.update(cfg, env, s, hp))(state)
+    for name in ("rnn", "critic_rnn"):
+        moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params[name],
+                             after.params["params"][name])  # fmt: skip
+        assert all(jax.tree.leaves(moved)), (name, moved)
