@@ -1,12 +1,15 @@
-"""Recurrent PPO / A2C for any discrete-action ``Env`` (the learner behind RL^2).
+"""Recurrent PPO / A2C for any ``Env`` with discrete or 1-D Box actions (the learner behind
+RL^2).
 
 A GRU or LSTM actor-critic (:class:`RecurrentActorCritic`: an optional feature torso, the
-recurrent core, linear policy and value heads) acts in ``num_envs``
-auto-reset copies of the env. The recurrent carry is kept across steps and zeroed
-*before* the first step of every new episode (``reset [N]``, the previous step's ``done``),
-so no information leaks between episodes. For RL^2 the env is
-``jaxrl.meta.rl2.TrialWrapper(task_env)``, whose episode is a whole trial: the carry then
-persists across the task env's episodes inside a trial and is reset between trials.
+recurrent core, linear policy and value heads; categorical over Discrete actions, a
+diagonal Gaussian with a state-independent log-std over Box actions, clipped to the
+bounds by the env stack) acts in ``num_envs`` auto-reset copies of the env. The recurrent
+carry is kept across steps and zeroed *before* the first step of every new episode
+(``reset [N]``, the previous step's ``done``), so no information leaks between episodes.
+For RL^2 the env is ``jaxrl.meta.rl2.TrialWrapper(task_env)``, whose episode is a whole
+trial: the carry then persists across the task env's episodes inside a trial and is reset
+between trials.
 
 One ``update``:
 
@@ -41,11 +44,12 @@ from flax import struct
 
 from jaxrl import optim
 from jaxrl.algorithms import base
-from jaxrl.envs import wrappers
+from jaxrl.envs import spaces, wrappers
 from jaxrl.envs.base import Env
 from jaxrl.losses import policy as policy_losses
 from jaxrl.losses.returns import episode_gae
 from jaxrl.losses.value import value_loss
+from jaxrl.networks.heads import GaussianHead
 from jaxrl.networks.init import orthogonal
 from jaxrl.networks.recurrent import CELLS, RecurrentScan, initial_carry
 from jaxrl.networks.torsos import CNN, MLP
@@ -153,22 +157,26 @@ def check(cfg: Config, hp: HParams) -> None:
 
 
 class RecurrentActorCritic(nn.Module):
-    """Torso, recurrent core, then linear policy (categorical logits) and value heads.
+    """Torso, recurrent core, then linear policy and value heads.
 
-    ``__call__(carry, obs [T, N, *O], reset [T, N]) -> (carry, logits [T, N, A], value
-    [T, N])``; ``O`` is ``(D,)`` for the ``"none"`` and ``"mlp"`` torsos, ``(H, W, C)`` for
+    ``__call__(carry, obs [T, N, *O], reset [T, N]) -> (carry, dist, value [T, N])``;
+    ``dist`` has batch shape ``[T, N]``: a ``distrax.Categorical`` over ``num_actions``
+    actions, or (``continuous``) a ``MultivariateNormalDiag`` over ``num_actions``
+    dimensions with a state-independent log-std (:class:`~jaxrl.networks.heads.GaussianHead`).
+    ``O`` is ``(D,)`` for the ``"none"`` and ``"mlp"`` torsos, ``(H, W, C)`` for
     ``"minatar"``. Torso layers are ReLU with orthogonal init (gain sqrt 2). With
     ``separate_critic`` the value head reads a second torso and core of the same shape
     (``critic_torso``, ``critic_rnn``) and the carry is the pair ``(actor, critic)``, so no
     value gradient reaches the policy's core (as SB3-contrib's ``RecurrentPPO`` by default).
     """
 
-    num_actions: int
+    num_actions: int  # Discrete: actions; continuous: action dimensions
     hidden: int = 128
     cell: str = "gru"
     torso: str = "none"
     torso_hidden: tuple[int, ...] = (128,)
     separate_critic: bool = False
+    continuous: bool = False
 
     @nn.compact
     def __call__(self, carry, obs: jax.Array, reset: jax.Array):
@@ -187,10 +195,13 @@ class RecurrentActorCritic(nn.Module):
         else:
             carry, y = torso_and_core(carry, "")
             z = y
-        ortho = orthogonal
-        logits = nn.Dense(self.num_actions, kernel_init=ortho(0.01), name="policy")(y)
-        value = nn.Dense(1, kernel_init=ortho(1.0), name="value")(z)[..., 0]
-        return carry, logits, value
+        if self.continuous:
+            dist = GaussianHead(self.num_actions, name="policy")(y)
+        else:
+            logits = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), name="policy")(y)
+            dist = distrax.Categorical(logits=logits)
+        value = nn.Dense(1, kernel_init=orthogonal(1.0), name="value")(z)[..., 0]
+        return carry, dist, value
 
 
 class State(struct.PyTreeNode):
@@ -241,8 +252,14 @@ def network(cfg: Config, env: Env) -> RecurrentActorCritic:
     ``ConfigError`` if the torso does not fit the observations."""
     params = env.default_params()
     space = env.action_space(params)
-    if not hasattr(space, "n"):
-        raise base.ConfigError(f"recurrent PPO needs discrete actions, got {space}")
+    if isinstance(space, spaces.Discrete):
+        num_actions, continuous = space.n, False
+    elif isinstance(space, spaces.Box) and len(space.shape) == 1:
+        num_actions, continuous = space.shape[0], True
+    else:
+        raise base.ConfigError(
+            f"recurrent PPO needs Discrete or 1-D Box actions; {env.name} has {space}"
+        )
     base.check_torso_fits(cfg.torso, env)
     shape = tuple(env.observation_space(params).shape)
     if cfg.torso not in base.IMAGE_TORSOS and len(shape) != 1:
@@ -251,17 +268,18 @@ def network(cfg: Config, env: Env) -> RecurrentActorCritic:
             "(use torso='minatar' for images)"
         )
     return RecurrentActorCritic(
-        space.n, cfg.hidden, cfg.cell, cfg.torso, cfg.torso_hidden, cfg.separate_critic
-    )
+        num_actions, cfg.hidden, cfg.cell, cfg.torso, cfg.torso_hidden, cfg.separate_critic,
+        continuous,
+    )  # fmt: skip
 
 
 def vec_env(cfg: Config, env: Env) -> Env:
-    """``num_envs`` auto-reset copies with episode statistics (true returns) in ``Step.info``,
-    optionally with rewards scaled by the running std of the discounted return."""
-    venv = wrappers.VecEnv(wrappers.EpisodeStats(wrappers.AutoReset(env)), num_envs=cfg.num_envs)
-    if cfg.scale_reward:
-        venv = wrappers.ScaleReward(venv, discount=cfg.reward_discount)
-    return venv
+    """``num_envs`` auto-reset copies with episode statistics (true returns) in ``Step.info``
+    and Box actions clipped to the bounds (``wrappers.make_vec_env``), optionally with
+    rewards scaled by the running std of the discounted return."""
+    return wrappers.make_vec_env(
+        env, cfg.num_envs, scale_reward=cfg.scale_reward, reward_discount=cfg.reward_discount
+    )
 
 
 def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Array:
@@ -313,9 +331,9 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
     def env_step(loop, _):
         env_state, obs, carry, reset, key = loop
         key, key_act, key_env = jax.random.split(key, 3)
-        carry, logits, value = net.apply(state.params, carry, obs[None], reset[None])
-        dist = distrax.Categorical(logits=logits[0])
-        action = dist.sample(seed=key_act)
+        carry, dist, value = net.apply(state.params, carry, obs[None], reset[None])
+        dist = dist[0]
+        action = dist.sample(seed=key_act)  # [N] (Box: [N, A], unclipped)
         log_prob = dist.log_prob(action)
         next_obs, env_state, step = venv.step(key_env, env_state, action, state.env_params)
         _, _, boot = net.apply(state.params, carry, step.final_obs[None], no_reset)
@@ -352,14 +370,16 @@ def recurrent_policy(
 ):
     """Evaluation policy for ``obs [E, ...]`` from ``carry``: the most likely action, or
     (``deterministic=False``) a sample, as in :func:`collect`; returns ``(carry, action
-    [E])``. Each evaluation episode starts from :func:`policy_carry` and is played to its
-    end, so no step resets the carry."""
+    [E])`` (Box: ``[E, A]``, the Gaussian's mean or a sample, clipped by the evaluator).
+    Each evaluation episode starts from :func:`policy_carry` and is played to its end, so
+    no step resets the carry."""
     del hp
     reset = jnp.zeros((1, obs.shape[0]), bool)
-    carry, logits, _ = network(cfg, env).apply(params, carry, obs[None], reset)
-    dist = distrax.Categorical(logits=logits[0])
+    net = network(cfg, env)
+    carry, dist, _ = net.apply(params, carry, obs[None], reset)
+    dist = dist[0]
     action = dist.mode() if deterministic else dist.sample(seed=key)
-    return carry, action.astype(jnp.int32)
+    return carry, action if net.continuous else action.astype(jnp.int32)
 
 
 def make_batch(rollout: Rollout, hp: HParams) -> Batch:
@@ -383,8 +403,7 @@ def loss(
     ``cfg.normalize_advantages``.
     """
     chex.assert_rank([batch.obs, batch.reset, batch.advantage], [{3, 5}, 2, 2])
-    _, logits, value = network(cfg, env).apply(params, batch.carry0, batch.obs, batch.reset)
-    dist = distrax.Categorical(logits=logits)
+    _, dist, value = network(cfg, env).apply(params, batch.carry0, batch.obs, batch.reset)
     log_prob = dist.log_prob(batch.action).reshape(-1)
     old_log_prob = batch.log_prob.reshape(-1)
     advantage = batch.advantage.reshape(-1)

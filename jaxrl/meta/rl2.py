@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import distrax
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -154,8 +153,8 @@ def evaluate(
     def env_step(loop, key):
         obs, state, carry, reset = loop
         key_act, key_env, key_new = jax.random.split(key, 3)
-        carry, logits, _ = net.apply(params, carry, obs[None], reset[None])
-        dist = distrax.Categorical(logits=logits[0])
+        carry, dist, _ = net.apply(params, carry, obs[None], reset[None])
+        dist = dist[0]
         action = dist.mode() if greedy else dist.sample(seed=key_act)
         keys = jax.random.split(key_env, num_trials)
         obs, state, step = jax.vmap(env.step)(keys, state, action)

@@ -160,8 +160,8 @@ def test_a_separate_critic_has_its_own_torso_and_core(cell):
     no_reset = jnp.zeros((5, cfg.num_envs), bool)
 
     def head_sum(head, p, c):
-        _, logits, value = net.apply(p, c, obs, no_reset)
-        return jnp.sum(logits) if head == "policy" else jnp.sum(value)
+        _, dist, value = net.apply(p, c, obs, no_reset)
+        return jnp.sum(dist.logits) if head == "policy" else jnp.sum(value)
 
     own_params = {"policy": {"torso", "rnn", "policy"},
                   "value": {"critic_torso", "critic_rnn", "value"}}  # fmt: skip
@@ -183,3 +183,39 @@ def test_a_separate_critic_has_its_own_torso_and_core(cell):
         moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params[name],
                              after.params["params"][name])  # fmt: skip
         assert all(jax.tree.leaves(moved)), (name, moved)
+
+
+def test_box_actions_are_a_gaussian_that_learns_the_target_probe():
+    """Box actions: a diagonal Gaussian with a learned state-independent log-std. The
+    rollout keeps the float actions ``[T, N, 1]`` as sampled (the env stack clips them to
+    the bounds) and their log-probabilities, which the network re-run over the rollout
+    reproduces. On ``probe/continuous_target`` (one-step episodes, reward ``-(a - o)^2``)
+    the greedy action (the mean) ends within 0.1 of ``o`` at ``o = ±0.5`` and the training
+    return above -0.25 (from about -1.1), in 4 seeds (measured: 0.002-0.07 off, -0.08 to
+    -0.10)."""
+    env, env_params = envs.make("probe/continuous_target")
+    cfg = rp.Config(total_timesteps=60 * 128, num_envs=16, rollout_len=8, hidden=16,
+                    num_minibatches=2)  # fmt: skip
+    hp = rp.HParams.make(learning_rate=3e-3)
+    state = rp.init(cfg, env, jax.random.key(0), hp, env_params)
+    assert set(state.params["params"]["policy"]) == {"Dense_0", "log_std"}
+    _, rollout = jax.jit(lambda s: rp.collect(cfg, env, s))(state)
+    assert rollout.action.shape == (8, 16, 1) and rollout.action.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(rollout.action))) > 0.0
+    _, dist, _ = rp.network(cfg, env).apply(
+        state.params, rollout.carry0, rollout.obs, rollout.reset
+    )
+    np.testing.assert_allclose(dist.log_prob(rollout.action), rollout.log_prob, atol=1e-5)
+
+    def run(key):
+        state = rp.init(cfg, env, key, hp, env_params)
+        state, metrics = rp.train(cfg, env, state, hp, cfg.num_updates)
+        obs = jnp.array([[-0.5], [0.5]])
+        carry = rp.policy_carry(cfg, 2)
+        _, greedy = rp.recurrent_policy(cfg, env, state.params, carry, obs, key, True)
+        return greedy[:, 0], metrics["episode/return"]
+
+    greedy, returns = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 4))
+    np.testing.assert_allclose(greedy, np.tile([-0.5, 0.5], (4, 1)), atol=0.1)
+    assert (np.asarray(returns)[:, -6:].mean(1) > -0.25).all(), returns[:, -6:]
+    assert (np.asarray(returns)[:, 0] < -0.7).all(), returns[:, 0]

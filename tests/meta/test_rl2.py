@@ -113,8 +113,8 @@ def test_carry_resets_between_trials_and_persists_inside(cell):
     def run(params):
         _, ro = rp.collect(cfg, env, state)
         no_reset = jnp.zeros((n, cfg.num_envs), bool)
-        _, logits2, value2 = net.apply(params, zero, ro.obs[n:], no_reset)
-        log_prob2 = distrax.Categorical(logits=logits2).log_prob(ro.action[n:])
+        _, dist2, value2 = net.apply(params, zero, ro.obs[n:], no_reset)
+        log_prob2 = dist2.log_prob(ro.action[n:])
         _, _, value_leak = net.apply(params, zero, ro.obs, jnp.zeros_like(ro.reset))
         _, _, value_all = net.apply(params, ro.carry0, ro.obs, ro.reset)
         return ro, value2, log_prob2, value_leak, value_all
@@ -188,8 +188,8 @@ def test_loss_matches_hand_computation(algo):
     # Perturb the parameters so the ratio differs from 1 and clipping happens.
     params = jax.tree.map(lambda p: p * 1.5 + 0.3, state.params)
     got, metrics = rp.loss(cfg, env, params, batch, hp)
-    _, logits, value = rp.network(cfg, env).apply(params, batch.carry0, batch.obs, batch.reset)
-    logits, value = np.asarray(logits, np.float64), np.asarray(value, np.float64)
+    _, dist, value = rp.network(cfg, env).apply(params, batch.carry0, batch.obs, batch.reset)
+    logits, value = np.asarray(dist.logits, np.float64), np.asarray(value, np.float64)
     logp_all = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     logp = np.take_along_axis(logp_all, np.asarray(batch.action)[..., None], -1)[..., 0]
     adv = np.asarray(batch.advantage, np.float64)
@@ -268,9 +268,10 @@ def test_recurrent_policy_steps_equal_one_unroll_and_evaluate_plays_it():
         carry, a_greedy = policy(params, carry, obs[t], jax.random.key(t), True)
         greedy.append(a_greedy)
         sampled.append(a_sampled)
-    _, logits, _ = rp.network(cfg, env).apply(
+    _, dist, _ = rp.network(cfg, env).apply(
         params, rp.policy_carry(cfg, 3), obs, jnp.zeros((12, 3), bool)
     )
+    logits = dist.logits
     np.testing.assert_array_equal(np.stack(greedy), np.argmax(logits, -1))
     for t in (0, 11):
         expected = distrax.Categorical(logits=logits[t]).sample(seed=jax.random.key(t))
