@@ -71,16 +71,17 @@ def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dic
 
 def train_and_score(algo, cfg, hp, env, env_params, keys: jax.Array, num_updates: int) -> dict:
     """One compiled program: trains ``algo`` from each of ``keys`` for ``num_updates``, then
-    plays the final policy greedily. Returns the final training return per seed (the
-    episodes that ended in the last tenth of the updates), the greedy return, every
-    per-update training return and value loss, and the compile and run times."""
+    plays the final policy greedily (on observations normalised by the run's final
+    statistics if it trained on normalised ones). Returns the final training return per
+    seed (the episodes that ended in the last tenth of the updates), the greedy return,
+    every per-update training return and value loss, and the compile and run times."""
 
     def one(key):
         state = algo.init(cfg, env, key, hp, env_params)
         state, metrics = algo.train(cfg, env, state, hp, num_updates)
         greedy = evaluate.evaluate(
             algo, cfg, env, state.params, jax.random.fold_in(key, 1), EVAL_EPISODES, True,
-            env_params, 500,
+            env_params, 500, obs_stats=evaluate.obs_stats(state.env_state),
         )  # fmt: skip
         return (
             metrics["episode/return"],

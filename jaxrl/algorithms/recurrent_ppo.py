@@ -332,9 +332,8 @@ def collect(cfg: Config, env: Env, state: State) -> tuple[State, Rollout]:
         env_state, obs, carry, reset, key = loop
         key, key_act, key_env = jax.random.split(key, 3)
         carry, dist, value = net.apply(state.params, carry, obs[None], reset[None])
-        dist = dist[0]
-        action = dist.sample(seed=key_act)  # [N] (Box: [N, A], unclipped)
-        log_prob = dist.log_prob(action)
+        action = dist.sample(seed=key_act)  # [1, N] (Box: [1, N, A], unclipped)
+        log_prob, action = dist.log_prob(action)[0], action[0]
         next_obs, env_state, step = venv.step(key_env, env_state, action, state.env_params)
         _, _, boot = net.apply(state.params, carry, step.final_obs[None], no_reset)
         out = Rollout(obs, reset, action, log_prob, value[0], step.reward, step.terminated,
@@ -377,8 +376,7 @@ def recurrent_policy(
     reset = jnp.zeros((1, obs.shape[0]), bool)
     net = network(cfg, env)
     carry, dist, _ = net.apply(params, carry, obs[None], reset)
-    dist = dist[0]
-    action = dist.mode() if deterministic else dist.sample(seed=key)
+    action = (dist.mode() if deterministic else dist.sample(seed=key))[0]
     return carry, action if net.continuous else action.astype(jnp.int32)
 
 

@@ -154,8 +154,7 @@ def evaluate(
         obs, state, carry, reset = loop
         key_act, key_env, key_new = jax.random.split(key, 3)
         carry, dist, _ = net.apply(params, carry, obs[None], reset[None])
-        dist = dist[0]
-        action = dist.mode() if greedy else dist.sample(seed=key_act)
+        action = (dist.mode() if greedy else dist.sample(seed=key_act))[0]
         keys = jax.random.split(key_env, num_trials)
         obs, state, step = jax.vmap(env.step)(keys, state, action)
         new_obs, new_state = jax.vmap(env.reset)(jax.random.split(key_new, num_trials))
