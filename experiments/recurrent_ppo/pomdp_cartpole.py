@@ -62,13 +62,6 @@ def setup(agent: str, total_timesteps: int):
     return recurrent_ppo, cfg, hp, cfg.num_updates
 
 
-def run(agent: str, env_name: str, keys: jax.Array, total_timesteps: int) -> dict:
-    """Trains one (agent, env) over ``keys``; per-update training returns ``[seeds, U]``."""
-    algo, cfg, hp, num_updates = setup(agent, total_timesteps)
-    env, env_params = envs.make(env_name)
-    return train_and_score(algo, cfg, hp, env, env_params, keys, num_updates)
-
-
 def train_and_score(algo, cfg, hp, env, env_params, keys: jax.Array, num_updates: int) -> dict:
     """One compiled program: trains ``algo`` from each of ``keys`` for ``num_updates``, then
     plays the final policy greedily (on observations normalised by the run's final
@@ -112,13 +105,17 @@ def train_and_score(algo, cfg, hp, env, env_params, keys: jax.Array, num_updates
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(env_names=ENVS, agent_names=AGENTS, setup_fn=setup, doc: str = __doc__) -> None:
+    """The command line: every (env, agent) trained and scored, a table row each.
+
+    ``setup_fn(agent, total_timesteps) -> (module, cfg, hp, num_updates)``; other scripts
+    (``pomdp_pendulum.py``) pass their own envs, agents and setup."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--total-timesteps", type=int, default=500_000)
-    parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=ENVS)
-    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--envs", nargs="+", default=list(env_names), choices=env_names)
+    parser.add_argument("--agents", nargs="+", default=list(agent_names), choices=agent_names)
     parser.add_argument("--json", help="write every curve here")
     args = parser.parse_args()
 
@@ -130,7 +127,9 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for env_name in args.envs:
         for agent in args.agents:
-            out = run(agent, env_name, keys, args.total_timesteps)
+            algo, cfg, hp, num_updates = setup_fn(agent, args.total_timesteps)
+            env, env_params = envs.make(env_name)
+            out = train_and_score(algo, cfg, hp, env, env_params, keys, num_updates)
             record["runs"][f"{agent}/{env_name}"] = out
             final, greedy = np.asarray(out["final_return"]), np.asarray(out["greedy_return"])
             print(
