@@ -1,10 +1,15 @@
-"""``jaxrl eval RUN_DIR --episodes 100 [--deterministic] [--seed S]``: evaluate a checkpoint.
+"""``jaxrl eval RUN_DIR --episodes 100 [--deterministic] [--seed S] [--record PATH]``:
+evaluate a checkpoint, and optionally record expert demonstrations from it.
 
 Rebuilds the algorithm, env, config and hyperparameters from ``RUN_DIR/config.json`` (as
 ``--resume`` does), restores the newest checkpoint, evaluates every run of the batch in
 one vmapped program (:func:`jaxrl.runner.evaluate.evaluate_runs`: whole episodes only),
-prints a per-seed table and writes ``RUN_DIR/eval.json`` atomically. Every input problem
-is a one-line :class:`~jaxrl.errors.ConfigError`.
+prints a per-seed table and writes ``RUN_DIR/eval.json`` atomically. ``--record PATH``
+then plays ``--episodes`` more whole episodes with the first run's policy (same
+``--deterministic`` and ``--seed``; each within ``--max-steps``, default 1,000) and
+writes their state-action pairs to ``PATH`` (:func:`jaxrl.algorithms.demos.save`), the
+demonstrations GAIL and behavioural cloning read. Every input problem is a one-line
+:class:`~jaxrl.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-steps", type=int, default=None,
         help="safety bound on episode length; an episode still running is an error (NaN)",
+    )  # fmt: skip
+    p.add_argument(
+        "--record", type=Path, metavar="PATH",
+        help="also write --episodes episodes of the first run as demonstrations (.npz)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no table")
     return p
@@ -111,7 +120,35 @@ def run(args: argparse.Namespace) -> int:
             "jaxrl: warning: some episodes did not end within --max-steps (reported as null)",
             flush=True,
         )
+    if args.record is not None:
+        record(args, algo, cfg, env, state, runs.hps, int(seeds[0]))
     return 0
+
+
+def record(args, algo, cfg, env, state, hps, seed: int) -> None:
+    """Writes ``--episodes`` episodes of the first run's policy to ``args.record``."""
+    import jax
+
+    from jaxrl.algorithms import demos
+    from jaxrl.runner import evaluate
+
+    if not args.record.parent.is_dir():
+        raise ConfigError(f"--record: directory {str(args.record.parent)!r} does not exist")
+    first = jax.tree.map(lambda x: x[0], (state, hps))
+    run, hp = first
+    data, returns = demos.record(
+        algo, cfg, env, run.params, jax.random.fold_in(evaluate.eval_key(args.seed, seed), 1),
+        args.episodes, deterministic=args.deterministic,
+        env_params=getattr(run, "env_params", None),
+        max_steps=args.max_steps or demos.DEFAULT_MAX_STEPS,
+        obs_stats=evaluate.obs_stats(getattr(run, "env_state", None)), hp=hp,
+    )  # fmt: skip
+    demos.save(args.record, data)
+    if not args.quiet:
+        print(
+            f"wrote {args.record}: {data.size} state-action pairs from {args.episodes} "
+            f"episodes of run 0 (mean return {returns.mean():.2f})"
+        )
 
 
 def format_table(result: dict) -> str:

@@ -108,6 +108,15 @@ def obs_stats(env_state: Any) -> RunningStats | None:
     return None
 
 
+def observer(env: Env, obs_stats: RunningStats | None) -> Callable[[jax.Array], jax.Array]:
+    """``obs -> obs`` as a policy trained on normalised observations sees them, with the
+    frozen statistics ``obs_stats``; the identity when ``obs_stats`` is ``None``."""
+    if obs_stats is None:
+        return lambda obs: obs
+    normalizer = NormalizeObs(env)
+    return lambda obs: normalizer._normalize(obs, obs_stats)
+
+
 def evaluate(
     algo: ModuleType,
     cfg: Any,
@@ -143,11 +152,7 @@ def evaluate(
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
     act = policy_fn(algo, cfg, env, deterministic, hp)
     raw = ClipAction(env)
-    normalizer = NormalizeObs(env)
-
-    def observe(obs):
-        return obs if obs_stats is None else normalizer._normalize(obs, obs_stats)
-
+    observe = observer(env, obs_stats)
     key_reset, key = jax.random.split(key)
     reset_keys = jax.random.split(key_reset, num_episodes)
     obs, state = jax.vmap(raw.reset, in_axes=(0, None))(reset_keys, env_params)

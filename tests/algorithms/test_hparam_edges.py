@@ -4,6 +4,8 @@ program per algorithm (slow: about 100 CPU-s; ``--runslow``). The ends are what 
 accepts, so an end that diverges is a range to tighten (Adam's and RMSProp's eps at 0 gave
 0/0 for a zero gradient in DQN, Rainbow, R2D2 and Ape-X)."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ from jaxrl.algorithms import ALGORITHMS
 from jaxrl.envs import registry
 from jaxrl.errors import ConfigError
 
+DEMOS = str(Path(__file__).resolve().parents[1] / "data" / "cartpole_demos.npz")  # make_demos.py
 ON_POLICY = dict(num_envs=4, rollout_len=8, hidden=(16,))
 REPLAY = dict(hidden=(16,), batch_size=8, buffer_size=64, learning_starts=16)
 SMALL = {
@@ -22,6 +25,7 @@ SMALL = {
     "apex": REPLAY | dict(total_timesteps=96, num_actors=4, target_update_period=4),
     "ddpg": REPLAY | dict(total_timesteps=60),
     "dqn": REPLAY | dict(total_timesteps=120, num_envs=2, target_update_period=4),
+    "gail": ON_POLICY | dict(total_timesteps=6 * 32, demos=DEMOS),
     "impala": ON_POLICY | dict(total_timesteps=6 * 32, lag=1, optimizer="adam"),
     "npg": ON_POLICY | dict(total_timesteps=6 * 64, rollout_len=16, num_minibatches=2),
     "ppo": ON_POLICY | dict(total_timesteps=6 * 64, rollout_len=16, num_minibatches=2),

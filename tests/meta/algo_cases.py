@@ -9,6 +9,7 @@ algorithms hold data and take gradient steps in both meta-differentiated updates
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from jaxrl import envs
 from jaxrl.algorithms import ALGORITHMS
 
+DEMOS = str(Path(__file__).resolve().parents[1] / "data" / "cartpole_demos.npz")  # make_demos.py
 K = 2
 WARM_UP = 1  # plain updates before the unroll
 ON = dict(num_envs=4, rollout_len=8, hidden=(16,))
@@ -41,6 +43,7 @@ CASES = {
     ),
     "ddpg": ("Pendulum-v1", REPLAY | dict(num_envs=2), {}, LR),
     "dqn": ("CartPole-v1", REPLAY | dict(num_envs=2, target_update_period=4), {}, LR),
+    "gail": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2, demos=DEMOS), {}, GAMMA),
     "impala": ("CartPole-v1", ON | dict(lag=1, optimizer="adam"), {}, LR),
     "npg": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, LR),
     "ppo": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, LR),

@@ -25,6 +25,7 @@ from jaxrl.runner import cli, loop, sweep
 # module's PPO runs (the bitwise test, saved_run and the CLI test) share one compiled program.
 PPO_CFG = dict(total_timesteps=8 * 64, num_envs=4, rollout_len=16, hidden=(16, 16))
 PPO_SEEDS = [0, 1, 2]
+DEMOS = str(Path(__file__).resolve().parents[1] / "data" / "cartpole_demos.npz")  # make_demos.py
 TD3_CFG = dict(total_timesteps=48, hidden=(8, 8), batch_size=8, buffer_size=64, learning_starts=16)
 # Rainbow: a prioritised sum tree, n-step windows and noisy-net keys in the state; target
 # copies every 4 gradient steps, so some happen before the interruption.
@@ -45,6 +46,8 @@ MORE = {
         learning_starts=32, target_update_period=4,
     )),
     "sac": ("Pendulum-v1", TD3_CFG),
+    # the discriminator, its optimiser and the demonstrations
+    "gail": ("CartPole-v1", ON_POLICY | dict(demos=DEMOS, disc_steps=2)),
     "acktr": ("CartPole-v1", ON_POLICY | dict(inverse_update_period=2)),
     "acer": ("CartPole-v1", ON_POLICY | dict(buffer_size=128, replay_start=64, replay_ratio=2)),
     "apex": ("CartPole-v1", dict(

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl.algorithms import ddpg, ppo, sac, td3
+from jaxrl.algorithms import ddpg, demos, ppo, sac, td3
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env, Step
 from jaxrl.envs.probe import (
@@ -249,6 +249,20 @@ def test_cli_eval_writes_exact_returns_per_seed(trained_run_dir, capsys):
     assert out["deterministic"] is True and out["episodes"] == 7
     printed = capsys.readouterr().out
     assert "seed" in printed and "10.0" in printed
+
+
+def test_cli_eval_records_demonstrations_of_the_first_run(trained_run_dir, tmp_path):
+    path = tmp_path / "demos.npz"
+    args = _args(["eval", str(trained_run_dir), "--episodes", "7", "--deterministic", "--quiet",
+                  "--record", str(path)])  # fmt: skip
+    assert cli_eval.run(args) == 0
+    data = demos.load(path)
+    assert data.size == 70  # 7 whole episodes of TimeLimitChain's 10 steps
+    env = TimeLimitChain()
+    assert data.obs.shape[1:] == env.observation_space(env.default_params()).shape
+    with pytest.raises(ConfigError, match="--record: directory"):
+        missing = str(tmp_path / "x" / "d.npz")
+        cli_eval.run(_args(["eval", str(trained_run_dir), "--record", missing]))
 
 
 def test_cli_eval_errors_are_one_line(tmp_path, trained_run_dir):

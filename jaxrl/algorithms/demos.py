@@ -1,0 +1,173 @@
+"""Expert demonstrations for imitation learning (GAIL, behavioural cloning).
+
+A :class:`Demos` holds state-action pairs ``obs [M, *obs_shape]``, ``action [M, ...]`` of
+complete expert episodes, in the raw observation space of the env (no normalisation).
+
+* :func:`record` plays any policy that :mod:`jaxrl.runner.evaluate` can run (a trained
+  algorithm's parameters, or a scripted ``policy``) for ``E`` whole episodes and keeps
+  every step up to each episode's end; it also returns the episodes' returns.
+* :func:`save` writes an ``.npz`` atomically; :func:`load` reads one back and raises
+  ``ConfigError`` for a missing, corrupt or malformed file; :func:`check_fits` raises it
+  for pairs that do not match an env's spaces.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxrl.envs import spaces
+from jaxrl.envs.base import Env
+from jaxrl.errors import ConfigError
+from jaxrl.logger.writers import atomic_write_bytes
+from jaxrl.runner import evaluate
+
+DEFAULT_MAX_STEPS = 1000  # steps recorded per episode at most (the rollout's static length)
+
+
+class Demos(struct.PyTreeNode):
+    """Expert state-action pairs: ``obs [M, *obs_shape]`` float32, ``action [M]`` int32
+    (Discrete) or ``[M, A]`` float32 (Box, in the env's own bounds)."""
+
+    obs: jax.Array
+    action: jax.Array
+
+    @property
+    def size(self) -> int:
+        return int(self.obs.shape[0])
+
+
+def record(
+    algo: ModuleType | Any,
+    cfg: Any,
+    env: Env,
+    params: Any,
+    key: jax.Array,
+    num_episodes: int,
+    *,
+    deterministic: bool = True,
+    env_params: Any = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    obs_stats: Any = None,
+    hp: Any = None,
+) -> tuple[Demos, np.ndarray]:
+    """``(demos, returns [num_episodes])``: every step of ``num_episodes`` episodes.
+
+    ``algo`` is anything :func:`jaxrl.runner.evaluate.policy_fn` can act with (an algorithm
+    module, or an object with a ``policy(cfg, env, params, obs, key, deterministic, hp)``).
+    Episode ``i`` resets with ``split(key_reset, num_episodes)[i]``. An episode still
+    running after ``max_steps`` steps is a ``ConfigError`` (raise ``max_steps``).
+    ``obs_stats`` normalises what the policy sees (an expert trained on normalised
+    observations); the stored observations are the env's own, and Box actions are stored
+    clipped to the bounds, as the env ran them. ``hp``: the run's HParams, for policies
+    that need them (a deterministic actor's stochastic policy).
+    """
+    env_params = env.default_params() if env_params is None else env_params
+    act = evaluate.policy_fn(algo, cfg, env, deterministic, hp)
+    observe = evaluate.observer(env, obs_stats)
+    key_reset, key = jax.random.split(key)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.random.split(key_reset, num_episodes), env_params
+    )
+    carry0 = evaluate.policy_carry(algo, cfg, num_episodes)
+    alive = jnp.ones((num_episodes,), bool)
+
+    def step(carry, key):
+        state, obs, policy_carry, alive, ret = carry
+        key_act, key_env = jax.random.split(key)
+        policy_carry, action = act(params, policy_carry, observe(obs), key_act)
+        action = executed_action(env, action, env_params)
+        next_obs, state, out = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(key_env, num_episodes), state, action, env_params
+        )
+        ret = ret + jnp.where(alive, out.reward.astype(jnp.float32), 0.0)
+        new_alive = jnp.logical_and(alive, jnp.logical_not(out.done))
+        return (state, next_obs, policy_carry, new_alive, ret), (obs, action, alive)
+
+    @jax.jit
+    def rollout(key, state, obs, carry0, alive):
+        init = (state, obs, carry0, alive, jnp.zeros((num_episodes,), jnp.float32))
+        (_, _, _, alive, ret), xs = jax.lax.scan(step, init, jax.random.split(key, max_steps))
+        return alive, ret, xs
+
+    still_running, returns, (obs_t, action_t, alive_t) = rollout(key, state, obs, carry0, alive)
+    if bool(jnp.any(still_running)):
+        raise ConfigError(f"an episode ran past max_steps={max_steps}; raise max_steps")
+    # [T, E, ...] -> episode-major [E, T, ...], then the steps each episode lived
+    keep = np.asarray(alive_t).T.reshape(-1)
+    flat = lambda x: np.asarray(jnp.swapaxes(x, 0, 1)).reshape(-1, *x.shape[2:])[keep]
+    demos = Demos(jnp.asarray(flat(obs_t), jnp.float32), jnp.asarray(flat(action_t)))
+    return demos, np.asarray(returns)
+
+
+def executed_action(env: Env, action: jax.Array, env_params: Any = None) -> jax.Array:
+    """Box actions ``[..., A]`` clipped to the env's bounds (what ``ClipAction`` runs);
+    other actions unchanged."""
+    space = env.action_space(env.default_params() if env_params is None else env_params)
+    if not isinstance(space, spaces.Box):
+        return action
+    low, high = space.bounds()
+    low, high = jnp.broadcast_to(low, action.shape), jnp.broadcast_to(high, action.shape)
+    return jnp.clip(action, low, high)
+
+
+def save(path: str | Path, demos: Demos) -> None:
+    """Writes ``demos`` to ``path`` (``.npz`` with ``obs`` and ``action``), atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, obs=np.asarray(demos.obs), action=np.asarray(demos.action))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load(path: str | Path) -> Demos:
+    """Reads :func:`save`'s file; ``ConfigError`` if it is missing, corrupt or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"demonstrations file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: np.asarray(data[name]) for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ConfigError(
+            f"demonstrations file {str(path)!r} is not a readable .npz: {err}"
+        ) from None
+    missing = {"obs", "action"} - set(arrays)
+    if missing:
+        raise ConfigError(f"demonstrations file {str(path)!r} lacks {sorted(missing)}")
+    obs, action = arrays["obs"], arrays["action"]
+    if obs.ndim < 1 or action.ndim < 1 or obs.shape[0] != action.shape[0] or obs.shape[0] == 0:
+        raise ConfigError(
+            f"demonstrations file {str(path)!r}: obs {obs.shape} and action {action.shape} "
+            "must hold the same number (>= 1) of pairs"
+        )
+    return Demos(jnp.asarray(obs, jnp.float32), jnp.asarray(action))
+
+
+def check_fits(demos: Demos, env: Env, env_params: Any = None) -> Demos:
+    """``demos`` with actions cast for ``env`` (int32 or float32); ``ConfigError`` if the
+    observation or action shapes do not match ``env``'s spaces."""
+    env_params = env.default_params() if env_params is None else env_params
+    obs_shape = tuple(env.observation_space(env_params).shape)
+    space = env.action_space(env_params)
+    if tuple(demos.obs.shape[1:]) != obs_shape:
+        raise ConfigError(
+            f"demonstration observations have shape {tuple(demos.obs.shape[1:])}; "
+            f"{env.name}'s have {obs_shape}"
+        )
+    if isinstance(space, spaces.Discrete):
+        want, dtype = (), jnp.int32
+    else:
+        want, dtype = tuple(space.shape), jnp.float32
+    if tuple(demos.action.shape[1:]) != want:
+        raise ConfigError(
+            f"demonstration actions have shape {tuple(demos.action.shape[1:])}; "
+            f"{env.name}'s have {want}"
+        )
+    return demos.replace(action=demos.action.astype(dtype))

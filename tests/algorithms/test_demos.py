@@ -1,0 +1,116 @@
+"""Expert demonstrations: recording whole episodes, the committed test file, save/load and
+their errors, the fit to an env."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl.algorithms import demos
+from jaxrl.envs import registry
+from jaxrl.errors import ConfigError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _make_demos_module():
+    spec = importlib.util.spec_from_file_location("make_demos", DATA / "make_demos.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Random:
+    """Uniform random CartPole actions (short episodes of varied length)."""
+
+    __name__ = "random"
+
+    @staticmethod
+    def policy(cfg, env, params, obs, key, deterministic, hp=None):
+        return jax.random.randint(key, obs.shape[:1], 0, 2)
+
+
+def test_the_committed_demos_are_the_scripted_experts_recording():
+    make = _make_demos_module()
+    fresh, returns = make.record()
+    stored = demos.load(make.PATH)
+    np.testing.assert_array_equal(returns, [500.0, 500.0])
+    np.testing.assert_array_equal(np.asarray(stored.action), np.asarray(fresh.action))
+    np.testing.assert_allclose(np.asarray(stored.obs), np.asarray(fresh.obs), atol=1e-5)
+
+
+def test_record_keeps_every_step_of_each_episode_and_nothing_after_it():
+    env, _ = registry.make("CartPole-v1")
+    data, returns = demos.record(Random, None, env, None, jax.random.key(3), 6, deterministic=False)
+    # CartPole pays 1 per step, so the pairs are the episodes' summed lengths
+    assert data.size == int(returns.sum())
+    assert len(set(returns.tolist())) > 1  # episodes of different lengths were cut right
+    assert data.obs.shape == (data.size, 4) and data.action.dtype == jnp.int32
+    # each episode starts from a reset state: |obs| <= 0.05 in every component
+    starts = np.concatenate([[0], np.cumsum(returns)[:-1]]).astype(int)
+    assert np.all(np.abs(np.asarray(data.obs)[starts]) <= 0.05)
+    assert np.any(np.abs(np.asarray(data.obs)[starts + 5]) > 0.05)
+
+
+def test_record_stores_box_actions_clipped_as_the_env_ran_them():
+    class Loud:
+        __name__ = "loud"
+
+        @staticmethod
+        def policy(cfg, env, params, obs, key, deterministic, hp=None):
+            return jnp.full((obs.shape[0], 1), 7.0)  # Pendulum's bounds are [-2, 2]
+
+    env, _ = registry.make("Pendulum-v1")
+    data, _ = demos.record(Loud, None, env, None, jax.random.key(0), 2, max_steps=200)
+    assert data.size == 400
+    np.testing.assert_array_equal(np.asarray(data.action), 2.0)
+
+
+def test_an_episode_longer_than_max_steps_is_a_config_error():
+    env, _ = registry.make("CartPole-v1")
+    make = _make_demos_module()
+    with pytest.raises(ConfigError, match="ran past max_steps=100"):
+        demos.record(make.ScriptedExpert, None, env, None, jax.random.key(0), 2, max_steps=100)
+
+
+def test_save_then_load_is_exact(tmp_path):
+    env, _ = registry.make("CartPole-v1")
+    data, _ = demos.record(Random, None, env, None, jax.random.key(1), 3, deterministic=False)
+    demos.save(tmp_path / "d.npz", data)
+    back = demos.load(tmp_path / "d.npz")
+    np.testing.assert_array_equal(np.asarray(back.obs), np.asarray(data.obs))
+    np.testing.assert_array_equal(np.asarray(back.action), np.asarray(data.action))
+
+
+def test_bad_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        demos.load(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(ConfigError, match="not a readable .npz"):
+        demos.load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "no_action.npz", obs=np.zeros((3, 4)))
+    with pytest.raises(ConfigError, match=r"lacks \['action'\]"):
+        demos.load(tmp_path / "no_action.npz")
+    np.savez(tmp_path / "uneven.npz", obs=np.zeros((3, 4)), action=np.zeros(2))
+    with pytest.raises(ConfigError, match="same number"):
+        demos.load(tmp_path / "uneven.npz")
+
+
+def test_pairs_that_do_not_fit_the_env_are_config_errors():
+    cartpole = demos.load(DATA / "cartpole_demos.npz")
+    pendulum, _ = registry.make("Pendulum-v1")
+    match = r"observations have shape \(4,\); Pendulum-v1's have \(3,\)"
+    with pytest.raises(ConfigError, match=match):
+        demos.check_fits(cartpole, pendulum)
+    env, _ = registry.make("CartPole-v1")
+    wide = cartpole.replace(action=jnp.zeros((cartpole.size, 2)))
+    with pytest.raises(ConfigError, match=r"actions have shape \(2,\); CartPole-v1's have \(\)"):
+        demos.check_fits(wide, env)
+    assert demos.check_fits(cartpole.replace(action=cartpole.action * 1.0), env).action.dtype == (
+        jnp.int32
+    )
