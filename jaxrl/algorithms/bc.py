@@ -68,13 +68,7 @@ class HParams(struct.PyTreeNode):
 def check(cfg: Config, hp: HParams) -> None:
     """ConfigError for out-of-range hyperparameters or missing/unreadable demonstrations."""
     base.check_ranges(hp, HPARAM_RANGES)
-    demos_lib.load(_demos_path(cfg))
-
-
-def _demos_path(cfg: Config) -> str:
-    if not cfg.demos:
-        raise base.ConfigError("behavioural cloning needs demonstrations: demos=<path.npz>")
-    return cfg.demos
+    demos_lib.load(demos_lib.required(cfg.demos, "behavioural cloning"))
 
 
 class State(struct.PyTreeNode):
@@ -100,7 +94,7 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
     """Fresh network and Adam state; the demonstrations read from ``cfg.demos``
     (ConfigError if missing or not fitting ``env``)."""
     del env_params
-    demos = demos_lib.check_fits(demos_lib.load(_demos_path(cfg)), env)
+    demos = demos_lib.load_for(cfg.demos, "behavioural cloning", env)
     key, key_net = jax.random.split(key)
     params = network(cfg, env).init(key_net, demos.obs[:1])
     return State(params, optimizer(hp).init(params), key, demos, jnp.zeros((), jnp.int32))

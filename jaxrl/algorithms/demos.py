@@ -8,7 +8,8 @@ complete expert episodes, in the raw observation space of the env (no normalisat
   every step up to each episode's end; it also returns the episodes' returns.
 * :func:`save` writes an ``.npz`` atomically; :func:`load` reads one back and raises
   ``ConfigError`` for a missing, corrupt or malformed file; :func:`check_fits` raises it
-  for pairs that do not match an env's spaces.
+  for pairs that do not match an env's spaces; :func:`load_for` does both for a Config's
+  ``demos`` path (and :func:`required` says who needs one when it is empty).
 """
 
 from __future__ import annotations
@@ -126,6 +127,15 @@ def save(path: str | Path, demos: Demos) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def required(path: str, who: str) -> str:
+    """``path`` (a Config's ``demos``), or a ConfigError saying that ``who`` needs it."""
+    if not path:
+        raise ConfigError(
+            f"{who} needs demonstrations: demos=<path of an .npz from jaxrl.algorithms.demos.save>"
+        )
+    return path
+
+
 def load(path: str | Path) -> Demos:
     """Reads :func:`save`'s file; ``ConfigError`` if it is missing, corrupt or malformed."""
     path = Path(path)
@@ -148,6 +158,12 @@ def load(path: str | Path) -> Demos:
             "must hold the same number (>= 1) of pairs"
         )
     return Demos(jnp.asarray(obs, jnp.float32), jnp.asarray(action))
+
+
+def load_for(path: str, who: str, env: Env, env_params: Any = None) -> Demos:
+    """:func:`load` the file of a Config's ``demos`` (required by ``who``), then
+    :func:`check_fits` it to ``env``."""
+    return check_fits(load(required(path, who)), env, env_params)
 
 
 def check_fits(demos: Demos, env: Env, env_params: Any = None) -> Demos:

@@ -94,8 +94,7 @@ def check(cfg: Config, hp: HParams) -> None:
     """ConfigError for out-of-range hyperparameters or missing/unreadable demonstrations
     (before compiling)."""
     base.check_ranges(hp, HPARAM_RANGES)
-    _demos_path(cfg)
-    demos_lib.load(cfg.demos)
+    demos_lib.load(demos_lib.required(cfg.demos, "GAIL"))
 
 
 class State(ppo.State):
@@ -135,20 +134,12 @@ def logits(cfg: Config, env: Env, disc_params: dict, obs: jax.Array, action: jax
     return discriminator(cfg).apply(disc_params, disc_inputs(env, obs, action))
 
 
-def _demos_path(cfg: Config) -> str:
-    if not cfg.demos:
-        raise base.ConfigError(
-            "GAIL needs demonstrations: demos=<path of an .npz from jaxrl.algorithms.demos.save>"
-        )
-    return cfg.demos
-
-
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
     """PPO's initial state, a fresh discriminator and its Adam state, and the
     demonstrations read from ``cfg.demos`` (ConfigError if missing or not fitting ``env``)."""
     key, key_disc = jax.random.split(key)
     agent = ppo.init(cfg, env, key, hp, env_params)
-    demos = demos_lib.check_fits(demos_lib.load(_demos_path(cfg)), env, env_params)
+    demos = demos_lib.load_for(cfg.demos, "GAIL", env, env_params)
     first = disc_inputs(env, demos.obs[:1], demos.action[:1])
     disc_params = discriminator(cfg).init(key_disc, first)
     fields = {f.name: getattr(agent, f.name) for f in dataclasses.fields(agent)}
