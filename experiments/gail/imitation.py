@@ -3,13 +3,15 @@ trajectories (Ho & Ermon 2016, arXiv:1606.03476, Figure 1's classic-control prot
 
 Per env:
 
-1. **Expert**: PPO trained from the env's preset (``ppo/cartpole``, ``ppo/pendulum``), one
-   seed (``--seed``); its greedy policy is the expert. Its greedy return and a uniform
+1. **Expert**: PPO trained from the env's preset (``ppo/cartpole``, ``ppo/pendulum``; on
+   ``--envs Acrobot-v1``, ``ppo/cartpole``'s settings), one seed (``--seed``); its greedy
+   policy is the expert. Its greedy return and a uniform
    random policy's are measured over ``EVAL_EPISODES`` episodes each.
 2. **Demonstrations**: ``n`` greedy expert episodes for ``n`` in ``--trajectories``
    (:func:`jaxrl.algorithms.demos.record`, written under ``--workdir``).
 3. For each ``n``, ``--seeds`` seeds of
-   * ``gail``: the env's GAIL preset (``gail/cartpole``, ``gail/pendulum``);
+   * ``gail``: the env's GAIL preset (``gail/cartpole``, ``gail/pendulum``; Acrobot:
+     ``gail/cartpole``'s settings);
    * ``bc``: behavioural cloning (``bc.Config()``: 2,000 Adam steps at 1e-3, minibatch 256,
      the same 64-64 tanh policy);
    and, at the middle ``n``, the control ``gail_frozen``: GAIL with the discriminator's
@@ -46,7 +48,8 @@ from jaxrl.distributed import run_mesh, shard_runs  # noqa: E402
 from jaxrl.logger.writers import atomic_write_text  # noqa: E402
 from jaxrl.runner import config, evaluate  # noqa: E402
 
-ENVS = {"CartPole-v1": "cartpole", "Pendulum-v1": "pendulum"}
+# env: the presets (ppo/<name>, gail/<name>) whose settings it trains with
+ENVS = {"CartPole-v1": "cartpole", "Pendulum-v1": "pendulum", "Acrobot-v1": "cartpole"}
 EVAL_EPISODES = 100
 
 
@@ -119,7 +122,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="the expert's seed; arms use 1000+")
     parser.add_argument("--trajectories", type=int, nargs="+", default=[1, 4, 10])
-    parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    parser.add_argument("--envs", nargs="+", default=list(ENVS)[:2], choices=list(ENVS))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/jaxrl_gail"))
     parser.add_argument("--json", help="write every score here")
     args = parser.parse_args()
