@@ -9,7 +9,9 @@ policy's (label 0), and the policy is trained by PPO to maximise the learned rew
 1. PPO collects ``cfg.rollout_len`` steps of ``cfg.num_envs`` envs (:func:`ppo.collect`);
 2. the discriminator takes ``cfg.disc_steps`` Adam steps on the logistic loss
    ``mean softplus(-f(expert)) + mean softplus(f(policy))``, each on every rollout pair and
-   as many expert pairs drawn uniformly (with replacement) from the demonstrations;
+   as many expert pairs drawn uniformly (with replacement) from the demonstrations, plus
+   ``hp.disc_grad_penalty`` times a zero-centred gradient penalty (:func:`disc_loss`; 0,
+   the default, is the paper's plain loss);
 3. the rollout's rewards are replaced by ``softplus(f(s, a))`` of the updated
    discriminator and PPO learns on them (:func:`ppo.learn`: truncation-aware GAE,
    ``num_epochs`` x ``num_minibatches`` clipped-surrogate Adam steps).
@@ -20,7 +22,9 @@ The discriminator sees Box actions clipped to the env's bounds, as the env runs 
 and, with ``normalize_obs``, the expert's observations normalised by the agent's own
 running statistics. The episode metrics are the env's true returns (the imitator's
 score), never a learning signal. Reward scaling (``scale_reward``) and data-parallel
-shards are not supported (a ConfigError).
+shards are not supported (a ConfigError). The reward is positive, so it also pays for
+surviving: good where surviving is the expert's aim (CartPole), bad where the expert ends
+episodes early (Acrobot; experiments/gail/RESULTS.md).
 
 The demonstrations are read from ``cfg.demos`` (an ``.npz`` written by
 :func:`jaxrl.algorithms.demos.save`) when :func:`init` is traced and are part of the
