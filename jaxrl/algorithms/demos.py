@@ -27,6 +27,7 @@ from flax import struct
 
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
+from jaxrl.envs.wrappers import clip_to_space
 from jaxrl.errors import ConfigError
 from jaxrl.logger.writers import atomic_write_bytes
 from jaxrl.runner import evaluate
@@ -113,11 +114,7 @@ def executed_action(env: Env, action: jax.Array, env_params: Any = None) -> jax.
     """Box actions ``[..., A]`` clipped to the env's bounds (what ``ClipAction`` runs);
     other actions unchanged."""
     space = env.action_space(env.default_params() if env_params is None else env_params)
-    if not isinstance(space, spaces.Box):
-        return action
-    low, high = space.bounds()
-    low, high = jnp.broadcast_to(low, action.shape), jnp.broadcast_to(high, action.shape)
-    return jnp.clip(action, low, high)
+    return clip_to_space(space, action)
 
 
 def save(path: str | Path, demos: Demos) -> None:

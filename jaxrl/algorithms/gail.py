@@ -44,6 +44,7 @@ import optax
 from jaxrl import optim
 from jaxrl.algorithms import base, ppo
 from jaxrl.algorithms import demos as demos_lib
+from jaxrl.algorithms import rollout as rollout_lib
 from jaxrl.envs import spaces
 from jaxrl.envs.base import Env
 from jaxrl.envs.wrappers import NormalizeObs
@@ -245,8 +246,9 @@ def update(
     state, rollout = ppo.collect(cfg, env, state)
     key, key_disc = jax.random.split(state.key)
     t, n = rollout.reward.shape
-    flat = lambda x: x.reshape(t * n, *x.shape[2:])
-    pairs = (flat(rollout.obs), flat(demos_lib.executed_action(env, rollout.action)))
+    pairs = rollout_lib.flatten(
+        (rollout.obs, demos_lib.executed_action(env, rollout.action)), t * n
+    )
     disc_params, disc_opt_state, d_metrics = train_discriminator(
         cfg, env, state, pairs, hp, key_disc
     )

@@ -28,15 +28,22 @@ from jaxrl.errors import ConfigError
 from jaxrl.utils import tree
 
 
+def clip_to_space(space, action: jax.Array) -> jax.Array:
+    """Box actions ``[..., A]`` clipped to the space's bounds ``[A]``; other actions as they
+    are."""
+    if not isinstance(space, spaces.Box):
+        return action
+    low, high = space.bounds()
+    low, high = jnp.broadcast_to(low, action.shape), jnp.broadcast_to(high, action.shape)
+    return jnp.clip(action, low, high)
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipAction(Wrapper):
     """Clips continuous actions to the action space bounds before the env sees them."""
 
     def step(self, key, state, action, params):
-        space = self.env.action_space(params)
-        if isinstance(space, spaces.Box):
-            low, high = space.bounds()
-            action = jnp.clip(action, low, high)
+        action = clip_to_space(self.env.action_space(params), action)
         return self.env.step(key, state, action, params)
 
 
