@@ -100,7 +100,7 @@ def test_the_cases_cover_every_algorithm():
 
 # The image torso of each algorithm that has one.
 IMAGE_TORSO = dict.fromkeys(
-    ["a2c", "acer", "acktr", "gail", "impala", "npg", "ppo", "trpo", "vpg"], "cnn"
+    ["a2c", "acer", "acktr", "gail", "icm", "impala", "npg", "ppo", "trpo", "vpg"], "cnn"
 )
 IMAGE_TORSO |= dict.fromkeys(["apex", "dqn", "r2d2", "rainbow", "recurrent_ppo"], "minatar")
 

@@ -26,6 +26,7 @@ SMALL = {
     "ddpg": REPLAY | dict(total_timesteps=60),
     "dqn": REPLAY | dict(total_timesteps=120, num_envs=2, target_update_period=4),
     "gail": ON_POLICY | dict(total_timesteps=6 * 32, demos=DEMOS),
+    "icm": ON_POLICY | dict(total_timesteps=6 * 32, icm_hidden=(8,)),
     "impala": ON_POLICY | dict(total_timesteps=6 * 32, lag=1, optimizer="adam"),
     "npg": ON_POLICY | dict(total_timesteps=6 * 64, rollout_len=16, num_minibatches=2),
     "ppo": ON_POLICY | dict(total_timesteps=6 * 64, rollout_len=16, num_minibatches=2),

@@ -44,6 +44,7 @@ CASES = {
     "ddpg": ("Pendulum-v1", REPLAY | dict(num_envs=2), {}, LR),
     "dqn": ("CartPole-v1", REPLAY | dict(num_envs=2, target_update_period=4), {}, LR),
     "gail": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2, demos=DEMOS), {}, GAMMA),
+    "icm": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, GAMMA),
     "impala": ("CartPole-v1", ON | dict(lag=1, optimizer="adam"), {}, LR),
     "npg": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, LR),
     "ppo": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, LR),

@@ -48,6 +48,8 @@ MORE = {
     "sac": ("Pendulum-v1", TD3_CFG),
     # the discriminator, its optimiser and the demonstrations
     "gail": ("CartPole-v1", ON_POLICY | dict(demos=DEMOS, disc_steps=2)),
+    # the curiosity module and its optimiser
+    "icm": ("CartPole-v1", ON_POLICY | dict(icm_steps=2, icm_hidden=(8,))),
     "acktr": ("CartPole-v1", ON_POLICY | dict(inverse_update_period=2)),
     "acer": ("CartPole-v1", ON_POLICY | dict(buffer_size=128, replay_start=64, replay_ratio=2)),
     "apex": ("CartPole-v1", dict(
