@@ -70,9 +70,9 @@ def test_forward_loss_trains_only_the_forward_model_and_inverse_loss_not_it():
 
     def grads(beta):
         h = hp.replace(icm_forward_weight=jnp.float32(beta))
-        return jax.grad(lambda p: icm.icm_loss(cfg, env, p, transitions, h)[0])(
-            state.icm_params
-        )["params"]
+        return jax.grad(lambda p: icm.icm_loss(cfg, env, p, transitions, h)[0])(state.icm_params)[
+            "params"
+        ]
 
     def norm(tree):
         return float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
@@ -89,9 +89,7 @@ def test_without_curiosity_icm_is_ppo_bit_for_bit():
     hp = hp.replace(intrinsic_coef=jnp.float32(0.0))
     ppo_cfg = ppo.Config(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ppo.Config)})
     ppo_hp = ppo.HParams(**{f.name: getattr(hp, f.name) for f in dataclasses.fields(ppo.HParams)})
-    ppo_state = ppo.State(
-        **{f.name: getattr(state, f.name) for f in dataclasses.fields(ppo.State)}
-    )
+    ppo_state = ppo.State(**{f.name: getattr(state, f.name) for f in dataclasses.fields(ppo.State)})
     got, m_icm = jax.jit(lambda s: icm.train(cfg, env, s, hp, 3))(state)
     want, m_ppo = jax.jit(lambda s: ppo.train(ppo_cfg, env, s, ppo_hp, 3))(ppo_state)
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
@@ -198,3 +196,16 @@ def test_mountaincar_is_solved_with_curiosity_and_better_than_without_it():
     # observations; 1 of its 4 seeds gets to -150 by entropy-driven luck)
     plain = _final_returns(icm, "icm/mountaincar", {"intrinsic_coef": "0"})
     assert curious.mean() >= plain.mean() + 25, (curious, plain)
+
+
+def test_the_reward_comes_from_the_module_before_it_learns_on_the_rollout():
+    env, cfg, hp, state = _setup(icm_steps=50)
+    _, rollout = ppo.collect(cfg, env, state)  # the rollout update collects: same key
+    t, n = rollout.reward.shape
+    flat = lambda x: x.reshape((t * n,) + x.shape[2:])  # noqa: E731
+    transitions = (flat(rollout.obs), flat(rollout.action), flat(rollout.final_obs))
+    new, metrics = jax.jit(lambda s: icm.update(cfg, env, s, hp))(state)
+    before = icm.intrinsic_reward(cfg, env, state.icm_params, *transitions, hp)
+    after = icm.intrinsic_reward(cfg, env, new.icm_params, *transitions, hp)
+    np.testing.assert_allclose(metrics["train/intrinsic_reward"], jnp.mean(before), rtol=1e-5)
+    assert jnp.mean(after) < 0.9 * jnp.mean(before)  # 50 steps did lower the error
