@@ -131,7 +131,31 @@ def evaluate(
     obs_stats: RunningStats | None = None,
     hp: Any = None,
 ) -> jax.Array:
-    """Returns of exactly ``num_episodes`` complete episodes: ``[num_episodes]`` float32.
+    """Returns of exactly ``num_episodes`` complete episodes: ``[num_episodes]`` float32,
+    ``NaN`` for an episode not ended within ``max_steps``. The returns of
+    :func:`evaluate_episodes` (same arguments), without the lengths."""
+    returns, _ = evaluate_episodes(
+        algo, cfg, env, params, key, num_episodes, deterministic, env_params, max_steps,
+        obs_stats=obs_stats, hp=hp,
+    )  # fmt: skip
+    return returns
+
+
+def evaluate_episodes(
+    algo: ModuleType,
+    cfg: Any,
+    env: Env,
+    params: Any,
+    key: jax.Array,
+    num_episodes: int,
+    deterministic: bool,
+    env_params: Any = None,
+    max_steps: int | None = None,
+    *,
+    obs_stats: RunningStats | None = None,
+    hp: Any = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Returns and lengths of exactly ``num_episodes`` complete episodes.
 
     Args:
         algo: the algorithm module (its policy, recurrent or not: see :func:`policy_fn`).
@@ -146,7 +170,9 @@ def evaluate(
         hp: the run's HParams (needed only by a deterministic actor's stochastic policy).
 
     Returns:
-        ``[num_episodes]``: each episode's undiscounted return, ``NaN`` if unfinished.
+        ``(returns, lengths)``, each ``[num_episodes]``: each episode's undiscounted return
+        (float32, ``NaN`` if unfinished) and its number of steps (int32; ``max_steps`` if
+        unfinished).
     """
     env_params = env.default_params() if env_params is None else env_params
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
@@ -159,14 +185,15 @@ def evaluate(
     zeros = jnp.zeros((num_episodes,), jnp.float32)
     policy_state = policy_carry(algo, cfg, num_episodes)
     done = jnp.zeros((num_episodes,), bool)
-    carry = (jnp.zeros((), jnp.int32), key, state, obs, policy_state, zeros, done)
+    lengths = jnp.zeros((num_episodes,), jnp.int32)
+    carry = (jnp.zeros((), jnp.int32), key, state, obs, policy_state, zeros, lengths, done)
 
     def cond(c):
         t, done = c[0], c[-1]
         return jnp.logical_and(t < max_steps, jnp.logical_not(jnp.all(done)))
 
     def body(c):
-        t, key, state, obs, policy_state, ret, done = c
+        t, key, state, obs, policy_state, ret, lengths, done = c
         key, key_act, key_env = jax.random.split(key, 3)
         policy_state, action = act(params, policy_state, observe(obs), key_act)
         env_keys = jax.random.split(key_env, num_episodes)
@@ -176,10 +203,12 @@ def evaluate(
         # An env that has finished keeps stepping (cheaper than freezing its state), but
         # its rewards no longer count: each copy contributes exactly its first episode.
         ret = jnp.where(done, ret, ret + step.reward.astype(jnp.float32))
-        return t + 1, key, state, obs, policy_state, ret, jnp.logical_or(done, step.done)
+        lengths = lengths + jnp.logical_not(done)
+        done = jnp.logical_or(done, step.done)
+        return t + 1, key, state, obs, policy_state, ret, lengths, done
 
-    *_, ret, done = jax.lax.while_loop(cond, body, carry)
-    return jnp.where(done, ret, jnp.nan)
+    *_, ret, lengths, done = jax.lax.while_loop(cond, body, carry)
+    return jnp.where(done, ret, jnp.nan), lengths
 
 
 def discounted_return(

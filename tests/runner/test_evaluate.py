@@ -31,6 +31,7 @@ from jaxrl.runner.evaluate import (
     discounted_return,
     eval_key,
     evaluate,
+    evaluate_episodes,
     policy_fn,
 )
 
@@ -95,6 +96,10 @@ def test_variable_length_episodes_are_counted_exactly_once_each():
     lengths = np.asarray(lengths)
     assert len(set(lengths.tolist())) > 3  # lengths really vary
     np.testing.assert_array_equal(np.asarray(got), lengths * (lengths + 1) / 2)
+    # evaluate_episodes gives the same returns and each episode's own length
+    both = jax.jit(lambda p, k: evaluate_episodes(ppo, cfg, env, p, k, 50, False))(params, key)
+    np.testing.assert_array_equal(both[0], got)
+    np.testing.assert_array_equal(both[1], lengths)
 
 
 def test_time_limit_truncation_ends_an_episode_and_the_loop_bound_gives_nan():
