@@ -16,7 +16,9 @@ Arms, per env:
 Per arm: the final policy's greedy return over ``EVAL_EPISODES`` episodes per seed (MPC: its
 one episode per seed), the real env steps it took to get there (CMA-ES: the members'
 episodes; MPC: 0 before acting), and the wall-clock seconds of one compiled program for all
-seeds (compile included; CPU: seeds split over the cores with ``use_all_cpu_cores``).
+seeds (compile included). PPO's seeds split over the CPU cores (``use_all_cpu_cores``);
+CMA-ES's and MPC's run on one device, one core: sharded over CPU devices with more than
+one run per device, ``cma_es.train`` hangs (jax 0.10.2; RESULTS.md).
 
     python experiments/classical/baselines.py --seeds 8 --json experiments/classical/results.json
 
@@ -107,7 +109,10 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args()
-    keys = shard_runs(jax.random.split(jax.random.key(2002), args.seeds), run_mesh())
+    keys = jax.random.split(jax.random.key(2002), args.seeds)
+    # PPO's seeds split over the cores. CMA-ES's and MPC's run on one device: sharded with
+    # more than one run per CPU device, cma_es.train hangs (RESULTS.md).
+    sharded = shard_runs(keys, run_mesh())
     record = {"seeds": args.seeds, "eval_episodes": EVAL_EPISODES, "envs": {}}
     print("| env | arm | greedy return (mean ± sd over seeds) | per seed | real env steps "
           "(mean) | seconds (all seeds, compile included) |")  # fmt: skip
@@ -116,7 +121,7 @@ def main() -> None:
         env, _ = envs.make(env_name)
         out = record["envs"].setdefault(env_name, {})
         for arm in args.arms:
-            per_seed, steps, seconds = ARMS[arm](env_name, env, keys)
+            per_seed, steps, seconds = ARMS[arm](env_name, env, sharded if arm == "ppo" else keys)
             out[arm] = {
                 "greedy_per_seed": per_seed.tolist(),
                 "env_steps_per_seed": [int(x) for x in steps],
