@@ -18,7 +18,7 @@ one episode per seed), the real env steps it took to get there (CMA-ES: the memb
 episodes; MPC: 0 before acting), and the wall-clock seconds of one compiled program for all
 seeds (compile included). PPO's seeds split over the CPU cores (``use_all_cpu_cores``);
 CMA-ES's and MPC's run on one device, one core: sharded over CPU devices with more than
-one run per device, ``cma_es.train`` hangs (jax 0.10.2; RESULTS.md).
+one run per device, ``cma_es.train`` hangs on jax 0.10.2 (not 0.11.2; RESULTS.md).
 
     python experiments/classical/baselines.py --seeds 8 --json experiments/classical/results.json
 
