@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from rescaled_env import Rescaled
 
 from jaxrl.algorithms import bc, demos, gail
 from jaxrl.envs import registry
-from jaxrl.envs.wrappers import Wrapper
 from jaxrl.errors import ConfigError
 from jaxrl.runner import config, evaluate, loop, sweep
 
@@ -79,15 +79,6 @@ def test_reward_is_minus_log_one_minus_d():
     got = gail.reward(cfg, env, state.disc_params, obs, action)
     np.testing.assert_allclose(got, -np.log(1.0 - d), rtol=1e-5)
     assert np.all(np.asarray(got) > 0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Rescaled(Wrapper):
-    """The env's reward times 1000, plus 5."""
-
-    def step(self, key, state, action, params):
-        obs, state, out = self.env.step(key, state, action, params)
-        return obs, state, out.replace(reward=1000.0 * out.reward + 5.0)
 
 
 def test_learning_never_reads_the_env_reward():

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from rescaled_env import Rescaled
 
 from jaxrl.algorithms import icm, ppo
 from jaxrl.envs import registry
-from jaxrl.envs.wrappers import Wrapper
 from jaxrl.errors import ConfigError
 from jaxrl.runner import config, loop, sweep
 
@@ -99,14 +99,6 @@ def test_without_curiosity_icm_is_ppo_bit_for_bit():
     # ... while the module itself did learn
     moved = jax.tree.map(lambda a, b: jnp.any(a != b), got.icm_params, state.icm_params)
     assert any(bool(x) for x in jax.tree.leaves(moved))
-
-
-class Rescaled(Wrapper):
-    """The env's reward times 1000, plus 5."""
-
-    def step(self, key, state, action, params):
-        obs, state, out = self.env.step(key, state, action, params)
-        return obs, state, out.replace(reward=1000.0 * out.reward + 5.0)
 
 
 def test_a_purely_curious_agent_never_reads_the_env_reward():
