@@ -94,7 +94,7 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
     """Fresh network and Adam state; the demonstrations read from ``cfg.demos``
     (ConfigError if missing or not fitting ``env``)."""
     del env_params
-    demos = demos_lib.load_for(cfg.demos, "behavioural cloning", env)
+    demos = demos_lib.load_for(cfg.demos, "behavioural cloning", env).pairs()
     key, key_net = jax.random.split(key)
     params = network(cfg, env).init(key_net, demos.obs[:1])
     return State(params, optimizer(hp).init(params), key, demos, jnp.zeros((), jnp.int32))

@@ -1,7 +1,10 @@
-"""Expert demonstrations for imitation learning (GAIL, behavioural cloning).
+"""Recorded episodes: expert demonstrations for imitation learning (GAIL, behavioural
+cloning) and datasets of transitions for offline RL (CQL).
 
 A :class:`Demos` holds state-action pairs ``obs [M, *obs_shape]``, ``action [M, ...]`` of
-complete expert episodes, in the raw observation space of the env (no normalisation).
+complete episodes, in the raw observation space of the env (no normalisation), and, when
+recorded (:func:`record` always does), each pair's ``reward``, ``next_obs`` and
+``terminated``: the transitions offline RL learns from (:meth:`Demos.transitions`).
 
 * :func:`record` plays any policy that :mod:`jaxrl.runner.evaluate` can run (a trained
   algorithm's parameters, or a scripted ``policy``) for ``E`` whole episodes and keeps
@@ -35,16 +38,38 @@ from jaxrl.runner import evaluate
 DEFAULT_MAX_STEPS = 1000  # steps recorded per episode at most (the rollout's static length)
 
 
+TRANSITION_FIELDS = ("reward", "next_obs", "terminated")
+
+
 class Demos(struct.PyTreeNode):
-    """Expert state-action pairs: ``obs [M, *obs_shape]`` float32, ``action [M]`` int32
-    (Discrete) or ``[M, A]`` float32 (Box, in the env's own bounds)."""
+    """State-action pairs: ``obs [M, *obs_shape]`` float32, ``action [M]`` int32 (Discrete)
+    or ``[M, A]`` float32 (Box, in the env's own bounds); optionally the rest of each
+    transition: ``reward [M]`` float32, ``next_obs [M, *obs_shape]`` float32 (the
+    observation the step reached, also at an episode's end) and ``terminated [M]`` bool."""
 
     obs: jax.Array
     action: jax.Array
+    reward: jax.Array | None = None
+    next_obs: jax.Array | None = None
+    terminated: jax.Array | None = None
 
     @property
     def size(self) -> int:
         return int(self.obs.shape[0])
+
+    def pairs(self) -> Demos:
+        """Only the state-action pairs (what imitation learns from)."""
+        return Demos(self.obs, self.action)
+
+    def transitions(self, who: str) -> Demos:
+        """``self``, or a ConfigError saying that ``who`` needs the rewards, next
+        observations and terminations that this file lacks."""
+        if any(getattr(self, name) is None for name in TRANSITION_FIELDS):
+            raise ConfigError(
+                f"{who} needs transitions (reward, next_obs, terminated): record the "
+                "dataset with jaxrl.algorithms.demos.record, which stores them"
+            )
+        return self
 
 
 def record(
@@ -90,9 +115,11 @@ def record(
         next_obs, state, out = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(key_env, num_episodes), state, action, env_params
         )
-        ret = ret + jnp.where(alive, out.reward.astype(jnp.float32), 0.0)
+        reward = out.reward.astype(jnp.float32)
+        ret = ret + jnp.where(alive, reward, 0.0)
         new_alive = jnp.logical_and(alive, jnp.logical_not(out.done))
-        return (state, next_obs, policy_carry, new_alive, ret), (obs, action, alive)
+        record = (obs, action, reward, next_obs, out.terminated, alive)
+        return (state, next_obs, policy_carry, new_alive, ret), record
 
     @jax.jit
     def rollout(key, state, obs, carry0, alive):
@@ -100,13 +127,23 @@ def record(
         (_, _, _, alive, ret), xs = jax.lax.scan(step, init, jax.random.split(key, max_steps))
         return alive, ret, xs
 
-    still_running, returns, (obs_t, action_t, alive_t) = rollout(key, state, obs, carry0, alive)
+    still_running, returns, steps = rollout(key, state, obs, carry0, alive)
     if bool(jnp.any(still_running)):
         raise ConfigError(f"an episode ran past max_steps={max_steps}; raise max_steps")
+    obs_t, action_t, reward_t, next_obs_t, terminated_t, alive_t = steps
     # [T, E, ...] -> episode-major [E, T, ...], then the steps each episode lived
     keep = np.asarray(alive_t).T.reshape(-1)
-    flat = lambda x: np.asarray(jnp.swapaxes(x, 0, 1)).reshape(-1, *x.shape[2:])[keep]
-    demos = Demos(jnp.asarray(flat(obs_t), jnp.float32), jnp.asarray(flat(action_t)))
+
+    def flat(x):
+        return jnp.asarray(np.asarray(jnp.swapaxes(x, 0, 1)).reshape(-1, *x.shape[2:])[keep])
+
+    demos = Demos(
+        flat(obs_t).astype(jnp.float32),
+        flat(action_t),
+        flat(reward_t),
+        flat(next_obs_t).astype(jnp.float32),
+        flat(terminated_t).astype(bool),
+    )
     return demos, np.asarray(returns)
 
 
@@ -118,9 +155,12 @@ def executed_action(env: Env, action: jax.Array, env_params: Any = None) -> jax.
 
 
 def save(path: str | Path, demos: Demos) -> None:
-    """Writes ``demos`` to ``path`` (``.npz`` with ``obs`` and ``action``), atomically."""
+    """Writes ``demos`` to ``path`` (``.npz`` with ``obs``, ``action`` and whichever
+    transition fields it has), atomically."""
+    fields = ("obs", "action", *TRANSITION_FIELDS)
+    arrays = {f: np.asarray(getattr(demos, f)) for f in fields if getattr(demos, f) is not None}
     buf = io.BytesIO()
-    np.savez(buf, obs=np.asarray(demos.obs), action=np.asarray(demos.action))
+    np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -154,7 +194,21 @@ def load(path: str | Path) -> Demos:
             f"demonstrations file {str(path)!r}: obs {obs.shape} and action {action.shape} "
             "must hold the same number (>= 1) of pairs"
         )
-    return Demos(jnp.asarray(obs, jnp.float32), jnp.asarray(action))
+    extra = {f: arrays[f] for f in TRANSITION_FIELDS if f in arrays}
+    for name, x in extra.items():
+        if x.ndim < 1 or x.shape[0] != obs.shape[0]:
+            raise ConfigError(
+                f"demonstrations file {str(path)!r}: {name} {x.shape} must hold one entry "
+                f"per pair ({obs.shape[0]})"
+            )
+    if "next_obs" in extra and extra["next_obs"].shape != obs.shape:
+        raise ConfigError(
+            f"demonstrations file {str(path)!r}: next_obs {extra['next_obs'].shape} must "
+            f"have obs's shape {obs.shape}"
+        )
+    dtypes = {"reward": jnp.float32, "next_obs": jnp.float32, "terminated": bool}
+    extra = {f: jnp.asarray(x, dtypes[f]) for f, x in extra.items()}
+    return Demos(jnp.asarray(obs, jnp.float32), jnp.asarray(action), **extra)
 
 
 def load_for(path: str, who: str, env: Env, env_params: Any = None) -> Demos:

@@ -144,7 +144,7 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
     demonstrations read from ``cfg.demos`` (ConfigError if missing or not fitting ``env``)."""
     key, key_disc = jax.random.split(key)
     agent = ppo.init(cfg, env, key, hp, env_params)
-    demos = demos_lib.load_for(cfg.demos, "GAIL", env, env_params)
+    demos = demos_lib.load_for(cfg.demos, "GAIL", env, env_params).pairs()
     first = disc_inputs(env, demos.obs[:1], demos.action[:1])
     disc_params = discriminator(cfg).init(key_disc, first)
     fields = {f.name: getattr(agent, f.name) for f in dataclasses.fields(agent)}

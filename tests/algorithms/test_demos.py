@@ -83,8 +83,43 @@ def test_save_then_load_is_exact(tmp_path):
     data, _ = demos.record(Random, None, env, None, jax.random.key(1), 3, deterministic=False)
     demos.save(tmp_path / "d.npz", data)
     back = demos.load(tmp_path / "d.npz")
-    np.testing.assert_array_equal(np.asarray(back.obs), np.asarray(data.obs))
-    np.testing.assert_array_equal(np.asarray(back.action), np.asarray(data.action))
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(data), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert a.dtype == b.dtype
+    assert back.terminated.dtype == jnp.bool_
+
+
+def test_record_stores_each_steps_transition():
+    env, _ = registry.make("CartPole-v1")
+    data, returns = demos.record(Random, None, env, None, jax.random.key(5), 4, deterministic=False)
+    ends = np.cumsum(returns).astype(int) - 1  # the last step of each episode
+    reward, terminated = np.asarray(data.reward), np.asarray(data.terminated)
+    np.testing.assert_array_equal(reward, 1.0)  # CartPole pays 1 per step
+    np.testing.assert_array_equal(np.flatnonzero(terminated), ends)  # random play falls
+    # within an episode the next observation is the next step's observation ...
+    inside = np.setdiff1d(np.arange(data.size), ends)
+    obs, next_obs = np.asarray(data.obs), np.asarray(data.next_obs)
+    np.testing.assert_array_equal(next_obs[inside], obs[inside + 1])
+    # ... and at an episode's end it is the terminal observation: the pole or cart out of
+    # CartPole's bounds (|x| > 2.4 or |theta| > 12 degrees)
+    last = next_obs[ends]
+    assert np.all((np.abs(last[:, 0]) > 2.4) | (np.abs(last[:, 2]) > 12 * 2 * np.pi / 360))
+    assert data.transitions("CQL") is data
+    assert demos.Demos(data.obs, data.action) == data.pairs()
+
+
+def test_pairs_only_files_load_and_lack_transitions(tmp_path):
+    stored = demos.load(DATA / "cartpole_demos.npz")  # obs and action only
+    assert stored.reward is None and stored.next_obs is None and stored.terminated is None
+    with pytest.raises(ConfigError, match=r"CQL needs transitions \(reward, next_obs"):
+        stored.transitions("CQL")
+    np.savez(tmp_path / "short.npz", obs=np.zeros((3, 4)), action=np.zeros(3), reward=np.zeros(2))
+    with pytest.raises(ConfigError, match=r"reward \(2,\) must hold one entry per pair \(3\)"):
+        demos.load(tmp_path / "short.npz")
+    np.savez(tmp_path / "next.npz", obs=np.zeros((3, 4)), action=np.zeros(3),
+             next_obs=np.zeros((3, 2)))  # fmt: skip
+    with pytest.raises(ConfigError, match="must have obs's shape"):
+        demos.load(tmp_path / "next.npz")
 
 
 def test_bad_files_are_config_errors(tmp_path):
