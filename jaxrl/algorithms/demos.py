@@ -118,8 +118,8 @@ def record(
         reward = out.reward.astype(jnp.float32)
         ret = ret + jnp.where(alive, reward, 0.0)
         new_alive = jnp.logical_and(alive, jnp.logical_not(out.done))
-        record = (obs, action, reward, next_obs, out.terminated, alive)
-        return (state, next_obs, policy_carry, new_alive, ret), record
+        kept = (obs, action, reward, next_obs, out.terminated, alive)
+        return (state, next_obs, policy_carry, new_alive, ret), kept
 
     @jax.jit
     def rollout(key, state, obs, carry0, alive):
