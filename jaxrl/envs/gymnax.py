@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+from typing import Any
 
 import gymnax
 import jax
@@ -35,18 +36,25 @@ ENDS_BY_TERMINATION: frozenset[str] = frozenset({"DiscountingChain-bsuite"})
 
 
 @functools.cache
-def _gymnax_env(env_id: str):
+def _gymnax_env(env_id: str, env_kwargs: tuple[tuple[str, Any], ...] = ()):
     # Some gymnax envs build arrays in __init__; under a jit trace those would be cached
     # tracers, so construct eagerly even when first used inside jit.
     with jax.ensure_compile_time_eval():
-        env, _ = gymnax.make(env_id)
+        try:
+            env, _ = gymnax.make(env_id, **dict(env_kwargs))
+        except TypeError as err:
+            raise ValueError(
+                f"gymnax env {env_id!r} does not take {dict(env_kwargs)}: {err}"
+            ) from None
     return env
 
 
 @functools.cache
-def _spaces(env_id: str) -> tuple[spaces.Space, spaces.Space]:
+def _spaces(
+    env_id: str, env_kwargs: tuple[tuple[str, Any], ...] = ()
+) -> tuple[spaces.Space, spaces.Space]:
     """(observation, action) spaces at the default params, evaluated eagerly even under jit."""
-    env = _gymnax_env(env_id)
+    env = _gymnax_env(env_id, env_kwargs)
     with jax.ensure_compile_time_eval():
         params = env.default_params
         return (
@@ -65,13 +73,17 @@ def _convert_space(space) -> spaces.Space:
 
 @dataclasses.dataclass(frozen=True)
 class GymnaxEnv(Env):
-    """A gymnax environment by id; hashable by id, so equal envs share compiled code."""
+    """A gymnax environment by id and constructor arguments (``env_kwargs``, sorted
+    ``(name, value)`` pairs, e.g. ``(("size", 12),)`` for ``DeepSea-bsuite``); hashable, so
+    equal envs share compiled code. ``jaxrl.envs.make("DeepSea-bsuite", size=12)`` builds
+    one."""
 
     env_id: str
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
 
     @property
     def gymnax_env(self):
-        return _gymnax_env(self.env_id)
+        return _gymnax_env(self.env_id, self.env_kwargs)
 
     @property
     def name(self) -> str:
@@ -101,8 +113,8 @@ class GymnaxEnv(Env):
     def observation_space(self, params):
         """Static space at the default params (spaces never depend on traced params)."""
         del params
-        return _spaces(self.env_id)[0]
+        return _spaces(self.env_id, self.env_kwargs)[0]
 
     def action_space(self, params):
         del params
-        return _spaces(self.env_id)[1]
+        return _spaces(self.env_id, self.env_kwargs)[1]

@@ -1,7 +1,8 @@
 """``make(name)``: one entry point for every environment backend.
 
 Names:
-  * a gymnax id, e.g. ``CartPole-v1``, ``Breakout-MinAtar``, ``Catch-bsuite``;
+  * a gymnax id, e.g. ``CartPole-v1``, ``Breakout-MinAtar``, ``Catch-bsuite``; keyword
+    arguments go to its constructor (``make("DeepSea-bsuite", size=12)``);
   * ``brax/<name>``, e.g. ``brax/ant`` (needs the ``brax`` extra);
   * ``envpool/<task>``, e.g. ``envpool/CartPole-v1`` (host-side numpy, ``envpool`` extra);
   * ``lpg/<name>``: the 15 LPG training environments (tabular grids, random grids, delayed
@@ -30,7 +31,7 @@ POSITIONS = {"CartPole-v1": (0, 2), "Pendulum-v1": (0, 1), "Acrobot-v1": (0, 1, 
 
 
 def _pomdp(gymnax_id: str, **kwargs) -> Env:
-    return SelectObs(GymnaxEnv(gymnax_id, **kwargs), POSITIONS[gymnax_id])
+    return SelectObs(GymnaxEnv(gymnax_id, tuple(sorted(kwargs.items()))), POSITIONS[gymnax_id])
 
 
 # In-package families: prefix -> {name without prefix: constructor(**kwargs) -> Env}.
@@ -93,8 +94,8 @@ def make(name: str, **kwargs) -> tuple[Env, EnvParams]:
         ValueError: for an unknown name; the message lists the valid names and prefixes.
     """
     check_name(name)
-    if name in GYMNAX_IDS:
-        env = GymnaxEnv(name, **kwargs)
+    if name in GYMNAX_IDS:  # kwargs go to the gymnax constructor (DeepSea-bsuite: size=)
+        env = GymnaxEnv(name, tuple(sorted(kwargs.items())))
     elif name.startswith("brax/"):
         from jaxrl.envs import brax as brax_envs
 
