@@ -10,8 +10,7 @@ temperature ``tau``, then act from the Boltzmann policy ``pi_l(a|s) ∝ exp(K_l(
     V_l(s)    = tau log sum_a exp(K_l(s, a) / tau),        V_L = 0.
 
 * **K-learning** adds the posterior's uncertainty: ``bonus = sigma^2(s, a) / (2 tau)``, the
-  cumulant generating function of a Gaussian posterior on the mean reward, with
-  ``sigma^2(s, a) = hp.prior_variance / (n(s, a) + 1)`` after ``n`` visits. It picks
+  cumulant generating function of a Gaussian posterior on the mean reward. It picks
   ``tau`` every episode as the minimiser of its start-state value ``V_0(s_0)``, an upper
   bound on the Bayes-optimal value that is convex in ``tau`` (golden-section search in
   ``log tau``); a fixed ``cfg.temperature > 0`` replaces the search.
@@ -20,13 +19,16 @@ temperature ``tau``, then act from the Boltzmann policy ``pi_l(a|s) ∝ exp(K_l(
   reaching the treasure falls as ``2^-N`` (the paper's point: inference that ignores
   uncertainty does not explore).
 
-**The model.** ``r_hat`` is the mean observed reward; ``P_hat`` the observed next-state
-frequencies. A pair never tried has ``r_hat = 0`` and ends the episode (its future is the
-bonus alone). States are indices: the observation must be a one-hot encoding of the state
-(``DeepSea-bsuite``, whose observation is a one-hot ``[N, N]`` grid), and an episode's end
-(terminated or truncated) moves to an extra absorbing state, index ``S``, worth 0. The
-model arrays are dense, ``P_hat`` is ``[S + 1, A, S + 1]``: a planning pass costs
-``O(L S^2 A)``.
+**The model** is the conjugate posterior with a prior worth one observation: after ``n``
+visits to ``(s, a)``, the mean reward is ``sum r / (n + 1)`` (prior mean 0) with variance
+``sigma^2 = prior_variance / (n + 1)``, and ``P_hat(.|s, a)`` is the Dirichlet mean
+``(counts + 1 / (S + 1)) / (n + 1)`` (prior: uniform over the states). A pair never tried
+thus leads anywhere, with the average value of the states; it is not pessimistic, so soft
+Q-learning's exploration is plain dithering. States are indices: the observation must be a
+one-hot encoding of the state (``DeepSea-bsuite``, whose observation is a one-hot
+``[N, N]`` grid), and an episode's end (terminated or truncated) moves to an extra
+absorbing state, index ``S``, worth 0. The model arrays are dense, ``P_hat`` is
+``[S + 1, A, S + 1]``: a planning pass costs ``O(L S^2 A)``.
 
 ``train`` runs ``num_episodes`` episodes in one ``lax.scan`` (vmap it over keys for seeds);
 each episode resets the env, plans, plays ``cfg.horizon`` steps (steps after the episode's
@@ -152,16 +154,16 @@ def state_index(obs: jax.Array) -> jax.Array:
 
 
 def posterior(state: State, hp: HParams) -> Model:
-    """The counts' model (see the module docstring)."""
+    """The posterior means and variances after the counts (module docstring): the prior
+    counts as one observation of reward 0 and of a next state drawn uniformly."""
     n = state.visits
-    absorbing = n.shape[0] - 1
-    seen = n > 0
-    reward = jnp.where(seen, state.reward_sum / jnp.maximum(n, 1.0), 0.0)
-    end = jax.nn.one_hot(absorbing, n.shape[0])
-    transition = jnp.where(seen[..., None], state.next_visits / jnp.maximum(n, 1.0)[..., None], end)
-    transition = transition.at[absorbing].set(end)
+    num = n.shape[0]
+    absorbing = num - 1
+    end = jax.nn.one_hot(absorbing, num)
+    reward = (state.reward_sum / (n + 1.0)).at[absorbing].set(0.0)
+    transition = (state.next_visits + 1.0 / num) / (n + 1.0)[..., None]
     variance = (hp.prior_variance / (n + 1.0)).at[absorbing].set(0.0)
-    return Model(reward=reward.at[absorbing].set(0.0), variance=variance, transition=transition)
+    return Model(reward=reward, variance=variance, transition=transition.at[absorbing].set(end))
 
 
 def soft_values(model: Model, tau: jax.Array, horizon: int, bonus: bool) -> jax.Array:

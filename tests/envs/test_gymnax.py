@@ -266,3 +266,15 @@ def test_two_makes_give_equal_envs_and_one_compile():
     reset_jit = jax.jit(reset, static_argnums=0)
     reset_jit(env_a, jax.random.key(0), params_a)
     reset_jit(env_b, jax.random.key(1), params_b)  # would retrace if env_b hashed differently
+
+
+def test_constructor_kwargs_reach_the_gymnax_env_and_set_its_identity():
+    small, params = make("DeepSea-bsuite", size=5)
+    assert small.observation_space(params).shape == (5, 5)
+    assert make("DeepSea-bsuite")[0].observation_space(params).shape == (8, 8)
+    assert small == make("DeepSea-bsuite", size=5)[0]
+    assert small != make("DeepSea-bsuite", size=6)[0]
+    obs, state = small.reset(jax.random.key(0), params)
+    assert obs.shape == (5, 5) and float(obs.sum()) == 1.0
+    with pytest.raises(ValueError, match="'CartPole-v1' does not take {'size': 3}"):
+        make("CartPole-v1", size=3)
