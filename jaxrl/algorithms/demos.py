@@ -3,8 +3,10 @@ cloning) and datasets of transitions for offline RL (CQL).
 
 A :class:`Demos` holds state-action pairs ``obs [M, *obs_shape]``, ``action [M, ...]`` of
 complete episodes, in the raw observation space of the env (no normalisation), and, when
-recorded (:func:`record` always does), each pair's ``reward``, ``next_obs`` and
-``terminated``: the transitions offline RL learns from (:meth:`Demos.transitions`).
+recorded (:func:`record` always does), each pair's ``reward``, ``next_obs``,
+``terminated`` and ``last``: the transitions offline RL learns from
+(:meth:`Demos.transitions`), and the episodes' ends that return-conditioned sequence models
+need (:meth:`Demos.episodes`).
 
 * :func:`record` plays any policy that :mod:`jaxrl.runner.evaluate` can run (a trained
   algorithm's parameters, or a scripted ``policy``) for ``E`` whole episodes and keeps
@@ -39,19 +41,23 @@ DEFAULT_MAX_STEPS = 1000  # steps recorded per episode at most (the rollout's st
 
 
 TRANSITION_FIELDS = ("reward", "next_obs", "terminated")
+EPISODE_FIELDS = ("reward", "last")
+OPTIONAL_FIELDS = ("reward", "next_obs", "terminated", "last")
 
 
 class Demos(struct.PyTreeNode):
     """State-action pairs: ``obs [M, *obs_shape]`` float32, ``action [M]`` int32 (Discrete)
     or ``[M, A]`` float32 (Box, in the env's own bounds); optionally the rest of each
     transition: ``reward [M]`` float32, ``next_obs [M, *obs_shape]`` float32 (the
-    observation the step reached, also at an episode's end) and ``terminated [M]`` bool."""
+    observation the step reached, also at an episode's end), ``terminated [M]`` bool and
+    ``last [M]`` bool (the step ends its episode: terminated or truncated)."""
 
     obs: jax.Array
     action: jax.Array
     reward: jax.Array | None = None
     next_obs: jax.Array | None = None
     terminated: jax.Array | None = None
+    last: jax.Array | None = None
 
     @property
     def size(self) -> int:
@@ -68,6 +74,16 @@ class Demos(struct.PyTreeNode):
             raise ConfigError(
                 f"{who} needs transitions (reward, next_obs, terminated): record the "
                 "dataset with jaxrl.algorithms.demos.record, which stores them"
+            )
+        return self
+
+    def episodes(self, who: str) -> Demos:
+        """``self``, or a ConfigError saying that ``who`` needs the rewards and episode ends
+        (``last``) that this file lacks."""
+        if any(getattr(self, name) is None for name in EPISODE_FIELDS):
+            raise ConfigError(
+                f"{who} needs whole episodes (reward, last): record the dataset with "
+                "jaxrl.algorithms.demos.record, which stores them"
             )
         return self
 
@@ -118,7 +134,7 @@ def record(
         reward = out.reward.astype(jnp.float32)
         ret = ret + jnp.where(alive, reward, 0.0)
         new_alive = jnp.logical_and(alive, jnp.logical_not(out.done))
-        kept = (obs, action, reward, next_obs, out.terminated, alive)
+        kept = (obs, action, reward, next_obs, out.terminated, out.done, alive)
         return (state, next_obs, policy_carry, new_alive, ret), kept
 
     @jax.jit
@@ -130,7 +146,7 @@ def record(
     still_running, returns, steps = rollout(key, state, obs, carry0, alive)
     if bool(jnp.any(still_running)):
         raise ConfigError(f"an episode ran past max_steps={max_steps}; raise max_steps")
-    obs_t, action_t, reward_t, next_obs_t, terminated_t, alive_t = steps
+    obs_t, action_t, reward_t, next_obs_t, terminated_t, last_t, alive_t = steps
     # [T, E, ...] -> episode-major [E, T, ...], then the steps each episode lived
     keep = np.asarray(alive_t).T.reshape(-1)
 
@@ -143,8 +159,27 @@ def record(
         flat(reward_t),
         flat(next_obs_t).astype(jnp.float32),
         flat(terminated_t).astype(bool),
+        flat(last_t).astype(bool),
     )
     return demos, np.asarray(returns)
+
+
+def best_episodes(demos: Demos, fraction: float) -> Demos:
+    """The ``ceil(fraction * E)`` episodes of ``demos`` with the highest returns, in their
+    recorded order (the "%BC" baseline's data). Needs whole episodes (``reward``, ``last``);
+    ConfigError for a ``fraction`` outside ``(0, 1]``."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
+    demos.episodes("best_episodes")
+    last = np.asarray(demos.last, bool)
+    if not last[-1]:
+        raise ConfigError("the dataset's final step does not end an episode (last is False)")
+    episode = np.concatenate([[0], np.cumsum(last)[:-1]])  # each step's episode index
+    returns = np.bincount(episode, weights=np.asarray(demos.reward, np.float64))
+    keep_count = int(np.ceil(fraction * returns.size))
+    kept = np.sort(np.argsort(-returns, kind="stable")[:keep_count])
+    mask = np.isin(episode, kept)
+    return jax.tree.map(lambda x: x[np.flatnonzero(mask)], demos)
 
 
 def executed_action(env: Env, action: jax.Array, env_params: Any = None) -> jax.Array:
@@ -156,8 +191,8 @@ def executed_action(env: Env, action: jax.Array, env_params: Any = None) -> jax.
 
 def save(path: str | Path, demos: Demos) -> None:
     """Writes ``demos`` to ``path`` (``.npz`` with ``obs``, ``action`` and whichever
-    transition fields it has), atomically."""
-    fields = ("obs", "action", *TRANSITION_FIELDS)
+    optional fields it has), atomically."""
+    fields = ("obs", "action", *OPTIONAL_FIELDS)
     arrays = {f: np.asarray(getattr(demos, f)) for f in fields if getattr(demos, f) is not None}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -194,7 +229,7 @@ def load(path: str | Path) -> Demos:
             f"demonstrations file {str(path)!r}: obs {obs.shape} and action {action.shape} "
             "must hold the same number (>= 1) of pairs"
         )
-    extra = {f: arrays[f] for f in TRANSITION_FIELDS if f in arrays}
+    extra = {f: arrays[f] for f in OPTIONAL_FIELDS if f in arrays}
     for name, x in extra.items():
         if x.ndim < 1 or x.shape[0] != obs.shape[0]:
             raise ConfigError(
@@ -206,7 +241,7 @@ def load(path: str | Path) -> Demos:
             f"demonstrations file {str(path)!r}: next_obs {extra['next_obs'].shape} must "
             f"have obs's shape {obs.shape}"
         )
-    dtypes = {"reward": jnp.float32, "next_obs": jnp.float32, "terminated": bool}
+    dtypes = {"reward": jnp.float32, "next_obs": jnp.float32, "terminated": bool, "last": bool}
     extra = {f: jnp.asarray(x, dtypes[f]) for f, x in extra.items()}
     return Demos(jnp.asarray(obs, jnp.float32), jnp.asarray(action), **extra)
 

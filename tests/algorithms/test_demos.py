@@ -42,6 +42,9 @@ def test_the_committed_demos_are_the_scripted_experts_recording():
     np.testing.assert_array_equal(returns, [500.0, 500.0])
     np.testing.assert_array_equal(np.asarray(stored.action), np.asarray(fresh.action))
     np.testing.assert_allclose(np.asarray(stored.obs), np.asarray(fresh.obs), atol=1e-5)
+    # both episodes end at CartPole's 500-step limit: truncated, so last but not terminated
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(fresh.last)), [499, 999])
+    assert not np.any(np.asarray(fresh.terminated))
 
 
 def test_record_keeps_every_step_of_each_episode_and_nothing_after_it():
@@ -96,6 +99,7 @@ def test_record_stores_each_steps_transition():
     reward, terminated = np.asarray(data.reward), np.asarray(data.terminated)
     np.testing.assert_array_equal(reward, 1.0)  # CartPole pays 1 per step
     np.testing.assert_array_equal(np.flatnonzero(terminated), ends)  # random play falls
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(data.last)), ends)
     # within an episode the next observation is the next step's observation ...
     inside = np.setdiff1d(np.arange(data.size), ends)
     obs, next_obs = np.asarray(data.obs), np.asarray(data.next_obs)
@@ -104,7 +108,7 @@ def test_record_stores_each_steps_transition():
     # CartPole's bounds (|x| > 2.4 or |theta| > 12 degrees)
     last = next_obs[ends]
     assert np.all((np.abs(last[:, 0]) > 2.4) | (np.abs(last[:, 2]) > 12 * 2 * np.pi / 360))
-    assert data.transitions("CQL") is data
+    assert data.transitions("CQL") is data and data.episodes("DT") is data
     assert demos.Demos(data.obs, data.action) == data.pairs()
 
 
@@ -113,6 +117,8 @@ def test_pairs_only_files_load_and_lack_transitions(tmp_path):
     assert stored.reward is None and stored.next_obs is None and stored.terminated is None
     with pytest.raises(ConfigError, match=r"CQL needs transitions \(reward, next_obs"):
         stored.transitions("CQL")
+    with pytest.raises(ConfigError, match=r"DT needs whole episodes \(reward, last\)"):
+        stored.episodes("DT")
     np.savez(tmp_path / "short.npz", obs=np.zeros((3, 4)), action=np.zeros(3), reward=np.zeros(2))
     with pytest.raises(ConfigError, match=r"reward \(2,\) must hold one entry per pair \(3\)"):
         demos.load(tmp_path / "short.npz")
