@@ -155,3 +155,22 @@ def test_pairs_that_do_not_fit_the_env_are_config_errors():
     assert demos.check_fits(cartpole.replace(action=cartpole.action * 1.0), env).action.dtype == (
         jnp.int32
     )
+
+
+def test_best_episodes_keeps_the_highest_returns_whole_and_in_order():
+    env, _ = registry.make("CartPole-v1")
+    data, returns = demos.record(
+        Random, None, env, None, jax.random.key(8), 10, deterministic=False
+    )
+    best = demos.best_episodes(data, 0.3)  # ceil(3.0) = 3 of 10 episodes
+    kept = np.sort(np.argsort(-returns, kind="stable")[:3])
+    starts = np.concatenate([[0], np.cumsum(returns)[:-1]]).astype(int)
+    rows = np.concatenate([np.arange(starts[i], starts[i] + int(returns[i])) for i in kept])
+    for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(data), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[rows])
+    assert int(np.asarray(best.last).sum()) == 3
+    assert demos.best_episodes(data, 1.0).size == data.size
+    with pytest.raises(ConfigError, match=r"fraction must be in \(0, 1\]"):
+        demos.best_episodes(data, 0.0)
+    with pytest.raises(ConfigError, match="needs whole episodes"):
+        demos.best_episodes(data.pairs(), 0.5)
