@@ -3,7 +3,8 @@ Deep Reinforcement Learning Agents"): states that a trained agent finds extreme,
 from a model of the states it visits rather than searched for in a replay.
 
 1. A variational autoencoder (:class:`VAE`: MLP encoder to a Gaussian ``q(z|x)``, MLP
-   decoder to the mean of a unit-variance Gaussian ``p(x|z)``, prior ``N(0, I)``) learns
+   decoder to the mean of a Gaussian ``p(x|z)`` with a learned variance per dimension,
+   prior ``N(0, I)``) learns
    the distribution of a set of observed states ``[N, *obs_shape]``, standardised by their
    mean and standard deviation (:func:`fit`).
 2. Latent codes ``z`` are optimised with Adam to maximise a score of the decoded states,
@@ -79,7 +80,10 @@ class Config:
 
 
 class VAE(nn.Module):
-    """``encode(x [B, D]) -> (mean, log_var) [B, latent]`` and ``decode(z) -> [B, D]``."""
+    """``encode(x [B, D]) -> (mean, log_var) [B, latent]`` and ``decode(z) -> [B, D]`` (the
+    mean of ``p(x|z)``); the parameter ``log_var_x [D]`` is its log-variance. The variance
+    is learned: fixed at the data's variance, the likelihood gains too little from ``z``
+    to pay for its KL, and the code collapses to the prior."""
 
     latent_dim: int
     hidden: tuple[int, ...]
@@ -90,6 +94,7 @@ class VAE(nn.Module):
         self.to_stats = nn.Dense(2 * self.latent_dim)
         self.decoder = [nn.Dense(h) for h in reversed(self.hidden)]
         self.to_obs = nn.Dense(self.obs_dim)
+        self.log_var_x = self.param("log_var_x", nn.initializers.zeros, (self.obs_dim,))
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         for layer in self.encoder:
@@ -102,10 +107,14 @@ class VAE(nn.Module):
             z = nn.elu(layer(z))
         return self.to_obs(z)
 
-    def __call__(self, x: jax.Array, noise: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(reconstruction, mean, log_var)`` with ``z = mean + exp(log_var / 2) noise``."""
+    def __call__(
+        self, x: jax.Array, noise: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """``(reconstruction, log_var_x, mean, log_var)`` with
+        ``z = mean + exp(log_var / 2) noise``."""
         mean, log_var = self.encode(x)
-        return self.decode(mean + jnp.exp(0.5 * log_var) * noise), mean, log_var
+        x_hat = self.decode(mean + jnp.exp(0.5 * log_var) * noise)
+        return x_hat, self.log_var_x, mean, log_var
 
 
 class StateModel(struct.PyTreeNode):
@@ -125,10 +134,12 @@ def elbo_loss(
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """The negative ELBO per state, averaged over ``x [B, D]`` (standardised), with the
     reparametrisation ``noise [B, latent]``: ``(loss, (reconstruction, kl))`` where
-    reconstruction is ``0.5 ||x - x_hat||^2`` and kl is ``KL(q(z|x) || N(0, I))``, so that
-    ``loss = reconstruction + beta kl`` (constants dropped)."""
-    x_hat, mean, log_var = network(cfg, x.shape[1:]).apply(params, x, noise)
-    reconstruction = jnp.mean(0.5 * jnp.sum(jnp.square(x - x_hat), axis=-1))
+    reconstruction is ``-log p(x|z)``, ``0.5 sum_d ((x - x_hat)^2 / var_x + log var_x)``,
+    and kl is ``KL(q(z|x) || N(0, I))``, so that ``loss = reconstruction + beta kl``
+    (constants dropped)."""
+    x_hat, log_var_x, mean, log_var = network(cfg, x.shape[1:]).apply(params, x, noise)
+    squared = jnp.square(x - x_hat) * jnp.exp(-log_var_x)[None]
+    reconstruction = jnp.mean(0.5 * jnp.sum(squared + log_var_x[None], axis=-1))
     kl = jnp.mean(0.5 * jnp.sum(jnp.exp(log_var) + jnp.square(mean) - 1.0 - log_var, axis=-1))
     return reconstruction + cfg.beta * kl, (reconstruction, kl)
 
@@ -145,7 +156,7 @@ def fit(cfg: Config, states: jax.Array, key: jax.Array) -> tuple[StateModel, jax
     n, obs_shape = states.shape[0], tuple(states.shape[1:])
     flat = states.reshape(n, -1).astype(jnp.float32)
     mean, std = jnp.mean(flat, axis=0), jnp.std(flat, axis=0) + 1e-6
-    data = (flat - mean) / std
+    data = (flat - mean[None]) / std[None]
     key_init, key = jax.random.split(key)
     params = network(cfg, obs_shape).init(key_init, data[:1], jnp.zeros((1, cfg.latent_dim)))
     opt = optax.adam(cfg.vae_learning_rate)
@@ -171,7 +182,7 @@ def decode(cfg: Config, model: StateModel, z: jax.Array) -> jax.Array:
     """States ``[B, *obs_shape]`` (in the data's units) from latent codes ``z [B, latent]``."""
     obs_shape = model.mean.shape
     x = network(cfg, obs_shape).apply(model.params, z, method=VAE.decode)
-    return x.reshape(z.shape[0], *obs_shape) * model.std + model.mean
+    return x.reshape(z.shape[0], *obs_shape) * model.std[None] + model.mean[None]
 
 
 def project(cfg: Config, z: jax.Array) -> jax.Array:
