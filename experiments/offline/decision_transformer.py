@@ -111,30 +111,34 @@ def dt_arm(env, path, keys):
     return timed(one, keys)
 
 
-def bc_arm(env, path, keys):
-    cfg, hp = bc.Config(demos=str(path), num_steps=STEPS), bc.HParams.make()
-    bc.check(cfg, hp)
+def policy_arm(module, cfg, hp, env, keys):
+    """An offline learner with a greedy ``policy`` (BC, CQL): trained, then evaluated."""
+    module.check(cfg, hp)
 
     def one(key):
-        state, _ = bc.train(cfg, env, bc.init(cfg, env, key, hp), hp, cfg.num_steps)
+        state, _ = module.train(cfg, env, module.init(cfg, env, key, hp), hp, cfg.num_steps)
         return evaluate.evaluate(
-            bc, cfg, env, state.params, jax.random.fold_in(key, 1), EVAL_EPISODES, True
+            module, cfg, env, state.params, jax.random.fold_in(key, 1), EVAL_EPISODES, True
         ).mean()
 
     return timed(one, keys)
 
 
-def cql_arm(env, path, keys):
-    cfg, hp = cql.Config(demos=str(path), num_steps=STEPS), cql.HParams.make(cql_alpha=1.0)
-    cql.check(cfg, hp)
-
-    def one(key):
-        state, _ = cql.train(cfg, env, cql.init(cfg, env, key, hp), hp, cfg.num_steps)
-        return evaluate.evaluate(
-            cql, cfg, env, state.params, jax.random.fold_in(key, 1), EVAL_EPISODES, True
-        ).mean()
-
-    return timed(one, keys)
+def reference_arms(paths) -> dict:
+    """``name: (module, cfg, hp)`` of the BC, top-10 % BC and CQL arms."""
+    return {
+        "bc": (bc, bc.Config(demos=str(paths["mixed"]), num_steps=STEPS), bc.HParams.make()),
+        "bc_top10": (
+            bc,
+            bc.Config(demos=str(paths["top10"]), num_steps=STEPS),
+            bc.HParams.make(),
+        ),  # fmt: skip
+        "cql": (
+            cql,
+            cql.Config(demos=str(paths["mixed"]), num_steps=STEPS),
+            cql.HParams.make(cql_alpha=1.0),
+        ),  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -184,9 +188,8 @@ def main() -> None:
         x = per_target[:, i]
         print(f"| dt | {target} | {x.mean():.1f} ± {x.std():.1f} | "
               f"{' '.join(f'{v:.0f}' for v in x)} | {seconds:.0f} |", flush=True)  # fmt: skip
-    for arm, fn, path in (("bc", bc_arm, paths["mixed"]), ("bc_top10", bc_arm, paths["top10"]),
-                          ("cql", cql_arm, paths["mixed"])):  # fmt: skip
-        x, seconds = fn(env, path, keys)
+    for arm, (module, cfg, hp) in reference_arms(paths).items():
+        x, seconds = policy_arm(module, cfg, hp, env, keys)
         record["arms"][arm] = {"return_per_seed": x.tolist(), "seconds": seconds}
         print(f"| {arm} | - | {x.mean():.1f} ± {x.std():.1f} | "
               f"{' '.join(f'{v:.0f}' for v in x)} | {seconds:.0f} |", flush=True)  # fmt: skip
