@@ -127,23 +127,12 @@ def check(cfg: Config, hp: HParams) -> None:
     )
 
 
-def episode_bounds(last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, lengths)`` of the episodes in a flat dataset from its ``last [M]`` flags;
-    ConfigError if the final step does not end an episode."""
-    last = np.asarray(last, bool)
-    if not last[-1]:
-        raise ConfigError("the dataset's final step does not end an episode (last is False)")
-    ends = np.flatnonzero(last)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    return starts, ends - starts + 1
-
-
 def sequences(cfg: Config, data: demos_lib.Demos) -> Sequences:
     """The dataset as :class:`Sequences`: returns-to-go and timesteps per step, and the
     ``K - 1`` padding rows in front. ConfigError for an episode longer than
     ``cfg.max_timestep``."""
     reward = np.asarray(data.reward, np.float64)
-    starts, lengths = episode_bounds(np.asarray(data.last))
+    starts, lengths = demos_lib.episode_bounds(np.asarray(data.last))
     if lengths.max() > cfg.max_timestep:
         raise ConfigError(
             f"an episode of {lengths.max()} steps is longer than max_timestep="

@@ -164,6 +164,17 @@ def record(
     return demos, np.asarray(returns)
 
 
+def episode_bounds(last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)`` of the episodes in a flat dataset from its ``last [M]`` flags;
+    ConfigError if the final step does not end an episode."""
+    last = np.asarray(last, bool)
+    if not last[-1]:
+        raise ConfigError("the dataset's final step does not end an episode (last is False)")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return starts, ends - starts + 1
+
+
 def best_episodes(demos: Demos, fraction: float) -> Demos:
     """The ``ceil(fraction * E)`` episodes of ``demos`` with the highest returns, in their
     recorded order (the "%BC" baseline's data). Needs whole episodes (``reward``, ``last``);
@@ -171,15 +182,11 @@ def best_episodes(demos: Demos, fraction: float) -> Demos:
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
     demos.episodes("best_episodes")
-    last = np.asarray(demos.last, bool)
-    if not last[-1]:
-        raise ConfigError("the dataset's final step does not end an episode (last is False)")
-    episode = np.concatenate([[0], np.cumsum(last)[:-1]])  # each step's episode index
-    returns = np.bincount(episode, weights=np.asarray(demos.reward, np.float64))
-    keep_count = int(np.ceil(fraction * returns.size))
-    kept = np.sort(np.argsort(-returns, kind="stable")[:keep_count])
-    mask = np.isin(episode, kept)
-    return jax.tree.map(lambda x: x[np.flatnonzero(mask)], demos)
+    starts, lengths = episode_bounds(np.asarray(demos.last))
+    returns = np.add.reduceat(np.asarray(demos.reward, np.float64), starts)
+    kept = np.sort(np.argsort(-returns, kind="stable")[: int(np.ceil(fraction * starts.size))])
+    rows = np.concatenate([np.arange(starts[i], starts[i] + lengths[i]) for i in kept])
+    return jax.tree.map(lambda x: x[rows], demos)
 
 
 def executed_action(env: Env, action: jax.Array, env_params: Any = None) -> jax.Array:
