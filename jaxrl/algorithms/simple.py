@@ -215,6 +215,8 @@ class LearnedEnvParams(struct.PyTreeNode):
 
 
 class LearnedEnvState(struct.PyTreeNode):
+    """An imagined episode's current observation and its step count."""
+
     obs: jax.Array  # [D]
     time: jax.Array  # int32 scalar: steps taken in this episode
 
@@ -384,6 +386,7 @@ def real_vec_env(cfg: Config, env: Env) -> Env:
 
 
 def model_optimizer(hp: HParams) -> optax.GradientTransformation:
+    """The world model's Adam, at the traced ``hp.model_learning_rate``."""
     return optim.adam(hp.model_learning_rate)
 
 
