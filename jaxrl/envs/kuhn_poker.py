@@ -157,6 +157,8 @@ class KuhnParams(struct.PyTreeNode):
 
 
 class KuhnState(struct.PyTreeNode):
+    """One deal: the cards, the learner's next decision and this episode's opponent."""
+
     cards: jax.Array  # [2] int32: player 1's and player 2's cards
     decision: jax.Array  # int32: the learner's decision index (0 or 1)
     opponent: jax.Array  # [3, 2]: the strategy drawn for this episode
