@@ -277,7 +277,8 @@ def iteration(cfg: Config, state: State, hp: HParams) -> tuple[State, Metrics]:
 
     Besides :func:`meta_mixture`'s metrics, ``oracle_gap``: what the responses fall short
     of exact best responses to the same mixtures, summed over the two players (0 for the
-    exact oracle).
+    exact oracle). Call it at most ``cfg.iterations`` times from :func:`init`: the
+    populations have that many free slots (beyond them the responses would be dropped).
     """
     (w1, w2), (p1, p2), metrics = meta_mixture(cfg, state)
     key, key_respond = jax.random.split(state.key)

@@ -523,6 +523,9 @@ def iteration(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, 
     fresh rollout before fitting, and its losses after), ``imagined/return`` (PPO's
     imagined episodes, last update), ``ppo/*`` (last update) and ``eval/return`` (mean
     over ``eval_episodes`` real episodes after the iteration).
+
+    Call it at most ``cfg.iterations`` times from :func:`init`: the dataset has room for
+    that many (beyond it JAX would clamp the writes onto the last rows).
     """
     state, rollout = collect_real(cfg, env, state)
     heldout = model_error(cfg, env, state, rollout)
