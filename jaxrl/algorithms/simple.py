@@ -466,11 +466,13 @@ def collect_real(cfg: Config, env: Env, state: State) -> tuple[State, rollout_li
     return state, rollout
 
 
-def fit_model(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """``cfg.model_steps`` Adam steps on minibatches drawn uniformly from the dataset."""
+def fit_model(
+    cfg: Config, env: Env, state: State, hp: HParams, norm: Normalizer
+) -> tuple[State, Metrics]:
+    """``cfg.model_steps`` Adam steps on minibatches drawn uniformly from the dataset,
+    inputs and targets standardised by ``norm`` (:func:`normalizer` of the dataset)."""
     model = world_model(cfg, env)
     action_space = env.action_space(state.real_env_params)
-    norm = normalizer(state.data)
     tx = model_optimizer(hp)
     grad_fn = jax.grad(lambda p, b: model_loss(model, p, norm, action_space, b), has_aux=True)
 
@@ -501,10 +503,15 @@ def learned_env_params(state: State, norm: Normalizer) -> LearnedEnvParams:
 def model_error(cfg: Config, env: Env, state: State, rollout: rollout_lib.Rollout) -> Metrics:
     """The current model's one-step errors on ``rollout`` (fresh data it has not fitted):
     RMS of the next-observation error per dimension, RMS reward error, and the fraction
-    of transitions whose termination it gets right."""
+    of transitions whose termination it gets right.
+
+    The model reads its inputs standardised as when it was fitted: by the statistics in
+    the imagined env's params (``state.agent.env_params.norm``; unit ones before the first
+    fit), not by those of the dataset that now includes ``rollout``.
+    """
     flat = rollout_lib.flatten(rollout, cfg.steps_per_iteration)
     action_space = env.action_space(state.real_env_params)
-    norm = normalizer(state.data)
+    norm = state.agent.env_params.norm
     next_obs, reward, logit = predict(
         world_model(cfg, env), state.model_params, norm, action_space, flat.obs, flat.action
     )
@@ -529,8 +536,8 @@ def iteration(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, 
     """
     state, rollout = collect_real(cfg, env, state)
     heldout = model_error(cfg, env, state, rollout)
-    state, fit_metrics = fit_model(cfg, env, state, hp)
     norm = normalizer(state.data)
+    state, fit_metrics = fit_model(cfg, env, state, hp, norm)
     imagined = learned_env(cfg, env)
     env_params = learned_env_params(state, norm)
     key, key_reset, key_eval = jax.random.split(state.key, 3)
