@@ -241,14 +241,10 @@ def ppo_response(
     return jnp.exp(dist.log_prob(jnp.ones((kp.NUM_CARDS, 2), jnp.int32)))
 
 
-def respond(
+def ppo_responses(
     cfg: Config, state: State, w1: jax.Array, w2: jax.Array, key: jax.Array, hp: HParams
 ) -> tuple[jax.Array, jax.Array]:
-    """Each player's new strategy ``[3, 2]`` against the other's meta-mixture."""
-    if cfg.oracle == "exact":
-        br1, _ = kp.best_response(kp.mix(state.pop2, w2, 2), 1)
-        br2, _ = kp.best_response(kp.mix(state.pop1, w1, 1), 2)
-        return br1, br2
+    """Each player's :func:`ppo_response` ``[3, 2]`` to the other's meta-mixture."""
     key1, key2 = jax.random.split(key)
     br1 = ppo_response(cfg, 1, state.pop2, w2, key1, hp)
     br2 = ppo_response(cfg, 2, state.pop1, w1, key2, hp)
@@ -282,9 +278,12 @@ def iteration(cfg: Config, state: State, hp: HParams) -> tuple[State, Metrics]:
     """
     (w1, w2), (p1, p2), metrics = meta_mixture(cfg, state)
     key, key_respond = jax.random.split(state.key)
-    br1, br2 = respond(cfg, state, w1, w2, key_respond, hp)
-    best = kp.best_response(p2, 1)[1] + kp.best_response(p1, 2)[1]
-    metrics["oracle_gap"] = best - (kp.payoff(br1, p2) - kp.payoff(p1, br2))
+    (best1, value1), (best2, value2) = kp.best_response(p2, 1), kp.best_response(p1, 2)
+    if cfg.oracle == "exact":
+        br1, br2 = best1, best2
+    else:
+        br1, br2 = ppo_responses(cfg, state, w1, w2, key_respond, hp)
+    metrics["oracle_gap"] = value1 + value2 - (kp.payoff(br1, p2) - kp.payoff(p1, br2))
     state = state.replace(
         pop1=state.pop1.at[state.size].set(br1),
         pop2=state.pop2.at[state.size].set(br2),
