@@ -62,27 +62,29 @@ def run_arm(arm: str, keys, first, second, episodes: int) -> dict:
     state, after = jax.block_until_ready(phase(state, second))
     seconds = time.perf_counter() - start
     m = {k: np.concatenate([np.asarray(before[k]), np.asarray(after[k])], 1) for k in before}
+    windows = lambda x: x.reshape(x.shape[0], -1, 100).mean(-1).round(3).tolist()  # noqa: E731
     out = {
-        "steps": m["steps"].tolist(),
-        "terminated": m["terminated"].astype(int).tolist(),
+        "mean_steps": m["steps"].mean(0).round(3).tolist(),  # [2 episodes], over runs
+        "window_steps": windows(m["steps"]),  # [runs, 2 episodes / 100]
+        "terminated": float(m["terminated"].mean()),
         "seconds": seconds,
     }
-    if arm.startswith("oc_"):  # mean steps per option, per episode
-        out["option_duration"] = (m["steps"] / (m["switches"] + 1)).tolist()
+    if arm.startswith("oc_"):  # steps per option, per episode
+        out["window_option_duration"] = windows(m["steps"] / (m["switches"] + 1))
     return out
 
 
 def summary(arm: dict, episodes: int) -> dict:
     """Mean steps per episode over runs and 100-episode windows around the move."""
-    steps, e = np.asarray(arm["steps"], np.float64), episodes
+    steps, w = np.asarray(arm["window_steps"]), episodes // 100
     out = {
-        "before (last 100 on goal 1)": steps[:, e - 100 : e].mean(),
-        "recovery (first 100 on goal 2)": steps[:, e : e + 100].mean(),
-        "end (last 100 on goal 2)": steps[:, -100:].mean(),
+        "before (last 100 on goal 1)": steps[:, w - 1].mean(),
+        "recovery (first 100 on goal 2)": steps[:, w].mean(),
+        "end (last 100 on goal 2)": steps[:, -1].mean(),
     }
-    if "option_duration" in arm:
-        duration = np.asarray(arm["option_duration"], np.float64)
-        out["option duration (last 100 on goal 1)"] = duration[:, e - 100 : e].mean()
+    if "window_option_duration" in arm:
+        duration = np.asarray(arm["window_option_duration"])
+        out["option duration (last 100 on goal 1)"] = duration[:, w - 1].mean()
     return out
 
 
@@ -91,7 +93,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=64)
     parser.add_argument("--key", type=int, default=1609)
     parser.add_argument("--goal-key", type=int, default=5140)
-    parser.add_argument("--episodes", type=int, default=1000, help="per goal")
+    parser.add_argument("--episodes", type=int, default=1000, help="per goal, a multiple of 100")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     keys = jax.random.split(jax.random.key(args.key), args.seeds)
