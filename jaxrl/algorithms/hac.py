@@ -481,7 +481,7 @@ class _Context:
     task: GoalTask
     actors: tuple  # per level params
     hp: HParams
-    explore: bool  # False: greedy evaluation (every level tests)
+    explore: bool  # False: greedy evaluation, every level as under a subgoal test
 
 
 def _stopped(ctx: _Context, level: int, carry: _Carry, goals: tuple) -> jax.Array:
@@ -619,7 +619,7 @@ def episode(
 
     Returns ``(success, steps, transitions)``: whether the end goal was reached, the env
     steps taken and, per level, the ``(Transitions [cfg.per_episode(j)], valid)`` it wrote.
-    With ``explore=False`` every level acts greedily and nothing is tested.
+    With ``explore=False`` every level acts greedily, as under a subgoal test.
     """
     k_reset, k_run = jax.random.split(key)
     obs, env_state = task.env.reset(k_reset, task.env.default_params())
