@@ -45,9 +45,10 @@ def goals(seeds: int, key: int) -> tuple[fr.FourRoomsParams, fr.FourRoomsParams]
     return fr.FourRoomsParams(goal=first), fr.FourRoomsParams(goal=second)
 
 
-def run_arm(arm: str, keys, first, second, episodes: int) -> dict:
-    """Both phases of ``len(keys)`` vmapped runs; per-episode metrics ``[seeds, 2 episodes]``."""
-    env, hp = fr.FourRooms(), oc.HParams.make()
+def run_arm(arm: str, keys, first, second, episodes: int, **hparams) -> dict:
+    """Both phases of ``len(keys)`` vmapped runs (``hparams`` override ``oc.HParams``
+    defaults); means over runs per episode and per-run means per 100-episode window."""
+    env, hp = fr.FourRooms(), oc.HParams.make(**hparams)
     if arm == "sarsa":
         state = jax.vmap(lambda k: oc.sarsa_init(env, k))(keys)
         phase = jax.jit(jax.vmap(lambda s, p: oc.sarsa_train(episodes, env, s, hp, p)))
