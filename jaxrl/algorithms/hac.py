@@ -671,21 +671,25 @@ def learn(cfg: Config, task: GoalTask, lv: Level, level: int, hp: HParams, key) 
     Returns the level and its mean critic loss (NaN when it did not learn)."""
     can = lv.replay.size >= cfg.batch_size
 
-    def update(lv: Level, key):
+    def update(nets, key):  # the replay is read, not carried: only the networks change
+        actor, critic, actor_opt, critic_opt = nets
         batch = replay_sample(lv.replay, key, cfg.batch_size)
         loss, grads = jax.value_and_grad(critic_loss, argnums=1)(
-            cfg, lv.critic, lv.actor, task, level, batch, hp
+            cfg, critic, actor, task, level, batch, hp
         )
-        updates, critic_opt = _adam(hp).update(grads, lv.critic_opt, lv.critic)
-        critic = optax.apply_updates(lv.critic, updates)
-        grads = jax.grad(actor_loss, argnums=1)(cfg, lv.actor, critic, task, level, batch)
-        updates, actor_opt = _adam(hp).update(grads, lv.actor_opt, lv.actor)
-        actor = optax.apply_updates(lv.actor, updates)
-        return lv.replace(actor=actor, critic=critic, actor_opt=actor_opt,
-                          critic_opt=critic_opt), loss  # fmt: skip
+        updates, critic_opt = _adam(hp).update(grads, critic_opt, critic)
+        critic = optax.apply_updates(critic, updates)
+        grads = jax.grad(actor_loss, argnums=1)(cfg, actor, critic, task, level, batch)
+        updates, actor_opt = _adam(hp).update(grads, actor_opt, actor)
+        actor = optax.apply_updates(actor, updates)
+        return (actor, critic, actor_opt, critic_opt), loss
 
-    learned, losses = jax.lax.scan(update, lv, jax.random.split(key, cfg.updates_per_episode))
-    lv = jax.tree.map(lambda new, old: jnp.where(can, new, old), learned, lv)
+    nets = (lv.actor, lv.critic, lv.actor_opt, lv.critic_opt)
+    learned, losses = jax.lax.scan(update, nets, jax.random.split(key, cfg.updates_per_episode))
+    actor, critic, actor_opt, critic_opt = jax.tree.map(
+        lambda new, old: jnp.where(can, new, old), learned, nets
+    )
+    lv = lv.replace(actor=actor, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt)
     return lv, jnp.where(can, jnp.mean(losses), jnp.nan)
 
 
