@@ -266,8 +266,8 @@ def policy_indices(cfg: Config) -> jax.Array:
 
 
 class QNetwork(nn.Module):
-    """``(obs [B, D], policy [B] int) -> Q [B, A]``: an MLP on the observation and the
-    policy's one-hot."""
+    """``(obs [B, D], policy [B] int) -> Q [B, A]``: a ReLU torso on the observation and
+    the policy's one-hot, then policy ``j``'s own linear head."""
 
     hidden: tuple[int, ...]
     num_actions: int
@@ -388,8 +388,9 @@ def restart(memory: Memory, done: jax.Array, embedding: jax.Array) -> Memory:
 
 
 class Transition(struct.PyTreeNode):
+    """One env step as replay keeps it (both rewards, so any policy's can be formed)."""
+
     obs: jax.Array  # [D] observation acted on
-    policy: jax.Array  # [] int32 j
     action: jax.Array  # [] int32
     reward: jax.Array  # [] the env's
     intrinsic: jax.Array  # [] r_i
@@ -462,8 +463,8 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params=None) ->
     rnd_params = random_features(cfg).init(k_p, x)
     obs, env_state = vec_env(cfg, env).reset(k_env, env_params)
     example = Transition(
-        jnp.zeros(dim), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros(()),
-        jnp.zeros(()), jnp.zeros((), bool), jnp.zeros((), bool), jnp.zeros(dim),
+        jnp.zeros(dim), jnp.zeros((), jnp.int32), jnp.zeros(()), jnp.zeros(()),
+        jnp.zeros((), bool), jnp.zeros((), bool), jnp.zeros(dim),
     )  # fmt: skip
     first = _embed(cfg, env, env_params, embedding_params, _flat(obs, shape))
     e, m, f = cfg.num_envs, cfg.memory_size, cfg.embedding_size
@@ -521,7 +522,7 @@ def act_step(cfg: Config, env: Env, env_params, state: State, hp: HParams):
     first = _embed(cfg, env, env_params, state.embedding_params, _flat(next_obs, shape))
     memory = restart(memory, step.done, first)
     transitions = Transition(
-        obs, policy, action, step.reward, bonus * modulator, step.terminated, step.done, reached
+        obs, action, step.reward, bonus * modulator, step.terminated, step.done, reached
     )
     state = state.replace(
         env_state=env_state, obs=next_obs, memory=memory, rnd_stats=rnd_stats, key=key,

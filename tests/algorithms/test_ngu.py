@@ -170,7 +170,6 @@ def test_q_loss_for_every_policy_matches_numpy():
     b, n, d = 2, cfg.n_step, state.obs.shape[-1]
     batch = ngu.Transition(
         obs=jnp.asarray(rng.normal(size=(b, n, d)), jnp.float32),
-        policy=jnp.ones((b, n), jnp.int32),  # collected by policy 1; learned for all three
         action=jnp.asarray(rng.integers(0, 4, (b, n)), jnp.int32),
         reward=jnp.asarray(rng.normal(size=(b, n)), jnp.float32),
         intrinsic=jnp.asarray(rng.uniform(size=(b, n)), jnp.float32),
@@ -213,7 +212,6 @@ def test_inverse_loss_is_the_cross_entropy_of_the_first_actions():
     b, n, d = 3, cfg.n_step, state.obs.shape[-1]
     batch = ngu.Transition(
         obs=jnp.asarray(rng.normal(size=(b, n, d)), jnp.float32),
-        policy=jnp.zeros((b, n), jnp.int32),
         action=jnp.asarray(rng.integers(0, 4, (b, n)), jnp.int32),
         reward=jnp.zeros((b, n)), intrinsic=jnp.zeros((b, n)),
         terminated=jnp.zeros((b, n), bool), done=jnp.zeros((b, n), bool),
