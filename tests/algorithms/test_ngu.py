@@ -162,20 +162,28 @@ def test_life_long_modulator_is_clipped_to_one_and_l():
     np.testing.assert_array_equal(off, 1.0)
 
 
-def test_q_loss_for_every_policy_matches_numpy():
-    env, cfg, hp = _setup(num_policies=3, num_envs=3)
-    hp = hp.replace(beta=jnp.float32(0.5), gamma_max=jnp.float32(0.9), gamma_min=jnp.float32(0.6))
-    state = ngu.init(cfg, env, jax.random.key(0), hp)
-    rng = np.random.default_rng(1)
-    b, n, d = 2, cfg.n_step, state.obs.shape[-1]
-    batch = ngu.Transition(
+def _windows(seed: int, b: int, n: int, d: int) -> ngu.Transition:
+    """``[b, n]`` replay windows of random observations, actions and rewards, no ends."""
+    rng = np.random.default_rng(seed)
+    return ngu.Transition(
         obs=jnp.asarray(rng.normal(size=(b, n, d)), jnp.float32),
         action=jnp.asarray(rng.integers(0, 4, (b, n)), jnp.int32),
         reward=jnp.asarray(rng.normal(size=(b, n)), jnp.float32),
         intrinsic=jnp.asarray(rng.uniform(size=(b, n)), jnp.float32),
+        terminated=jnp.zeros((b, n), bool),
+        done=jnp.zeros((b, n), bool),
+        next_obs=jnp.asarray(rng.normal(size=(b, n, d)), jnp.float32),
+    )
+
+
+def test_q_loss_for_every_policy_matches_numpy():
+    env, cfg, hp = _setup(num_policies=3, num_envs=3)
+    hp = hp.replace(beta=jnp.float32(0.5), gamma_max=jnp.float32(0.9), gamma_min=jnp.float32(0.6))
+    state = ngu.init(cfg, env, jax.random.key(0), hp)
+    b, n = 2, cfg.n_step
+    batch = _windows(1, b, n, state.obs.shape[-1]).replace(
         terminated=jnp.array([[False, True, False], [False, False, False]]),
         done=jnp.array([[False, True, False], [False, False, True]]),
-        next_obs=jnp.asarray(rng.normal(size=(b, n, d)), jnp.float32),
     )
     windows, policies = ngu.every_policy(cfg, batch)
     np.testing.assert_array_equal(policies, [0, 0, 1, 1, 2, 2])
@@ -208,15 +216,8 @@ def test_q_loss_for_every_policy_matches_numpy():
 def test_inverse_loss_is_the_cross_entropy_of_the_first_actions():
     env, cfg, hp = _setup()
     state = ngu.init(cfg, env, jax.random.key(0), hp)
-    rng = np.random.default_rng(2)
-    b, n, d = 3, cfg.n_step, state.obs.shape[-1]
-    batch = ngu.Transition(
-        obs=jnp.asarray(rng.normal(size=(b, n, d)), jnp.float32),
-        action=jnp.asarray(rng.integers(0, 4, (b, n)), jnp.int32),
-        reward=jnp.zeros((b, n)), intrinsic=jnp.zeros((b, n)),
-        terminated=jnp.zeros((b, n), bool), done=jnp.zeros((b, n), bool),
-        next_obs=jnp.asarray(rng.normal(size=(b, n, d)), jnp.float32),
-    )  # fmt: skip
+    b = 3
+    batch = _windows(2, b, cfg.n_step, state.obs.shape[-1])
     logits = ngu.inverse_dynamics(cfg, env).apply(
         state.embedding_params, batch.obs[:, 0], batch.next_obs[:, 0]
     )
