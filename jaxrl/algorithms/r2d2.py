@@ -579,23 +579,16 @@ def priorities(cfg: Config, env: Env, params: Params, batch: Batch, hp: HParams)
     return sequence_priorities(jax.lax.stop_gradient(td), hp.priority_eta)
 
 
-def gradient_step(
-    cfg: Config,
-    env: Env,
-    state: State,
-    batch: Batch,
-    hp: HParams,
-    ready: jax.Array,
-    loss_fn: LossFn = loss,
+def optimise(
+    cfg: Config, env: Env, state: State, batch: Batch, hp: HParams, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics, jax.Array]:
-    """One Adam step on ``loss_fn``, the periodic target update and the new priorities of
-    the sampled sequences; a no-op where ``ready`` is false.
+    """One Adam step on ``loss_fn`` and the periodic target update; the replay untouched.
 
     ``loss_fn`` (:func:`loss`'s signature, e.g. a learned loss) is differentiated in
-    ``params.online`` only; its metrics are returned. The priorities stay R2D2's own,
-    whatever ``loss_fn`` is: for :func:`loss` they come out of its forward pass
-    (:func:`weighted_loss`), for another loss from a pass of their own
-    (:func:`priorities`). Returns ``(state, metrics, priorities)``.
+    ``params.online`` only; its metrics are returned. The new priorities of the sampled
+    sequences stay R2D2's own, whatever ``loss_fn`` is: for :func:`loss` they come out of
+    its forward pass (:func:`weighted_loss`), for another loss from a pass of their own
+    (:func:`priorities`). Returns ``(state, metrics, priorities [B])``.
     """
 
     def objective(online):
@@ -614,13 +607,24 @@ def gradient_step(
         optax.incremental_update(online, state.params.target, hp.tau),
         state.params.target,
     )
+    new = state.replace(params=Params(online, target), opt_state=opt_state, grad_steps=grad_steps)
+    return new, metrics | {"train/grad_norm": optax.global_norm(grads)}, new_priorities
+
+
+def gradient_step(
+    cfg: Config,
+    env: Env,
+    state: State,
+    batch: Batch,
+    hp: HParams,
+    ready: jax.Array,
+    loss_fn: LossFn = loss,
+) -> tuple[State, Metrics, jax.Array]:
+    """:func:`optimise` and the new priorities of the sampled sequences written to the
+    replay; a no-op where ``ready`` is false. Returns ``(state, metrics, priorities)``."""
+    new, metrics, new_priorities = optimise(cfg, env, state, batch, hp, loss_fn)
     buffer_state = buffer(cfg).set_priorities(state.buffer, batch.indices, new_priorities + 1e-6)
-    new = state.replace(
-        params=Params(online, target), opt_state=opt_state, buffer=buffer_state,
-        grad_steps=grad_steps,
-    )  # fmt: skip
-    metrics = metrics | {"train/grad_norm": optax.global_norm(grads)}
-    return tree.select(ready, new, state), metrics, new_priorities
+    return tree.select(ready, new.replace(buffer=buffer_state), state), metrics, new_priorities
 
 
 def learn(

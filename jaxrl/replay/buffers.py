@@ -21,7 +21,8 @@ family, with the same ``add`` shapes plus ``set_priorities(state, indices, prior
   R2D2) drawn with probability ``P(i) = p_i^α / Σ_k p_k^α``.
 * :func:`prioritised_sequence_buffer`: windows of consecutive steps of one env, one priority
   per window start (n-step DQN with PER).
-* :func:`importance_weights` and :func:`num_items` for the bias correction.
+* :func:`importance_weights` and :func:`num_items` for the bias correction;
+  :func:`set_priorities_where` updates only some draws of a batch.
 
 Their ``sample`` returns ``.experience`` (``[B, ...]``, resp. ``[B, L, ...]``), ``.indices``
 (``[B]`` int32, what ``set_priorities`` takes) and ``.probabilities`` (``[B]``, ``P(i)``).
@@ -219,6 +220,41 @@ def prioritised_sequence_buffer(
     return _patch(
         buf, batch_size=batch_size, sequence_length=sequence_length, period=period, items=False
     )
+
+
+def set_priorities_where(
+    state, indices: jax.Array, priorities: jax.Array, where: jax.Array, priority_exponent: float
+):
+    """``set_priorities`` for only the draws where ``where`` is true (R2D3's batches mix two
+    buffers; each takes the new priorities of its own draws).
+
+    The slot of a draw with ``where`` false keeps its priority, unless a draw with ``where``
+    true sampled the same slot (then it takes that draw's: a batch's duplicate draws carry
+    equal priorities). As ``set_priorities``, zero-priority slots stay at 0, the max
+    recorded priority rises with the new ones and the sums stay exact.
+
+    Args:
+        state: a :func:`prioritised_flat_buffer` or :func:`prioritised_sequence_buffer` state.
+        indices: ``[B]`` sampled slots (``sample(...).indices``).
+        priorities: ``[B]`` new priorities, finite and non-negative.
+        where: ``[B]`` bool, which draws to apply.
+        priority_exponent: the buffer's ``α``.
+
+    Returns:
+        The updated state.
+    """
+    chex.assert_rank([indices, priorities, where], 1)
+    chex.assert_equal_shape([indices, priorities, where])
+    tree = state.sum_tree_state
+    slots = 2**tree.tree_depth - 1 + indices
+    current = tree.nodes[slots]
+    applied = (indices[:, None] == indices[None, :]) & where[None, :]  # [draw, applied draw]
+    source = jnp.argmax(applied, axis=1)
+    raised = jnp.where(priorities == 0, 0.0, priorities**priority_exponent)[source]
+    values = jnp.where(jnp.any(applied, axis=1) & (current > 0), raised, current)
+    nodes = _resum_ancestors(tree.nodes.at[slots].set(values), tree.tree_depth, indices)
+    top = jnp.maximum(tree.max_recorded_priority, jnp.max(values))
+    return state.replace(sum_tree_state=tree.replace(nodes=nodes, max_recorded_priority=top))
 
 
 def importance_weights(

@@ -243,6 +243,41 @@ def test_duplicate_indices_keep_the_last_priority():
     np.testing.assert_allclose([got[0], got[1]], [0.75, 0.25], rtol=1e-5)
 
 
+def _leaves(state) -> np.ndarray:
+    tree = state.sum_tree_state
+    return np.asarray(tree.nodes)[2**tree.tree_depth - 1 :][: tree.capacity]
+
+
+def test_set_priorities_where_applies_only_the_chosen_draws():
+    alpha = 0.6
+    buf, state = _flat_with_priorities([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], alpha)
+    indices = jnp.array([0, 2, 2, 4, 5])
+    new = jnp.array([7.0, 8.0, 8.0, 9.0, 10.0], jnp.float32)
+    everything = buffers.set_priorities_where(state, indices, new, jnp.ones(5, bool), alpha)
+    reference = buf.set_priorities(state, indices, new)
+    np.testing.assert_array_equal(_leaves(everything), _leaves(reference))
+    top = everything.sum_tree_state.max_recorded_priority
+    np.testing.assert_allclose(top, reference.sum_tree_state.max_recorded_priority)
+    np.testing.assert_allclose(top, 10.0**alpha, rtol=1e-6)
+    nothing = buffers.set_priorities_where(state, indices, new, jnp.zeros(5, bool), alpha)
+    np.testing.assert_array_equal(_leaves(nothing), _leaves(state))
+    # draws 1 and 4 applied; draw 2 (slot 2 again, not applied) takes draw 1's priority
+    some = buffers.set_priorities_where(
+        state, indices, new, jnp.array([False, True, False, False, True]), alpha
+    )
+    want = np.array([1.0, 2.0, 8.0, 4.0, 5.0, 10.0]) ** alpha
+    np.testing.assert_allclose(_leaves(some), want, rtol=1e-6)
+    _assert_exact_tree(some)
+
+
+def test_set_priorities_where_cannot_revive_an_empty_slot():
+    buf, state = _flat_with_priorities([1.0, 0.0, 2.0], alpha=1.0, capacity=4)
+    state = buffers.set_priorities_where(
+        state, jnp.array([1, 3]), jnp.array([5.0, 5.0]), jnp.array([True, True]), 1.0
+    )
+    np.testing.assert_array_equal(_leaves(state), [1.0, 0.0, 2.0, 0.0])
+
+
 class ImportanceWeightsTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_hand_computed(self):
