@@ -7,7 +7,8 @@ observation; random play succeeds in about 0.45 % of episodes). ``--demos`` expe
 (:class:`jaxrl.envs.key_door.Expert`, recorded with ``demos.record``) fill the demo replay.
 
 Arms: ``hp.demo_ratio`` in ``--ratios`` (0 is R2D2: the demo replay is never drawn from),
-each with ``--seeds`` runs, all in one compiled program vmapped over ratio x seed. Every
+each with ``--seeds`` runs (seeds ``--key`` onwards, ``jaxrl.runner.sweep.grid``), all in
+one compiled program vmapped over ratio x seed. Every
 run: ``--steps`` env steps of the settings in :data:`CONFIG` and :data:`HPARAMS`. After each
 tenth of the budget every run's greedy policy plays 256 fresh episodes
 (``jaxrl.runner.evaluate``, which carries the LSTM state through each episode).
@@ -32,7 +33,7 @@ import numpy as np
 from jaxrl.algorithms import demos, r2d3
 from jaxrl.envs.key_door import Expert, KeyDoor
 from jaxrl.logger.writers import atomic_write_text
-from jaxrl.runner import evaluate
+from jaxrl.runner import evaluate, sweep
 
 CONFIG = dict(
     num_envs=16, train_freq=10, gradient_steps=4, batch_size=32, sequence_length=40,
@@ -54,9 +55,10 @@ def run(args) -> dict:
     demos.save(path, data)
     cfg = r2d3.Config(total_timesteps=args.steps, demos=str(path), **CONFIG)
     ratios = np.asarray(args.ratios, np.float32)
-    hp = r2d3.HParams.make(**HPARAMS, demo_ratio=np.repeat(ratios, args.seeds))
+    seeds = range(args.key, args.key + args.seeds)
+    runs = sweep.grid(r2d3.HParams.make(**HPARAMS), seeds, demo_ratio=list(ratios))
+    keys, hp = runs.keys, runs.hps  # ratio-major: [ratios * seeds]
     r2d3.check(cfg, hp)
-    keys = jnp.tile(jax.random.split(jax.random.key(args.key), args.seeds), (len(ratios), 1))
     updates = cfg.num_updates // CHUNKS
     eval_keys = jax.random.split(jax.random.key(args.key + 1), CHUNKS)
 
@@ -99,7 +101,7 @@ def main() -> None:
     ratios = [0.0, 1 / 256, 1 / 64, 1 / 16, 1 / 4]
     parser.add_argument("--ratios", type=float, nargs="+", default=ratios)
     parser.add_argument("--demos", type=int, default=300)
-    parser.add_argument("--key", type=int, default=2019)
+    parser.add_argument("--key", type=int, default=2019, help="the first seed (sweep.seed_key)")
     parser.add_argument("--demo-key", type=int, default=1909)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
