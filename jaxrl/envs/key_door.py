@@ -19,9 +19,9 @@ only in the first ``cue_steps`` observations of an episode (zeros after): with
 ``cue_steps = 1`` a policy must remember from the first observation which corner is the
 door.
 
-In 7 x 7 with 40 steps, a uniformly random policy succeeds in about 0.3 % of episodes
-(``tests/envs``-style check in ``tests/algorithms/test_r2d3.py``); :class:`Expert` (walk to
-the key, pick it up, walk to the remembered door) always does.
+In 7 x 7 with 40 steps, a uniformly random policy succeeds in about 0.45 % of episodes
+(20,000 episodes); :class:`Expert` (walk to the key, pick it up, walk to the remembered
+door) always does.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def corners(size: int) -> np.ndarray:
 
 
 class KeyDoorState(struct.PyTreeNode):
+    """Where the agent and the key are, which corner is the door, whether the key is held,
+    and the steps taken."""
+
     position: jax.Array  # [2] int32 row, column
     key_position: jax.Array  # [2] int32
     door: jax.Array  # [] int32 index into corners()
