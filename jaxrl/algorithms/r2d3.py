@@ -28,7 +28,7 @@ Where this differs from the paper:
 
 ``hp.demo_ratio = 0`` learns from the agent's replay only (R2D2, with the demo replay
 sampled and unused); ``1`` learns from demonstrations only. The paper found small ratios
-best on its hard-exploration tasks (1/256 with its batch of 64 sequences).
+best on its hard-exploration tasks (1/256 in its sweep).
 """
 
 from __future__ import annotations
