@@ -69,6 +69,7 @@ from jaxrl.types import Metrics
 from jaxrl.utils import tree
 
 LOSSES = ("l2", "huber")
+PRIORITY_EPS = 1e-6  # added to new priorities, so no window's drops to 0
 EXPLORATION = ("per_env", "linear")
 START_STATES = ("stored", "zero")
 
@@ -558,15 +559,20 @@ def store(cfg: Config, buffer_state, transitions: Transition):
     return buffer(cfg).add(buffer_state, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), transitions))
 
 
-def sample_batch(cfg: Config, buffer_state, key: jax.Array, hp: HParams) -> Batch:
-    """``batch_size`` prioritised windows, time-major ``[L, B, ...]``, with their
-    importance weights ``(N P(i))^-per_beta / max``."""
-    sample = buffer(cfg).sample(buffer_state, key)
+def sample_windows(buf, buffer_state, key: jax.Array, hp: HParams) -> Batch:
+    """Prioritised windows of the sequence buffer ``buf``, time-major ``[L, B, ...]``, with
+    their importance weights ``(N P(i))^-per_beta / max``."""
+    sample = buf.sample(buffer_state, key)
     weights = buffers.importance_weights(
         sample.probabilities, buffers.num_items(buffer_state), hp.per_beta
     )
     seq = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), sample.experience)
     return Batch(seq, weights, sample.indices)
+
+
+def sample_batch(cfg: Config, buffer_state, key: jax.Array, hp: HParams) -> Batch:
+    """:func:`sample_windows` of the replay: ``batch_size`` windows ``[L, B, ...]``."""
+    return sample_windows(buffer(cfg), buffer_state, key, hp)
 
 
 LossFn = Callable[[Config, Env, Params, Batch, HParams], tuple[jax.Array, Metrics]]
@@ -623,7 +629,9 @@ def gradient_step(
     """:func:`optimise` and the new priorities of the sampled sequences written to the
     replay; a no-op where ``ready`` is false. Returns ``(state, metrics, priorities)``."""
     new, metrics, new_priorities = optimise(cfg, env, state, batch, hp, loss_fn)
-    buffer_state = buffer(cfg).set_priorities(state.buffer, batch.indices, new_priorities + 1e-6)
+    buffer_state = buffer(cfg).set_priorities(
+        state.buffer, batch.indices, new_priorities + PRIORITY_EPS
+    )
     return tree.select(ready, new.replace(buffer=buffer_state), state), metrics, new_priorities
 
 

@@ -166,19 +166,16 @@ def sample_batch(cfg: Config, state: State, key: jax.Array, hp: HParams) -> Batc
     their importance weights within each replay)."""
     key_agent, key_demo, key_mix = jax.random.split(key, 3)
     agent = r2d2.sample_batch(cfg, state.buffer, key_agent, hp)
-    demo_buf = demo_buffer(cfg, demo_length(state))
-    sample = demo_buf.sample(state.demo_buffer, key_demo)
-    demo_weights = buffers.importance_weights(
-        sample.probabilities, buffers.num_items(state.demo_buffer), hp.per_beta
+    demo = r2d2.sample_windows(
+        demo_buffer(cfg, demo_length(state)), state.demo_buffer, key_demo, hp
     )
-    demo_seq = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), sample.experience)
     from_demos = jax.random.uniform(key_mix, (cfg.batch_size,)) < hp.demo_ratio
     pick = lambda d, a: jnp.where(from_demos.reshape(1, -1, *([1] * (d.ndim - 2))), d, a)
     return Batch(
-        seq=jax.tree.map(pick, demo_seq, agent.seq),
-        weights=jnp.where(from_demos, demo_weights, agent.weights),
+        seq=jax.tree.map(pick, demo.seq, agent.seq),
+        weights=jnp.where(from_demos, demo.weights, agent.weights),
         indices=agent.indices,
-        demo_indices=sample.indices,
+        demo_indices=demo.indices,
         from_demos=from_demos,
     )
 
@@ -190,7 +187,7 @@ def gradient_step(
     written to the replay it came from; a no-op where ``ready`` is false. Returns
     ``(state, metrics, priorities [B])``."""
     new, metrics, new_priorities = r2d2.optimise(cfg, env, state, batch, hp)
-    priority = new_priorities + 1e-6
+    priority = new_priorities + r2d2.PRIORITY_EPS
     alpha = cfg.priority_exponent
     new = new.replace(
         buffer=buffers.set_priorities_where(

@@ -18,9 +18,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxrl.envs.spaces import Space
+from jaxrl.errors import ConfigError
 
 EnvParams = Any
 EnvState = Any
@@ -110,3 +112,10 @@ class Wrapper(Env):
         while isinstance(env, Wrapper):
             env = env.env
         return env
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """ConfigError unless ``value`` is an integer (not a bool) of at least ``minimum``: an
+    env's size or step-count setting, checked before anything compiles."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

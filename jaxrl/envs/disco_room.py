@@ -30,7 +30,7 @@ import numpy as np
 from flax import struct
 
 from jaxrl.envs import spaces
-from jaxrl.envs.base import Env, Step
+from jaxrl.envs.base import Env, Step, check_int
 from jaxrl.errors import ConfigError
 
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], np.int32)  # up, right, down, left
@@ -61,11 +61,7 @@ class DiscoRoom(Env):
 
     def __post_init__(self):
         for name, minimum in (("size", 4), ("max_steps", 1), ("noise_dims", 0)):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= minimum):
-                raise ConfigError(
-                    f"DiscoRoom.{name} must be an integer >= {minimum}, got {value!r}"
-                )
+            check_int(f"DiscoRoom.{name}", getattr(self, name), minimum)
         if not 0.0 <= self.decoy_reward < 1.0:
             raise ConfigError(
                 f"DiscoRoom.decoy_reward must lie in [0, 1), got {self.decoy_reward!r}"

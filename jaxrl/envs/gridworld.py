@@ -63,7 +63,7 @@ import numpy as np
 from flax import struct
 
 from jaxrl.envs import spaces
-from jaxrl.envs.base import Env, Step
+from jaxrl.envs.base import Env, Step, check_int
 from jaxrl.errors import ConfigError
 
 # (d_row, d_col) of actions 0..8: the eight compass moves clockwise from north, then stay.
@@ -153,11 +153,6 @@ def policy_evaluation(model: TabularModel, pi: jax.Array, discount: float) -> ja
     return jnp.linalg.solve(jnp.eye(num_states) - discount * p_pi, r_pi)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class _GridWorld(Env):
     """Shared grid geometry and dynamics; subclasses choose placement, respawn and obs.
@@ -178,9 +173,9 @@ class _GridWorld(Env):
     label: str = "custom"
 
     def __post_init__(self):
-        _check_int("height", self.height, 1)
-        _check_int("width", self.width, 1)
-        _check_int("max_steps", self.max_steps, 1)
+        check_int("height", self.height, 1)
+        check_int("width", self.width, 1)
+        check_int("max_steps", self.max_steps, 1)
         if not isinstance(self.objects, tuple) or not self.objects:
             raise ConfigError(f"objects must be a non-empty tuple of triples, got {self.objects!r}")
         for obj in self.objects:

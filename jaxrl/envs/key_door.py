@@ -34,11 +34,11 @@ import numpy as np
 from flax import struct
 
 from jaxrl.envs import spaces
-from jaxrl.envs.base import Env, Step
-from jaxrl.errors import ConfigError
+from jaxrl.envs.base import Env, Step, check_int
 
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], np.int32)  # up, right, down, left
 USE = 4
+DISPLACEMENT = np.concatenate([MOVES, np.zeros((1, 2), np.int32)])  # [5, 2]: "use" stays put
 
 
 def corners(size: int) -> np.ndarray:
@@ -74,9 +74,7 @@ class KeyDoor(Env):
 
     def __post_init__(self):
         for name, minimum in (("size", 3), ("max_steps", 1), ("cue_steps", 1)):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-                raise ConfigError(f"KeyDoor.{name} must be an integer >= {minimum}, got {value!r}")
+            check_int(f"KeyDoor.{name}", getattr(self, name), minimum)
 
     def default_params(self) -> None:
         return None
@@ -110,8 +108,7 @@ class KeyDoor(Env):
         self, key: jax.Array, state: KeyDoorState, action: jax.Array, params: None
     ) -> tuple[jax.Array, KeyDoorState, Step]:
         del key
-        move = jnp.asarray(np.concatenate([MOVES, np.zeros((1, 2), np.int32)]))[action]
-        position = jnp.clip(state.position + move, 0, self.size - 1)
+        position = jnp.clip(state.position + jnp.asarray(DISPLACEMENT)[action], 0, self.size - 1)
         use = action == USE
         on_key = jnp.all(state.position == state.key_position)
         at_corner = jnp.all(state.position[None, :] == jnp.asarray(corners(self.size)), axis=1)
