@@ -8,7 +8,9 @@ Names:
   * ``lpg/<name>``: the 15 LPG training environments (tabular grids, random grids, delayed
     chains; spec section 1.8), e.g. ``lpg/tabular_dense``, ``lpg/chain_short``;
   * ``meta/<name>``: task distributions for meta-RL: ``meta/nav2d`` (MAML's 2D navigation),
-    ``meta/bernoulli_bandit`` (RL^2's bandits; ``num_arms=``, ``task=``);
+    ``meta/cued_nav2d`` (its non-mutually-exclusive variant, the task cue in the observation;
+    ``num_tasks=``, ``cue_dim=``), ``meta/bernoulli_bandit`` (RL^2's bandits; ``num_arms=``,
+    ``task=``);
   * ``pomdp/<gymnax id>``: a gymnax env with its velocities hidden, e.g.
     ``pomdp/CartPole-v1`` (cart position and pole angle only): memory tasks for recurrent
     agents;
@@ -43,7 +45,11 @@ FAMILIES: dict[str, dict[str, Callable[..., Env]]] = {
             for variant in delayed_chain.VARIANTS
         },
     },
-    "meta/": {"nav2d": nav2d.Nav2D, "bernoulli_bandit": bandits.BernoulliBandit},
+    "meta/": {
+        "nav2d": nav2d.Nav2D,
+        "cued_nav2d": nav2d.CuedNav2D,
+        "bernoulli_bandit": bandits.BernoulliBandit,
+    },
     "pomdp/": {name: functools.partial(_pomdp, name) for name in POSITIONS},
     "probe/": dict(probe.PROBES),
 }

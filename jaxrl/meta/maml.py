@@ -76,6 +76,10 @@ class Config:
             policy has a state-dependent, non-zero mean (the paper's "random init").
         anneal_steps: Adam and Reptile only: the step size decays linearly from
             ``learning_rate`` to 0 over this many meta-iterations (0: constant).
+        frozen_layers: the first this many torso layers are meta-learned but left alone by
+            the inner steps (0: every parameter adapts, the paper's MAML; ``len(hidden)``:
+            only the Gaussian head adapts, as ANIL); :mod:`jaxrl.meta.mr_maml` makes them
+            stochastic.
         cg_iters: conjugate-gradient iterations (TRPO).
         line_search_steps: backtracking steps (TRPO).
     """
@@ -91,6 +95,7 @@ class Config:
     normalize_advantages: bool = True
     ortho_init: bool = True
     anneal_steps: int = 0
+    frozen_layers: int = 0
     cg_iters: int = 10
     line_search_steps: int = 15
 
@@ -99,7 +104,12 @@ class Config:
         base.check_positive_ints(
             self, ("meta_batch_size", "num_traj", "horizon", "cg_iters", "line_search_steps")
         )
-        base.check_non_negative_ints(self, ("anneal_steps", "num_inner_steps"))
+        base.check_non_negative_ints(self, ("anneal_steps", "num_inner_steps", "frozen_layers"))
+        if self.frozen_layers > len(self.hidden):
+            raise ConfigError(
+                f"Config.frozen_layers={self.frozen_layers} exceeds the {len(self.hidden)} "
+                f"torso layers of hidden={self.hidden}"
+            )
         base.check_choices(self, {"outer": OUTERS})
         if self.outer == "reptile" and self.num_inner_steps < 1:
             raise ConfigError("Config.outer='reptile' needs num_inner_steps >= 1 (0 gives g = 0)")
@@ -132,21 +142,21 @@ class HParams(struct.PyTreeNode):
 
     @classmethod
     def make(cls, **overrides) -> HParams:
-        kw = dict(
-            inner_lr=0.1,
-            learning_rate=1e-3,
-            max_grad_norm=10.0,
-            discount=0.99,
-            baseline_reg=1e-5,
-            max_kl=0.01,
-            cg_damping=1e-5,
-            backtrack_ratio=0.8,
-        )
-        hp = base.make_hparams(cls, kw, overrides)
-        _check_hparams({**kw, **overrides})
+        hp = base.make_hparams(cls, HPARAM_DEFAULTS, overrides)
+        _check_hparams({**HPARAM_DEFAULTS, **overrides})
         return hp
 
 
+HPARAM_DEFAULTS = dict(
+    inner_lr=0.1,
+    learning_rate=1e-3,
+    max_grad_norm=10.0,
+    discount=0.99,
+    baseline_reg=1e-5,
+    max_kl=0.01,
+    cg_damping=1e-5,
+    backtrack_ratio=0.8,
+)
 # name -> (lower bound, lower inclusive, upper bound); checked on concrete values only.
 _HPARAM_RANGES = {
     "inner_lr": (0.0, True, float("inf")),
@@ -347,10 +357,23 @@ def inner_loss(cfg, env, params, env_params, traj: Trajectories, adv: jax.Array)
     return -_masked_mean(log_prob(cfg, env, params, env_params, traj) * adv, traj.mask)
 
 
+def frozen_layer_names(cfg: Config) -> tuple[str, ...]:
+    """The torso layers the inner steps leave alone (``Config.frozen_layers``), as named in
+    ``params["params"]["MLP_0"]``."""
+    return tuple(f"Dense_{i}" for i in range(cfg.frozen_layers))
+
+
 def adapt(cfg, env, params, env_params, traj: Trajectories, adv: jax.Array, step_size) -> dict:
-    """One inner VPG step ``θ' = θ − α ∇θ L_in(θ)``, differentiable in ``params`` and ``α``."""
+    """One inner VPG step ``θ' = θ − α ∇θ L_in(θ)``, differentiable in ``params`` and ``α``;
+    the ``Config.frozen_layers`` first torso layers keep their values."""
     grads = jax.grad(inner_loss, argnums=2)(cfg, env, params, env_params, traj, adv)
-    return jax.tree.map(lambda p, g: p - step_size * g, params, grads)
+    adapted = jax.tree.map(lambda p, g: p - step_size * g, params, grads)
+    if cfg.frozen_layers:
+        torso = dict(adapted["params"]["MLP_0"])
+        for name in frozen_layer_names(cfg):
+            torso[name] = params["params"]["MLP_0"][name]
+        adapted = {**adapted, "params": {**adapted["params"], "MLP_0": torso}}
+    return adapted
 
 
 def adapt_through(cfg, env, params, env_params, trajs, advs, step_sizes) -> dict:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl.envs.nav2d import Nav2D, Nav2DParams, sample_tasks
+from jaxrl.envs.nav2d import CuedNav2D, Nav2D, Nav2DParams, sample_tasks
 from jaxrl.errors import ConfigError
 
 KEY = jax.random.key(0)
@@ -91,3 +91,53 @@ def test_vmaps_over_tasks():
 def test_bad_settings_raise(field):
     with pytest.raises(ConfigError):
         Nav2D(**{field: 0.0})
+
+
+# ----------------------------------------------------------------------------- CuedNav2D
+
+
+def test_cued_tasks_are_k_fixed_goals_each_with_its_own_cue():
+    env = CuedNav2D(cue_dim=3, num_tasks=4, task_seed=1)
+    tasks = jax.vmap(env.sample_params)(jax.random.split(KEY, 200))
+    goals, cues = np.asarray(tasks.goal), np.asarray(tasks.cue)
+    table_goals, table_cues = (np.asarray(x) for x in env.tasks())
+    which = [int(np.flatnonzero((table_goals == g).all(axis=1))[0]) for g in goals]
+    assert sorted(set(which)) == [0, 1, 2, 3]  # every task drawn, no other goal
+    np.testing.assert_array_equal(cues, table_cues[which])  # the cue names the task
+    assert np.all(np.abs(table_goals) <= env.goal_range)
+    # Another seed, other tasks; novel() a fresh goal and cue every draw.
+    assert not np.allclose(np.asarray(CuedNav2D(num_tasks=4, task_seed=2).tasks()[0]), table_goals)
+    fresh = jax.vmap(env.novel().sample_params)(jax.random.split(KEY, 200))
+    assert len(np.unique(np.asarray(fresh.goal)[:, 0])) == 200
+    assert np.asarray(fresh.cue).shape == (200, 3)
+
+
+def test_cued_observation_is_position_and_cue_with_nav2d_dynamics():
+    env, plain = CuedNav2D(cue_dim=2, num_tasks=3), Nav2D()
+    p = env.sample_params(KEY)
+    obs, state = env.reset(KEY, p)
+    _, plain_state = plain.reset(KEY, params(p.goal))
+    np.testing.assert_array_equal(obs, np.concatenate([[0.0, 0.0], p.cue]))
+    assert env.observation_space(p).shape == (4,)
+    for action in ([0.05, -0.2], [0.1, 0.1]):
+        obs, state, step = env.step(KEY, state, jnp.asarray(action), p)
+        plain_obs, plain_state, plain_step = plain.step(
+            KEY, plain_state, jnp.asarray(action), params(p.goal)
+        )
+        np.testing.assert_array_equal(obs, np.concatenate([plain_obs, p.cue]))
+        np.testing.assert_array_equal(step.final_obs, obs)
+        np.testing.assert_array_equal(step.reward, plain_step.reward)
+
+
+@pytest.mark.parametrize("kw", [dict(cue_dim=0), dict(num_tasks=-1), dict(task_seed=1.5)])
+def test_cued_bad_settings_raise(kw):
+    with pytest.raises(ConfigError):
+        CuedNav2D(**kw)
+
+
+def test_cued_nav2d_is_made_by_name():
+    from jaxrl.envs import make
+
+    env, p = make("meta/cued_nav2d", num_tasks=5, cue_dim=3)
+    assert isinstance(env, CuedNav2D) and (env.num_tasks, env.cue_dim) == (5, 3)
+    assert env.reset(KEY, p)[0].shape == (5,)
