@@ -358,14 +358,16 @@ def inner_loss(cfg, env, params, env_params, traj: Trajectories, adv: jax.Array)
 
 
 def frozen_layer_names(cfg: Config) -> tuple[str, ...]:
-    """The torso layers the inner steps leave alone (``Config.frozen_layers``), as named in
-    ``params["params"]["MLP_0"]``."""
+    """The names of the torso layers that the inner steps leave alone.
+
+    The first ``Config.frozen_layers`` layers, as named in ``params["params"]["MLP_0"]``."""
     return tuple(f"Dense_{i}" for i in range(cfg.frozen_layers))
 
 
 def adapt(cfg, env, params, env_params, traj: Trajectories, adv: jax.Array, step_size) -> dict:
-    """One inner VPG step ``θ' = θ − α ∇θ L_in(θ)``, differentiable in ``params`` and ``α``;
-    the ``Config.frozen_layers`` first torso layers keep their values."""
+    """One inner VPG step ``θ' = θ − α ∇θ L_in(θ)``, differentiable in ``params`` and ``α``.
+
+    The first ``Config.frozen_layers`` torso layers keep their values."""
     grads = jax.grad(inner_loss, argnums=2)(cfg, env, params, env_params, traj, adv)
     adapted = jax.tree.map(lambda p, g: p - step_size * g, params, grads)
     if cfg.frozen_layers:

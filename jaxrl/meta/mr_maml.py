@@ -1,5 +1,7 @@
-"""Meta-regularised MAML on weights, MR-MAML(W) (Yin, Tucker, Zhou, Levine, Finn, ICLR 2020,
-"Meta-Learning without Memorization", https://arxiv.org/abs/1912.03820), for MAML-RL.
+"""Meta-regularised MAML on weights, MR-MAML(W), for MAML-RL.
+
+Yin, Tucker, Zhou, Levine, Finn, ICLR 2020, "Meta-Learning without Memorization",
+https://arxiv.org/abs/1912.03820.
 
 When every meta-training task can be told from the observation alone (non-mutually-exclusive
 tasks, e.g. :class:`jaxrl.envs.nav2d.CuedNav2D`), MAML can store a solution of every task in
@@ -119,8 +121,9 @@ def sample_weights(cfg: Config, params: dict, log_std: dict, noise: dict) -> dic
 
 
 def kl_to_prior(cfg: Config, params: dict, log_std: dict) -> jax.Array:
-    """``KL(N(μ, σ²) ‖ N(0, 1))`` summed over every stochastic weight (a scalar):
-    ``Σ ½ (μ² + σ² − 1) − log σ``."""
+    """``KL(N(μ, σ²) ‖ N(0, 1))`` summed over every stochastic weight (a scalar).
+
+    Per weight ``½ (μ² + σ² − 1) − log σ``."""
     mean = stochastic_means(cfg, params)
     per_leaf = jax.tree.map(
         lambda m, s: jnp.sum(0.5 * (jnp.square(m) + jnp.exp(2.0 * s) - 1.0) - s), mean, log_std
@@ -153,8 +156,10 @@ def _noise_like(tree: dict, key: jax.Array) -> dict:
 
 
 def collect_meta_batch(cfg: Config, env: Env, state: State, key: jax.Array, hp: HParams):
-    """``cfg.meta_batch_size`` tasks, a weight sample ``ε`` for each and the data collected
-    with it (``maml.collect_task``). Returns ``(data, noise)``, both stacked ``[M, ...]``."""
+    """Samples tasks, a weight sample ``ε`` for each, and the data collected with it.
+
+    ``cfg.meta_batch_size`` tasks, each collected by ``maml.collect_task`` with
+    ``θ = μ + σ ε``. Returns ``(data, noise)``, both stacked ``[M, ...]``."""
     key_tasks, key_noise, key_data = jax.random.split(key, 3)
     tasks = jax.vmap(env.sample_params)(jax.random.split(key_tasks, cfg.meta_batch_size))
     noise = jax.vmap(_noise_like, in_axes=(None, 0))(
@@ -172,8 +177,9 @@ def collect_meta_batch(cfg: Config, env: Env, state: State, key: jax.Array, hp: 
 def meta_loss(
     cfg: Config, env: Env, params: dict, log_std: dict, data, noise: dict, hp: HParams
 ) -> tuple[jax.Array, dict]:
-    """The meta-objective: the mean post-update surrogate with sampled weights plus
-    ``β KL``. Returns ``(loss, {"surrogate", "kl"})``."""
+    """The meta-objective: mean post-update surrogate with sampled weights, plus ``β KL``.
+
+    Returns ``(loss, {"surrogate", "kl"})``."""
 
     def per_task(task_data, eps):
         sampled = sample_weights(cfg, params, log_std, eps)
@@ -185,8 +191,9 @@ def meta_loss(
 
 
 def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, dict]:
-    """One meta-iteration: sample tasks and weights, adapt, sample the adapted policies, one
-    Adam step on ``(μ, φ, log σ)``. Metrics as MAML's and ``train/kl``, ``train/mean_std``."""
+    """One meta-iteration: tasks and weights sampled, adapted, one Adam step on μ, φ, log σ.
+
+    Metrics as MAML's, and ``train/surrogate``, ``train/kl``, ``train/mean_std``."""
     key, key_batch = jax.random.split(state.key)
     data, noise = collect_meta_batch(cfg, env, state, key_batch, hp)
     first = data.inner[0] if data.inner else data.outer
@@ -225,6 +232,8 @@ def evaluate(
     num_tasks: int = 40,
     num_steps: int = 3,
 ) -> jax.Array:
-    """``maml.evaluate`` with the mean weights ``μ``: ``[num_tasks, num_steps + 1]`` returns
-    after 0..num_steps adaptation steps (the stochastic layers frozen) on ``env``'s tasks."""
+    """Returns after 0..num_steps adaptation steps on ``env``'s tasks, with the mean weights.
+
+    ``maml.evaluate`` on ``state.params`` (``μ`` in the stochastic layers, which stay
+    frozen): ``[num_tasks, num_steps + 1]``."""
     return maml.evaluate(cfg, env, state.params, key, hp, num_tasks, num_steps)
