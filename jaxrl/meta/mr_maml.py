@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrl.algorithms import base
 from jaxrl.envs.base import Env
 from jaxrl.errors import ConfigError
 from jaxrl.meta import maml
@@ -69,18 +70,16 @@ class Config(maml.Config):
 
 
 class HParams(maml.HParams):
-    """MAML's traced hyperparameters and ``beta``, the weight of the KL meta-regulariser."""
+    """MAML's traced hyperparameters and ``beta`` (default 1e-3), the KL term's weight."""
 
     beta: jax.Array
 
     @classmethod
     def make(cls, **overrides) -> HParams:
-        beta = overrides.get("beta", 1e-4)
-        if not isinstance(beta, jax.core.Tracer) and not float(jnp.min(jnp.asarray(beta))) >= 0:
-            raise ConfigError(f"HParams.beta must be >= 0, got {beta!r}")
-        maml_part = maml.HParams.make(**{k: v for k, v in overrides.items() if k != "beta"})
-        fields = {f.name: getattr(maml_part, f.name) for f in dataclasses.fields(maml.HParams)}
-        return cls(**fields, beta=jnp.asarray(beta, jnp.float32))
+        maml.HParams.make(**{k: v for k, v in overrides.items() if k != "beta"})  # its checks
+        hp = base.make_hparams(cls, {**maml.HPARAM_DEFAULTS, "beta": 1e-3}, overrides)
+        base.check_ranges(hp, {"beta": (0.0, float("inf"))})
+        return hp
 
 
 class State(struct.PyTreeNode):

@@ -150,6 +150,7 @@ def test_update_vmapped_over_seeds_equals_a_loop():
         lambda: mr_maml.Config(**SMALL, init_std=0.0),
         lambda: maml.Config(**SMALL, frozen_layers=-1),
         lambda: mr_maml.HParams.make(beta=-1e-3),
+        lambda: mr_maml.HParams.make(beta="big"),
         lambda: mr_maml.HParams.make(inner_lr=-0.1),
         lambda: mr_maml.HParams.make(step=1.0),
     ],
