@@ -113,6 +113,11 @@ class Config:
         base.check_choices(self, {"outer": OUTERS})
         if self.outer == "reptile" and self.num_inner_steps < 1:
             raise ConfigError("Config.outer='reptile' needs num_inner_steps >= 1 (0 gives g = 0)")
+        if self.outer == "reptile" and self.frozen_layers:
+            raise ConfigError(
+                "Config.outer='reptile' cannot train frozen layers (θ − θ' is 0 there): "
+                "use frozen_layers=0"
+            )
         if not self.action_scale > 0:
             raise ConfigError(f"Config.action_scale must be > 0, got {self.action_scale!r}")
 
@@ -357,11 +362,17 @@ def inner_loss(cfg, env, params, env_params, traj: Trajectories, adv: jax.Array)
     return -_masked_mean(log_prob(cfg, env, params, env_params, traj) * adv, traj.mask)
 
 
-def frozen_layer_names(cfg: Config) -> tuple[str, ...]:
-    """The names of the torso layers that the inner steps leave alone.
+def frozen_layers_of(cfg: Config, params: dict) -> dict:
+    """The first ``Config.frozen_layers`` torso layers of ``params``, the ones the inner
+    steps leave alone: ``{"Dense_i": {"kernel", "bias"}}``."""
+    torso = params["params"]["MLP_0"]
+    return {f"Dense_{i}": torso[f"Dense_{i}"] for i in range(cfg.frozen_layers)}
 
-    The first ``Config.frozen_layers`` layers, as named in ``params["params"]["MLP_0"]``."""
-    return tuple(f"Dense_{i}" for i in range(cfg.frozen_layers))
+
+def with_torso_layers(params: dict, layers: dict) -> dict:
+    """``params`` with the torso layers named in ``layers`` (``{"Dense_i": ...}``) replaced."""
+    torso = {**params["params"]["MLP_0"], **layers}
+    return {**params, "params": {**params["params"], "MLP_0": torso}}
 
 
 def adapt(cfg, env, params, env_params, traj: Trajectories, adv: jax.Array, step_size) -> dict:
@@ -370,12 +381,9 @@ def adapt(cfg, env, params, env_params, traj: Trajectories, adv: jax.Array, step
     The first ``Config.frozen_layers`` torso layers keep their values."""
     grads = jax.grad(inner_loss, argnums=2)(cfg, env, params, env_params, traj, adv)
     adapted = jax.tree.map(lambda p, g: p - step_size * g, params, grads)
-    if cfg.frozen_layers:
-        torso = dict(adapted["params"]["MLP_0"])
-        for name in frozen_layer_names(cfg):
-            torso[name] = params["params"]["MLP_0"][name]
-        adapted = {**adapted, "params": {**adapted["params"], "MLP_0": torso}}
-    return adapted
+    if not cfg.frozen_layers:  # (a linear policy, hidden=(), has no torso)
+        return adapted
+    return with_torso_layers(adapted, frozen_layers_of(cfg, params))
 
 
 def adapt_through(cfg, env, params, env_params, trajs, advs, step_sizes) -> dict:

@@ -100,30 +100,18 @@ class State(struct.PyTreeNode):
     step: jax.Array
 
 
-def stochastic_means(cfg: Config, params: dict) -> dict:
-    """The stochastic layers' mean weights ``μ``, shaped as ``State.log_std``."""
-    torso = params["params"]["MLP_0"]
-    return {name: torso[name] for name in maml.frozen_layer_names(cfg)}
-
-
-def with_weights(params: dict, weights: dict) -> dict:
-    """``params`` with the stochastic layers' weights replaced by ``weights``."""
-    torso = {**params["params"]["MLP_0"], **weights}
-    return {**params, "params": {**params["params"], "MLP_0": torso}}
-
-
 def sample_weights(cfg: Config, params: dict, log_std: dict, noise: dict) -> dict:
     """``params`` with ``θ = μ + σ ε`` in the stochastic layers (``noise`` is ``ε``)."""
-    mean = stochastic_means(cfg, params)
+    mean = maml.frozen_layers_of(cfg, params)
     theta = jax.tree.map(lambda m, s, e: m + jnp.exp(s) * e, mean, log_std, noise)
-    return with_weights(params, theta)
+    return maml.with_torso_layers(params, theta)
 
 
 def kl_to_prior(cfg: Config, params: dict, log_std: dict) -> jax.Array:
     """``KL(N(μ, σ²) ‖ N(0, 1))`` summed over every stochastic weight (a scalar).
 
     Per weight ``½ (μ² + σ² − 1) − log σ``."""
-    mean = stochastic_means(cfg, params)
+    mean = maml.frozen_layers_of(cfg, params)
     per_leaf = jax.tree.map(
         lambda m, s: jnp.sum(0.5 * (jnp.square(m) + jnp.exp(2.0 * s) - 1.0) - s), mean, log_std
     )
@@ -141,7 +129,7 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params=None) ->
     key_params, key = jax.random.split(key)
     params = maml.init_params(cfg, env, key_params, env_params)
     log_std = jax.tree.map(
-        lambda m: jnp.full_like(m, jnp.log(cfg.init_std)), stochastic_means(cfg, params)
+        lambda m: jnp.full_like(m, jnp.log(cfg.init_std)), maml.frozen_layers_of(cfg, params)
     )
     opt_state = optimizer(hp).init((params, log_std))
     return State(params, log_std, opt_state, key, jnp.zeros((), jnp.int32))

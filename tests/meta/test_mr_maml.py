@@ -31,7 +31,7 @@ def test_kl_to_prior_is_distrax_normal_kl_summed():
     cfg = mr_maml.Config(**SMALL, frozen_layers=2)
     state = _state(cfg, mr_maml.HParams.make())
     got = mr_maml.kl_to_prior(cfg, state.params, state.log_std)
-    mean = mr_maml.stochastic_means(cfg, state.params)
+    mean = maml.frozen_layers_of(cfg, state.params)
     assert set(mean) == {"Dense_0", "Dense_1"}
     want = sum(
         float(jnp.sum(distrax.Normal(m, jnp.exp(s)).kl_divergence(distrax.Normal(0.0, 1.0))))
@@ -149,6 +149,7 @@ def test_update_vmapped_over_seeds_equals_a_loop():
         lambda: mr_maml.Config(**SMALL, outer="trpo"),
         lambda: mr_maml.Config(**SMALL, init_std=0.0),
         lambda: maml.Config(**SMALL, frozen_layers=-1),
+        lambda: maml.Config(**SMALL, frozen_layers=1, outer="reptile", num_inner_steps=2),
         lambda: mr_maml.HParams.make(beta=-1e-3),
         lambda: mr_maml.HParams.make(beta="big"),
         lambda: mr_maml.HParams.make(inner_lr=-0.1),
