@@ -38,26 +38,28 @@ def parse_args():
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--num-tasks", type=int, default=20, help="fixed meta-training tasks")
     p.add_argument("--cue-dim", type=int, default=8)
+    p.add_argument("--init-std", type=float, default=1e-2, help="MR-MAML's initial weight σ")
     p.add_argument("--eval-tasks", type=int, default=40)
     p.add_argument("--eval-steps", type=int, default=3)
     p.add_argument("--out", default=None, help="write results JSON here")
     return p.parse_args()
 
 
-def arm_setup(arm: str, iters: int):
+def arm_setup(arm: str, iters: int, init_std: float = 1e-2):
     """``(module, cfg, hp)`` of an arm (MAML's paper config, Adam 1e-2 annealed over iters)."""
     base = dict(meta_batch_size=20, num_traj=20, horizon=100, hidden=(100, 100),
                 anneal_steps=iters)  # fmt: skip
     hp = dict(inner_lr=0.1, learning_rate=1e-2)
     if arm.startswith("mr"):
-        return mr_maml, mr_maml.Config(**base), mr_maml.HParams.make(**hp, beta=float(arm[2:]))
+        cfg = mr_maml.Config(**base, init_std=init_std)
+        return mr_maml, cfg, mr_maml.HParams.make(**hp, beta=float(arm[2:]))
     frozen = 1 if arm == "frozen" else 0
     return maml, maml.Config(**base, frozen_layers=frozen), maml.HParams.make(**hp)
 
 
 def main():
     args = parse_args()
-    module, cfg, hp = arm_setup(args.arm, args.iters)
+    module, cfg, hp = arm_setup(args.arm, args.iters, args.init_std)
     results = {"novel": [], "train": []}
     curves = []
     start = time.time()
