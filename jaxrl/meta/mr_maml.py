@@ -19,11 +19,12 @@ collects the task's data (so the post-update surrogate stays on-policy).
 ``L_i`` is :func:`jaxrl.meta.maml.task_surrogate`. With ``β = 0`` the posterior is free to
 shrink to a point and the method is MAML with its first layers frozen in the inner loop.
 
-jaxrl's choices where the paper (supervised few-shot regression and classification) has none
-for RL: the outer optimiser is MAML's Adam (``maml.Config.outer = "adam"``); the weights'
-standard deviations start at ``Config.init_std`` (as the paper's code starts them small);
-evaluation and the adapted policies use the mean weights ``μ`` (:func:`evaluate`), as the
-paper's test-time predictions average over few samples of a narrow posterior.
+jaxrl's choices, where the paper (supervised few-shot regression and classification) gives
+none for RL: the outer optimiser is MAML's Adam (``maml.Config.outer = "adam"``); the
+weights' standard deviations start at ``Config.init_std``; evaluation adapts the mean
+weights ``μ`` (:func:`evaluate`). Adam moves each ``log σ`` by about one step size per
+iteration, so ``init_std`` bounds where ``σ`` can get in a short run, whatever ``β``
+(``experiments/meta/RESULTS_mr_maml.md``).
 
 Shapes as :mod:`jaxrl.meta.maml`; no function here calls ``jit``.
 """
