@@ -615,6 +615,15 @@ def collect_meta_batch(cfg: Config, env: Env, params: dict, key: jax.Array, hp: 
     )
 
 
+def annealed(cfg: Config, step: jax.Array, updates):
+    """``updates`` scaled by ``max(1 − step / Config.anneal_steps, 0)`` (unchanged when
+    ``anneal_steps = 0``): the outer step size's linear decay."""
+    if not cfg.anneal_steps:
+        return updates
+    frac = jnp.maximum(1.0 - step.astype(jnp.float32) / cfg.anneal_steps, 0.0)
+    return jax.tree.map(lambda u: frac * u, updates)
+
+
 def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, dict]:
     """One meta-iteration: sample tasks, adapt, sample adapted policies, one outer step.
 
@@ -640,9 +649,7 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, dic
         else:
             grads = reptile_grad(cfg, env, state.params, data, hp)
         updates, opt_state = optimizer(hp).update(grads, state.opt_state, state.params)
-        if cfg.anneal_steps:
-            frac = jnp.maximum(1.0 - state.step.astype(jnp.float32) / cfg.anneal_steps, 0.0)
-            updates = jax.tree.map(lambda u: frac * u, updates)
+        updates = annealed(cfg, state.step, updates)
         params = optax.apply_updates(state.params, updates)
         metrics["train/grad_norm"] = optax.global_norm(grads)
     return State(params, opt_state, key, state.step + 1), metrics

@@ -90,7 +90,7 @@ class State(struct.PyTreeNode):
         params: the policy's parameters: the means ``μ`` in the stochastic layers, ``φ``
             elsewhere (what :func:`evaluate` and ``maml.evaluate`` use).
         log_std: ``log σ`` of the stochastic layers (``{"Dense_i": {"kernel", "bias"}}``).
-        opt_state: Adam's state over ``(params, log_std)``.
+        opt_state: the state of MAML's Adam (``maml.optimizer``) over ``(params, log_std)``.
         key: PRNG key; ``step``: meta-iterations done.
     """
 
@@ -119,11 +119,6 @@ def kl_to_prior(cfg: Config, params: dict, log_std: dict) -> jax.Array:
     return sum(jax.tree.leaves(per_leaf))
 
 
-def optimizer(hp: HParams) -> optax.GradientTransformation:
-    """MAML's Adam (with its global-norm clip) over ``(params, log_std)``."""
-    return maml.optimizer(hp)
-
-
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params=None) -> State:
     """MAML's random ``θ`` as the means, ``σ = Config.init_std`` and a fresh Adam state."""
     env_params = env.default_params() if env_params is None else env_params
@@ -132,7 +127,7 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params=None) ->
     log_std = jax.tree.map(
         lambda m: jnp.full_like(m, jnp.log(cfg.init_std)), maml.frozen_layers_of(cfg, params)
     )
-    opt_state = optimizer(hp).init((params, log_std))
+    opt_state = maml.optimizer(hp).init((params, log_std))
     return State(params, log_std, opt_state, key, jnp.zeros((), jnp.int32))
 
 
@@ -188,10 +183,8 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, dic
     grad_fn = jax.value_and_grad(meta_loss, argnums=(2, 3), has_aux=True)
     (loss, parts), grads = grad_fn(cfg, env, state.params, state.log_std, data, noise, hp)
     variables = (state.params, state.log_std)
-    updates, opt_state = optimizer(hp).update(grads, state.opt_state, variables)
-    if cfg.anneal_steps:
-        frac = jnp.maximum(1.0 - state.step.astype(jnp.float32) / cfg.anneal_steps, 0.0)
-        updates = jax.tree.map(lambda u: frac * u, updates)
+    updates, opt_state = maml.optimizer(hp).update(grads, state.opt_state, variables)
+    updates = maml.annealed(cfg, state.step, updates)
     params, log_std = optax.apply_updates(variables, updates)
     stds = jnp.concatenate([jnp.ravel(jnp.exp(s)) for s in jax.tree.leaves(state.log_std)])
     metrics = {
