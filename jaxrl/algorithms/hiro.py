@@ -61,9 +61,11 @@ from jaxrl.utils.branch import run_if
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Static settings. The paper's values: ``c = 10``, TD3 at both levels, 10 candidate
-    goals (8 drawn); ``hidden``, ``batch_size`` and ``learning_starts`` are ours (smaller
-    nets than the paper's 300-300 for CPU runs)."""
+    """Static settings.
+
+    The paper's values: ``c = 10``, TD3 at both levels, 10 candidate goals (8 drawn).
+    ``hidden``, ``batch_size`` and ``learning_starts`` are ours (smaller nets than the
+    paper's 300-300, for CPU runs)."""
 
     total_timesteps: int = 200_000  # env steps per run, over all envs
     num_envs: int = 1
@@ -112,8 +114,10 @@ HPARAM_RANGES = dict(high_reward_scale=(0.0, 1e6), candidate_std=(0.0, 1e6))
 
 
 class HParams(struct.PyTreeNode):
-    """Traced hyperparameters: each level's TD3 ones, the high level's reward scale and the
-    candidate goals' std (in units of ``goal_range``)."""
+    """Traced hyperparameters: each level's TD3 ones, and two of HIRO's own.
+
+    ``high_reward_scale`` multiplies the high level's summed reward; ``candidate_std`` is
+    the std of the drawn candidate goals, in units of ``goal_range``."""
 
     low: td3.HParams
     high: td3.HParams
@@ -176,8 +180,10 @@ class State(struct.PyTreeNode):
 
 @dataclasses.dataclass(frozen=True)
 class GoalProposer(Env):
-    """The high level as TD3 sees it: a decision process whose actions are goals ``[G]``
-    in ``[-1, 1]`` (scaled by ``goal_range``). Only its action space is used."""
+    """The high level as TD3 sees it: an env whose actions are goals.
+
+    Its actions are ``[G]`` in ``[-1, 1]`` (times ``goal_range`` in env units). Only its
+    action space is used."""
 
     goal_dims: int
 
@@ -229,8 +235,9 @@ def goal_scale(cfg: Config, like: jax.Array | None = None) -> jax.Array:
 
 
 def low_input(cfg: Config, obs: jax.Array, goal: jax.Array) -> jax.Array:
-    """The low level's input ``[..., D + G]``: ``obs [..., D]`` and ``goal [..., G]`` (in
-    env units) divided by ``goal_range``."""
+    """The low level's input ``[..., D + G]``: the observation and the scaled goal.
+
+    ``obs [..., D]`` as it is, ``goal [..., G]`` (env units) divided by ``goal_range``."""
     return jnp.concatenate([obs, goal / goal_scale(cfg, goal)], axis=-1)
 
 
@@ -278,8 +285,9 @@ def _learner(cfg: td3.Config, env: Env, key: jax.Array, obs: jax.Array, hp: td3.
 
 
 def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object = None) -> State:
-    """Initial state: both levels' networks (targets equal to them), optimisers, empty
-    replays and ``cfg.num_envs`` reset envs."""
+    """The initial state: fresh networks at both levels, empty replays, reset envs.
+
+    Targets equal the networks; there are ``cfg.num_envs`` envs."""
     env_params = env.default_params() if env_params is None else env_params
     low_cfg, high_cfg = level_configs(cfg)
     key, key_low, key_high, key_env = jax.random.split(key, 4)
@@ -376,10 +384,12 @@ def collect(
 
 
 def relabel(cfg: Config, env: Env, low_actor: dict, segment: Segment, key: jax.Array, hp: HParams):
-    """The off-policy correction: for segments ``[B, ...]``, the candidate goals ``[B, G]``
-    (in ``[-1, 1]``) under which the low actor ``low_actor`` best explains the stored
-    actions, and the index ``[B]`` of each choice (0: the original goal, 1: the reached
-    change ``s_{t+c} - s_t``, then the Gaussian draws)."""
+    """The off-policy correction: the goals that best explain the stored low actions.
+
+    For segments ``[B, ...]``, returns the candidate goals ``[B, G]`` (in ``[-1, 1]``)
+    under which the low actor ``low_actor`` makes the stored actions most likely, and the
+    index ``[B]`` of each choice (0: the original goal, 1: the reached change
+    ``s_{t+c} - s_t``, then the Gaussian draws)."""
     actor, _ = td3.networks(level_configs(cfg)[0], env)
     tr = segment.transition
     g = cfg.goal_dims
@@ -404,8 +414,10 @@ def relabel(cfg: Config, env: Env, low_actor: dict, segment: Segment, key: jax.A
 
 
 def learn(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """``c`` low-level and one high-level TD3 gradient step (relabelled goals when
-    ``cfg.correction``), skipped (NaN metrics) before ``learning_starts``."""
+    """Takes ``c`` low-level TD3 gradient steps and one high-level one.
+
+    The high level's replayed goals are relabelled when ``cfg.correction``. Both are
+    skipped (NaN metrics) before ``learning_starts``."""
     low_cfg, high_cfg = level_configs(cfg)
     proposer = GoalProposer(cfg.goal_dims)
     ready = jnp.logical_and(
@@ -474,7 +486,7 @@ def evaluate(
     num_episodes: int,
     steps: int,
 ) -> dict[str, jax.Array]:
-    """Greedy hierarchy (no noise) for ``num_episodes`` episodes of at most ``steps`` steps.
+    """Plays ``num_episodes`` greedy episodes (no noise) of at most ``steps`` steps.
 
     Returns ``return [E]`` (the env's reward summed until the episode ends), ``final_obs
     [E, D]`` (the observation the episode ended on, or the last one) and ``length [E]``.

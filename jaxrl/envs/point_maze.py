@@ -61,6 +61,8 @@ class PointMazeParams(struct.PyTreeNode):
 
 
 class PointMazeState(struct.PyTreeNode):
+    """The point's position ``[2]``, the episode's target ``[2]`` and the step count."""
+
     pos: jax.Array  # [2]
     target: jax.Array  # [2]
     time: jax.Array  # [] int32
