@@ -247,7 +247,8 @@ OPEN_ROOM = (
 @pytest.mark.learning
 def test_hiro_learns_to_reach_the_far_corner_of_an_open_room():
     # Two seeds, 30k env steps of random training targets; then the greedy hierarchy, from
-    # (1.5, 1.5), must end within 0.5 of (3.5, 3.5) (2.8 away; a random policy ends ~2.5 off).
+    # (1.5, 1.5), must end within 0.5 of (3.5, 3.5), 2.8 away. They end 0.24 and 0.21 away;
+    # after the 2,000 warm-up steps alone, 2.43 and 0.64.
     env = PointMaze(layout=OPEN_ROOM)
     cfg = hiro.Config(total_timesteps=30_000, learning_starts=2_000, buffer_size=30_000)
     hp = hiro.HParams.make()
