@@ -1,6 +1,7 @@
 """HIRO: the goal transition and low-level reward by hand, the off-policy correction against
 a numpy reference (and its fixed points), what one collected segment holds (goals that keep
-pointing at one state, the high level's summed reward, an episode end cutting the segment),
+pointing at one state, the high level's summed reward, a time limit or a terminal step
+cutting the segment),
 the gradient-step counts, vmapped seeds against looped ones, config errors, and HIRO
 learning to reach the target of an open room."""
 
@@ -16,6 +17,7 @@ import pytest
 from jaxrl.algorithms import hiro, td3
 from jaxrl.envs import registry
 from jaxrl.envs.point_maze import PointMaze
+from jaxrl.envs.probe import ContinuousTarget
 from jaxrl.errors import ConfigError
 
 TINY = hiro.Config(
@@ -157,6 +159,22 @@ def test_an_episode_end_cuts_the_segment_and_the_new_episode_gets_a_fresh_goal()
     np.testing.assert_allclose(low.obs[2, 0, :2], [1.5, 1.5])  # the new episode's start
 
 
+def test_a_terminal_step_ends_the_segment_without_bootstrap():
+    # One-step episodes (obs o, reward -(a - o)^2, terminated): every segment is one step.
+    env = ContinuousTarget()
+    cfg = dataclasses.replace(TINY, goal_dims=1, goal_range=(1.0,), num_envs=2)
+    hp = hiro.HParams.make()
+    hiro.check(cfg, env, hp)
+    state = hiro.init(cfg, env, jax.random.key(11), hp)
+    _, low, seg, info = hiro.collect(cfg, env, state, hp)
+    np.testing.assert_array_equal(info["done"], True)
+    np.testing.assert_array_equal(low.terminated, 1.0)
+    np.testing.assert_array_equal(seg.valid, [[1.0, 0.0, 0.0, 0.0]] * 2)
+    np.testing.assert_array_equal(seg.transition.terminated, 1.0)
+    first_reward = -jnp.square(2.0 * low.action[0, :, 0] - seg.transition.obs[:, 0])  # [-2, 2]
+    np.testing.assert_allclose(seg.transition.reward, 0.1 * first_reward, rtol=1e-5)
+
+
 def test_each_update_after_warm_up_takes_c_low_and_one_high_gradient_step():
     hp = hiro.HParams.make()
     state = hiro.init(TINY, ENV, jax.random.key(6), hp)
@@ -187,8 +205,9 @@ def test_vmapped_seeds_equal_looped_ones():
     keys = jax.random.split(jax.random.key(8), 2)
     batched = jax.jit(jax.vmap(run))(keys)
     pick = lambda out: (out[0].low, out[0].high, out[0].obs, out[1])
+    looped = jax.jit(run)
     for i in range(2):
-        single = pick(jax.jit(run)(keys[i]))
+        single = pick(looped(keys[i]))
         one = jax.tree.map(lambda x, i=i: x[i], pick(batched))
         for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(one), strict=True):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5)
