@@ -42,13 +42,13 @@ from jaxrl.algorithms import hiro, td3  # noqa: E402
 from jaxrl.distributed.mesh import run_mesh  # noqa: E402
 from jaxrl.distributed.sharding import shard_runs  # noqa: E402
 from jaxrl.envs import registry  # noqa: E402
+from jaxrl.envs.point_maze import MAZES  # noqa: E402
 from jaxrl.logger.writers import atomic_write_text  # noqa: E402
 
 EVAL_EPISODES = 10
-EPISODE_STEPS = 200  # PointMazeParams' default time limit
 
 
-def td3_evaluate(cfg, env, state, key, env_params):
+def td3_evaluate(cfg, env, state, key, env_params, episode_steps):
     """Greedy TD3 episodes towards the evaluation target: final observations ``[E, D]``."""
 
     def episode(key):
@@ -61,16 +61,19 @@ def td3_evaluate(cfg, env, state, key, env_params):
             )
             return (obs, env_state), None
 
-        (obs, _), _ = jax.lax.scan(step, (obs, env_state), jax.random.split(key, EPISODE_STEPS))
+        (obs, _), _ = jax.lax.scan(step, (obs, env_state), jax.random.split(key, episode_steps))
         return obs
 
     return jax.vmap(episode)(jax.random.split(key, EVAL_EPISODES))
 
 
-def run_arm(arm: str, keys: jax.Array, steps: int, evals: int) -> dict:
+def run_arm(
+    arm: str, keys: jax.Array, steps: int, evals: int, maze: str, episode_steps: int
+) -> dict:
     """Trains ``len(keys)`` vmapped seeds, evaluating ``evals`` times; returns lists."""
-    env, _ = registry.make("hrl/point_maze")
-    eval_params = env.evaluation_params(EPISODE_STEPS)
+    env, train_params = registry.make("hrl/point_maze", layout=MAZES[maze])
+    train_params = train_params.replace(max_steps=jnp.asarray(episode_steps, jnp.int32))
+    eval_params = env.evaluation_params(episode_steps)
     if arm == "td3":
         cfg = td3.Config(
             total_timesteps=steps, buffer_size=200_000, batch_size=100, learning_starts=5_000,
@@ -78,17 +81,17 @@ def run_arm(arm: str, keys: jax.Array, steps: int, evals: int) -> dict:
         )  # fmt: skip
         hp = td3.HParams.make()
         td3.check(cfg, hp)
-        init = lambda k: td3.init(cfg, env, k, hp)
+        init = lambda k: td3.init(cfg, env, k, hp, train_params)
         train = lambda s, n: td3.train(cfg, env, s, hp, n)
-        final_obs = lambda s, k: td3_evaluate(cfg, env, s, k, eval_params)
+        final_obs = lambda s, k: td3_evaluate(cfg, env, s, k, eval_params, episode_steps)
     else:
         cfg = hiro.Config(total_timesteps=steps, correction=arm == "hiro")
         hp = hiro.HParams.make()
         hiro.check(cfg, env, hp)
-        init = lambda k: hiro.init(cfg, env, k, hp)
+        init = lambda k: hiro.init(cfg, env, k, hp, train_params)
         train = lambda s, n: hiro.train(cfg, env, s, hp, n)
         final_obs = lambda s, k: hiro.evaluate(
-            cfg, env, s, k, eval_params, EVAL_EPISODES, EPISODE_STEPS
+            cfg, env, s, k, eval_params, EVAL_EPISODES, episode_steps
         )["final_obs"]
     per_eval = cfg.num_updates // evals
 
@@ -122,15 +125,18 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--evals", type=int, default=10)
+    parser.add_argument("--maze", choices=sorted(MAZES), default="u")
+    parser.add_argument("--episode-steps", type=int, default=200)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     keys = jnp.stack([jax.random.key(s) for s in args.seeds])
     mesh = run_mesh()
     if len(args.seeds) % mesh.size == 0:
         keys = shard_runs(keys, mesh)
-    results = {"seeds": args.seeds, "steps": args.steps}
+    results = {"seeds": args.seeds, "steps": args.steps, "maze": args.maze}
+    results["episode_steps"] = args.episode_steps
     for arm in args.arms:
-        results[arm] = run_arm(arm, keys, args.steps, args.evals)
+        results[arm] = run_arm(arm, keys, args.steps, args.evals, args.maze, args.episode_steps)
         success = np.asarray(results[arm]["success"])
         distance = np.asarray(results[arm]["distance"])
         print(

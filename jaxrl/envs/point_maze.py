@@ -11,7 +11,8 @@ ant replaced by a point mass, so it runs on a CPU in minutes:
   target's cell) and spaces, top row first; cell ``(row, col)`` covers
   ``x in [col, col + 1)``, ``y in [rows - 1 - row, rows - row)``. The default is a U of
   3 x 3 open cells: start at ``(1.5, 1.5)``, target at ``(1.5, 3.5)``, a wall between them
-  and a shortest path of 6 units;
+  and a shortest path of 6 units (:data:`MAZES` also has ``"s"``, an S of 5 x 5 cells with
+  two walls in the way and a 12-unit path);
 * the action ``[2]`` in ``[-1, 1]`` moves the point by ``max_step`` times it, one axis at a
   time (x, then y); a move whose end is in a wall is not made on that axis (the point
   slides along walls);
@@ -45,6 +46,18 @@ U_MAZE = (
     "#S  #",
     "#####",
 )
+
+# A longer, doubly deceptive maze: two walls between start and target, a 12-unit path.
+S_MAZE = (
+    "#######",
+    "#G    #",
+    "##### #",
+    "#     #",
+    "# #####",
+    "#S    #",
+    "#######",
+)
+MAZES = {"u": U_MAZE, "s": S_MAZE}
 
 
 class PointMazeParams(struct.PyTreeNode):
