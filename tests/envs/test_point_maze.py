@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxrl.envs import registry
-from jaxrl.envs.point_maze import PointMaze
+from jaxrl.envs.point_maze import MAZES, S_MAZE, PointMaze
 from jaxrl.errors import ConfigError
 
 
@@ -104,3 +104,16 @@ def test_registry_makes_it_with_keywords():
     assert isinstance(env, PointMaze) and env.max_step == 0.2
     assert bool(params.random_target)
     assert "hrl/point_maze" in registry.list_envs()
+
+
+def test_the_s_maze_needs_the_long_way_round():
+    env = PointMaze(layout=S_MAZE)
+    params = env.evaluation_params(max_steps=300)
+    obs, state = env.reset(jax.random.key(0), params)
+    np.testing.assert_allclose(obs, [1.5, 1.5, 1.5, 5.5])
+    straight, _, _ = _walk(env, state, params, [(0.0, 1.0)] * 40)  # up: the second wall stops it
+    assert 2.0 < float(straight[1]) < 4.0 and not bool(env.success(straight))
+    path = [(0.0, 1.0)] * 20 + [(1.0, 0.0)] * 40 + [(0.0, 1.0)] * 20 + [(-1.0, 0.0)] * 40
+    obs, _, _ = _walk(env, state, params, path)
+    assert bool(env.success(obs))
+    assert MAZES["s"] is S_MAZE
