@@ -251,21 +251,13 @@ def low_reward(cfg: Config, obs: jax.Array, goal: jax.Array, next_obs: jax.Array
     return -jnp.linalg.norm(goal_transition(cfg, obs, goal, next_obs), axis=-1)
 
 
-def _act(net, params: dict, inputs: jax.Array, key: jax.Array, sigma: jax.Array, warm) -> jax.Array:
-    """``clip(mu(x) + sigma N(0, 1), -1, 1)``, or uniform in ``[-1, 1]`` where ``warm``."""
-    key_noise, key_uniform = jax.random.split(key)
-    mean = net.apply(params, inputs)
-    noisy = jnp.clip(mean + sigma * jax.random.normal(key_noise, mean.shape), -1.0, 1.0)
-    uniform = jax.random.uniform(key_uniform, mean.shape, minval=-1.0, maxval=1.0)
-    return jnp.where(warm, uniform, noisy)
-
-
 def propose(
     cfg: Config, state: State, obs: jax.Array, key: jax.Array, hp: HParams, warm
 ) -> jax.Array:
     """Exploring high-level goals ``[N, G]`` (env units) for observations ``[N, D]``."""
     actor, _ = td3.networks(level_configs(cfg)[1], GoalProposer(cfg.goal_dims))
-    action = _act(actor, state.high.params.actor, obs, key, hp.high.exploration_noise, warm)
+    mean = actor.apply(state.high.params.actor, obs)
+    action = td3.exploring_action(mean, key, hp.high.exploration_noise, warm)
     return action * goal_scale(cfg, action)
 
 
@@ -339,7 +331,8 @@ def collect(
         st, goal, seg_reward, open_, end_obs, terminated = carry
         key_act, key_env, key_goal = jax.random.split(key, 3)
         inputs = low_input(cfg, st.obs, goal)
-        action = _act(actor, st.low.params.actor, inputs, key_act, hp.low.exploration_noise, warm)
+        mean = actor.apply(st.low.params.actor, inputs)
+        action = td3.exploring_action(mean, key_act, hp.low.exploration_noise, warm)
         next_obs, env_state, step = venv.step(
             key_env, st.env_state, scale_action(action, low, high), st.env_params
         )

@@ -274,17 +274,28 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
     )
 
 
+def exploring_action(
+    mean: jax.Array, key: jax.Array, sigma: jax.Array, warm: jax.Array | bool
+) -> jax.Array:
+    """The exploring action ``[..., A]`` in ``[-1, 1]`` for a greedy one ``mean [..., A]``.
+
+    ``clip(mean + sigma N(0, 1), -1, 1)``, or uniform in ``[-1, 1]`` where ``warm`` (the
+    warm-up before learning starts)."""
+    key_noise, key_uniform = jax.random.split(key)
+    noisy = mean + sigma * jax.random.normal(key_noise, mean.shape)
+    uniform = jax.random.uniform(key_uniform, mean.shape, minval=-1.0, maxval=1.0)
+    return jnp.where(warm, uniform, jnp.clip(noisy, -1.0, 1.0))
+
+
 def explore(
     cfg: Config, env: Env, state: State, obs: jax.Array, key: jax.Array, hp: HParams
 ) -> jax.Array:
     """Exploring actions ``[N, A]`` in ``[-1, 1]``: ``mu(s) + N(0, sigma^2)`` clipped, or
     uniform while ``state.env_steps < cfg.learning_starts``."""
     actor, _ = networks(cfg, env)
-    key_noise, key_uniform = jax.random.split(key)
     mean = actor.apply(state.params.actor, obs)
-    noisy = mean + hp.exploration_noise * jax.random.normal(key_noise, mean.shape)
-    uniform = jax.random.uniform(key_uniform, mean.shape, minval=-1.0, maxval=1.0)
-    return jnp.where(state.env_steps < cfg.learning_starts, uniform, jnp.clip(noisy, -1.0, 1.0))
+    warm = state.env_steps < cfg.learning_starts
+    return exploring_action(mean, key, hp.exploration_noise, warm)
 
 
 def collect(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Transition, dict]:
