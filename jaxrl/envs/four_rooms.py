@@ -25,7 +25,11 @@ Actions 0-3 move up, right, down, left. With probability ``1 - slip`` the agent 
 chosen, otherwise in one of the other three directions, uniformly (Sutton et al.: 2/3 and
 1/3); a move into a wall leaves it in place. Entering the goal gives reward 1 and ends
 the episode; every other step gives 0. Episodes start in a uniformly drawn open cell other
-than the goal, and are truncated after ``max_steps`` steps.
+than the goal (or all in the cell ``start``), and are truncated after ``max_steps`` steps.
+
+:class:`Coordinates` shows the agent's (row, column) instead of the cell number, for
+agents with vector inputs (FuN's Manager learns directions in a space built from it);
+the registry's ``hrl/four_rooms`` is that view.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import numpy as np
 from flax import struct
 
 from jaxrl.envs import spaces
-from jaxrl.envs.base import Env, Step
+from jaxrl.envs.base import Env, Step, Wrapper
 from jaxrl.errors import ConfigError
 
 LAYOUT = (
@@ -112,10 +116,13 @@ class FourRooms(Env):
     Attributes:
         slip: probability that the move goes in one of the three other directions.
         max_steps: steps before truncation.
+        start: the state every episode starts in, or -1 for a uniformly drawn open cell
+            other than the goal.
     """
 
     slip: float = 1.0 / 3.0
     max_steps: int = 1000
+    start: int = -1
 
     def __post_init__(self):
         if not 0.0 <= self.slip <= 1.0:
@@ -124,12 +131,20 @@ class FourRooms(Env):
             raise ConfigError(
                 f"FourRooms.max_steps must be an integer >= 1, got {self.max_steps!r}"
             )
+        if not (isinstance(self.start, int) and -1 <= self.start < NUM_STATES):
+            raise ConfigError(
+                f"FourRooms.start must be -1 or a state number below {NUM_STATES}, "
+                f"got {self.start!r}"
+            )
 
     def default_params(self) -> FourRoomsParams:
         return FourRoomsParams()
 
     def reset(self, key: jax.Array, params: FourRoomsParams) -> tuple[jax.Array, FourRoomsState]:
-        """A uniformly drawn open cell other than the goal."""
+        """``self.start``, or (-1) a uniformly drawn open cell other than the goal."""
+        if self.start >= 0:
+            cell = jnp.asarray(self.start, jnp.int32)
+            return cell, FourRoomsState(cell, jnp.zeros((), jnp.int32))
         draw = jax.random.randint(key, (), 0, NUM_STATES - 1)
         cell = jnp.where(draw >= params.goal, draw + 1, draw).astype(jnp.int32)
         return cell, FourRoomsState(cell, jnp.zeros((), jnp.int32))
@@ -152,3 +167,29 @@ class FourRooms(Env):
 
     def action_space(self, params: FourRoomsParams) -> spaces.Discrete:
         return spaces.Discrete(4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Coordinates(Wrapper):
+    """The four-rooms world observed as the agent's ``[row, column] / 12`` (float32
+    ``[2]``, in [0, 1]; ``Step.final_obs`` too) instead of its state number."""
+
+    def _coordinates(self, cell: jax.Array) -> jax.Array:
+        return jnp.asarray(CELLS, jnp.float32)[cell] / (len(LAYOUT) - 1)
+
+    def reset(self, key, params):
+        cell, state = self.env.reset(key, params)
+        return self._coordinates(cell), state
+
+    def step(self, key, state, action, params):
+        cell, state, step = self.env.step(key, state, action, params)
+        final = self._coordinates(step.final_obs)
+        return self._coordinates(cell), state, step.replace(final_obs=final)
+
+    def observation_space(self, params):
+        return spaces.Box(0.0, 1.0, (2,))
+
+
+def coordinate_four_rooms(**kwargs) -> Coordinates:
+    """``Coordinates(FourRooms(**kwargs))``: the registry's ``hrl/four_rooms``."""
+    return Coordinates(FourRooms(**kwargs))

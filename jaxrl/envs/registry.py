@@ -12,7 +12,8 @@ Names:
     ``num_tasks=``, ``cue_dim=``), ``meta/bernoulli_bandit`` (RL^2's bandits; ``num_arms=``,
     ``task=``);
   * ``hrl/<name>``: test beds for hierarchical RL: ``hrl/point_maze`` (HIRO's Ant Maze with a
-    point mass; ``layout=``, ``max_step=``);
+    point mass; ``layout=``, ``max_step=``), ``hrl/four_rooms`` (the four-rooms world seen
+    as the agent's coordinates; ``slip=``, ``max_steps=``);
   * ``pomdp/<gymnax id>``: a gymnax env with its velocities hidden, e.g.
     ``pomdp/CartPole-v1`` (cart position and pole angle only): memory tasks for recurrent
     agents;
@@ -24,7 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from jaxrl.envs import bandits, delayed_chain, gridworld, nav2d, point_maze, probe
+from jaxrl.envs import bandits, delayed_chain, four_rooms, gridworld, nav2d, point_maze, probe
 from jaxrl.envs.base import Env, EnvParams
 from jaxrl.envs.gymnax import ENV_IDS as GYMNAX_IDS
 from jaxrl.envs.gymnax import GymnaxEnv
@@ -52,7 +53,7 @@ FAMILIES: dict[str, dict[str, Callable[..., Env]]] = {
         "cued_nav2d": nav2d.CuedNav2D,
         "bernoulli_bandit": bandits.BernoulliBandit,
     },
-    "hrl/": {"point_maze": point_maze.PointMaze},
+    "hrl/": {"point_maze": point_maze.PointMaze, "four_rooms": four_rooms.coordinate_four_rooms},
     "pomdp/": {name: functools.partial(_pomdp, name) for name in POSITIONS},
     "probe/": dict(probe.PROBES),
 }

@@ -11,12 +11,13 @@ import typing
 import jax
 import pytest
 
-from jaxrl.algorithms import ALGORITHMS, hiro
+from jaxrl.algorithms import ALGORITHMS, fun, hiro
 from jaxrl.envs import registry
 from jaxrl.errors import ConfigError
 from jaxrl.meta import lpg, maml, metagenrl, mql
 
 CONFIGS = {name: module.Config for name, module in sorted(ALGORITHMS.items())} | {
+    "fun": fun.Config,
     "hiro": hiro.Config,
     "lpg": lpg.Config,
     "maml": maml.Config,
