@@ -1,6 +1,8 @@
-"""FeUdal Networks (FuN; Vezhnevets, Osindero, Schaul, Heess, Jaderberg, Silver &
-Kavukcuoglu 2017, arXiv:1703.01161): a Manager that sets directional goals in a latent
-state space and a Worker that is paid for moving along them.
+"""FeUdal Networks: a Manager sets directions in a learned state space, a Worker follows.
+
+FuN (Vezhnevets, Osindero, Schaul, Heess, Jaderberg, Silver & Kavukcuoglu 2017,
+arXiv:1703.01161): the Manager sets directional goals in a latent state space, and the
+Worker is paid for moving along them.
 
 The network (:class:`FeudalNet`), one step for a batch ``B`` of envs:
 
