@@ -61,8 +61,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxrl import optim
 from jaxrl.algorithms import base
+from jaxrl.algorithms.recurrent_ppo import optimizer  # clipping then Adam (eps 1e-5)
 from jaxrl.envs import spaces, wrappers
 from jaxrl.envs.base import Env
 from jaxrl.losses.returns import episode_gae
@@ -78,19 +78,16 @@ COS_EPS = 1e-8  # d_cos(a, b) = a.b / max(|a| |b|, COS_EPS): 0 for a zero vector
 class Config:
     """Static settings: shapes and loop lengths."""
 
-    total_timesteps: int = 1_000_000  # per run; the horizon of learning-rate annealing
+    total_timesteps: int = 1_000_000  # per run
     num_envs: int = 16
     rollout_len: int = 40  # must exceed the horizon (the Manager's targets lie c ahead)
-    horizon: int = (
-        10  # c: the Manager's look-ahead, the intrinsic reward's and goal pooling's window
-    )
+    horizon: int = 10  # c: the Manager's look-ahead; the intrinsic reward's window
     dilation: int = 10  # r: cores of the Manager's dilated LSTM (1: a plain LSTM)
     state_dim: int = 64  # d: the Manager's latent state and goals
     goal_embed: int = 16  # k: the Worker's goal embedding
     worker_hidden: int = 64  # units of the Worker's LSTM
     torso: str = "mlp"
     torso_hidden: tuple[int, ...] = (64,)  # ReLU layers of the perception torso
-    anneal_lr: bool = False
 
     def __post_init__(self):
         base.check_fields(self)
@@ -217,7 +214,6 @@ class FeudalNet(nn.Module):
     """
 
     num_actions: int
-    horizon: int
     dilation: int
     state_dim: int
     goal_embed: int
@@ -293,7 +289,7 @@ def network(cfg: Config, env: Env) -> FeudalNet:
             f"torso='mlp' needs vector observations; {env.name}'s have shape {shape} "
             "(use torso='minatar' for images)"
         )
-    return FeudalNet(space.n, cfg.horizon, cfg.dilation, cfg.state_dim, cfg.goal_embed,
+    return FeudalNet(space.n, cfg.dilation, cfg.state_dim, cfg.goal_embed,
                      cfg.worker_hidden, cfg.torso, cfg.torso_hidden)  # fmt: skip
 
 
@@ -363,19 +359,6 @@ def init(cfg: Config, env: Env, key: jax.Array, hp: HParams, env_params: object 
 def vec_env(cfg: Config, env: Env) -> Env:
     """``num_envs`` auto-reset copies with episode statistics in ``Step.info``."""
     return wrappers.make_vec_env(env, cfg.num_envs)
-
-
-def optimizer(hp: HParams, lr: jax.Array) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam (eps 1e-5), built from traced values."""
-    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optim.adam(lr, eps=1e-5))
-
-
-def learning_rate(cfg: Config, hp: HParams, update_count: jax.Array) -> jax.Array:
-    """``hp.learning_rate``, linearly annealed to 0 over ``cfg.num_updates`` if enabled."""
-    if not cfg.anneal_lr:
-        return hp.learning_rate
-    frac = 1.0 - update_count.astype(jnp.float32) / cfg.num_updates
-    return hp.learning_rate * jnp.maximum(frac, 0.0)
 
 
 def collect(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Rollout]:
@@ -531,12 +514,11 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
     """One iteration: collect a rollout, then one gradient step on :func:`loss`."""
     state, rollout = collect(cfg, env, state, hp)
     batch = make_batch(cfg, rollout, hp)
-    lr = learning_rate(cfg, hp, state.update_count)
     grads, metrics = jax.grad(lambda p: loss(cfg, env, p, batch, hp), has_aux=True)(state.params)
-    updates, opt_state = optimizer(hp, lr).update(grads, state.opt_state, state.params)
+    tx = optimizer(hp, hp.learning_rate)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     done = jnp.logical_or(rollout.terminated, rollout.truncated).astype(jnp.float32)
     metrics |= {
-        "train/learning_rate": lr,
         "train/intrinsic_reward": jnp.mean(rollout.intrinsic),
         "episode/return": base.nan_mean(rollout.info["episode_return"], done),
         "episode/length": base.nan_mean(rollout.info["episode_length"], done),

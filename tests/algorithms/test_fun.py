@@ -102,6 +102,11 @@ def test_the_dilated_lstm_steps_one_core_per_step_and_a_reset_zeroes_the_carry()
     assert np.any(np.asarray(new.manager[1] != carry.manager[1]))
 
 
+def _norm(tree) -> float:
+    """The global norm of a pytree's leaves."""
+    return float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))))
+
+
 def test_no_gradient_flows_between_worker_and_manager():
     net, params, carry, obs, off, noise = _net_and_params()
     carry, _ = net.apply(params, carry, obs, off, off, noise)  # goals in the history
@@ -114,7 +119,7 @@ def test_no_gradient_flows_between_worker_and_manager():
         return jnp.sum(fun.cosine(jnp.ones_like(out.goal), out.goal))
 
     def norms(grads, names):
-        return {n: float(optax_norm(grads["params"][n])) for n in names}
+        return {n: _norm(grads["params"][n]) for n in names}
 
     worker_grads, manager_grads = jax.grad(worker)(params), jax.grad(manager)(params)
     manager_side = ("space", "manager", "manager_value")
@@ -123,10 +128,6 @@ def test_no_gradient_flows_between_worker_and_manager():
     assert all(v > 0.0 for v in norms(worker_grads, ("worker", "worker_u", "goal_embed")).values())
     assert all(v == 0.0 for v in norms(manager_grads, worker_side).values())
     assert all(v > 0.0 for v in norms(manager_grads, ("space", "manager", "percept")).values())
-
-
-def optax_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 def _collected(hp=None, updates=1):
