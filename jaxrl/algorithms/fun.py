@@ -52,6 +52,7 @@ Static ``Config``, traced ``HParams``, a ``State`` of arrays; nothing here calls
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import chex
 import distrax
@@ -153,9 +154,10 @@ class HParams(struct.PyTreeNode):
         return base.make_hparams(cls, HPARAM_DEFAULTS, overrides)
 
 
-def check(cfg: Config, env: Env, hp: HParams) -> None:
-    """Raises ``ConfigError`` for an env FuN cannot act in or hyperparameters out of range."""
-    network(cfg, env)
+def check(cfg: Config, hp: HParams) -> None:
+    """Raises ``ConfigError`` for hyperparameters out of range. An env FuN cannot act in
+    is refused by :func:`network`, which :func:`init` calls before anything compiles."""
+    del cfg
     base.check_ranges(hp, HPARAM_RANGES)
 
 
@@ -190,10 +192,17 @@ def zero_where(reset: jax.Array, tree):
     return jax.tree.map(zero, tree)
 
 
+def norm(x: jax.Array) -> jax.Array:
+    """The Euclidean norm over the last axis, ``[..., d] -> [...]``, whose gradient is 0 at
+    a zero vector (``jnp.linalg.norm``'s is NaN there, and NaN survives a ``maximum``)."""
+    nonzero = jnp.any(x != 0, axis=-1)
+    safe = jnp.where(nonzero[..., None], x, jnp.ones_like(x))
+    return jnp.where(nonzero, jnp.linalg.norm(safe, axis=-1), 0.0)
+
+
 def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
     """``d_cos`` over the last axis: ``[..., d] x [..., d] -> [...]``; 0 if either is 0."""
-    norms = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1)
-    return jnp.sum(a * b, axis=-1) / jnp.maximum(norms, COS_EPS)
+    return jnp.sum(a * b, axis=-1) / jnp.maximum(norm(a) * norm(b), COS_EPS)
 
 
 def intrinsic_reward(state: jax.Array, carry: Carry) -> jax.Array:
@@ -243,10 +252,10 @@ class FeudalNet(nn.Module):
             for m, new in zip(carry.manager, (cell_c, cell_h), strict=True)
         )
         pooled = jnp.mean(manager[1], axis=1)  # [B, d]
-        goal = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), COS_EPS)
+        goal = pooled / jnp.maximum(norm(pooled), COS_EPS)[:, None]
         manager_value = nn.Dense(1, kernel_init=orthogonal(1.0), name="manager_value")(pooled)
 
-        random_goal = noise / jnp.maximum(jnp.linalg.norm(noise, axis=-1, keepdims=True), COS_EPS)
+        random_goal = noise / jnp.maximum(norm(noise), COS_EPS)[:, None]
         given = jax.lax.stop_gradient(jnp.where(explore[:, None], random_goal, goal))
         history = jnp.sum(carry.goals * carry.filled[..., None].astype(given.dtype), axis=1)
         w = nn.Dense(self.goal_embed, use_bias=False, name="goal_embed")(given + history)
@@ -510,11 +519,18 @@ def loss(
     return total, metrics
 
 
-def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Metrics]:
-    """One iteration: collect a rollout, then one gradient step on :func:`loss`."""
+LossFn = Callable[[Config, Env, dict, Batch, HParams], tuple[jax.Array, Metrics]]
+
+
+def update(
+    cfg: Config, env: Env, state: State, hp: HParams, loss_fn: LossFn = loss
+) -> tuple[State, Metrics]:
+    """One iteration: collect a rollout, then one gradient step on ``loss_fn`` (:func:`loss`,
+    or e.g. a learned loss for ``jaxrl.meta.metagrad``'s ``wrt="loss"``)."""
     state, rollout = collect(cfg, env, state, hp)
     batch = make_batch(cfg, rollout, hp)
-    grads, metrics = jax.grad(lambda p: loss(cfg, env, p, batch, hp), has_aux=True)(state.params)
+    grad_fn = jax.grad(lambda p: loss_fn(cfg, env, p, batch, hp), has_aux=True)
+    grads, metrics = grad_fn(state.params)
     tx = optimizer(hp, hp.learning_rate)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     done = jnp.logical_or(rollout.terminated, rollout.truncated).astype(jnp.float32)
@@ -530,11 +546,12 @@ def update(cfg: Config, env: Env, state: State, hp: HParams) -> tuple[State, Met
 
 
 def train(
-    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int
+    cfg: Config, env: Env, state: State, hp: HParams, num_updates: int, loss_fn: LossFn = loss
 ) -> tuple[State, Metrics]:
-    """``num_updates`` iterations of :func:`update` as one scan; metrics stacked
-    ``[num_updates]``."""
-    return jax.lax.scan(lambda s, _: update(cfg, env, s, hp), state, None, num_updates)
+    """``num_updates`` iterations of :func:`update` on ``loss_fn`` as one scan; metrics
+    stacked ``[num_updates]``."""
+    step = lambda s, _: update(cfg, env, s, hp, loss_fn)  # noqa: E731
+    return jax.lax.scan(step, state, None, num_updates)
 
 
 def recurrent_policy(

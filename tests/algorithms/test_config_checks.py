@@ -11,13 +11,12 @@ import typing
 import jax
 import pytest
 
-from jaxrl.algorithms import ALGORITHMS, fun, hiro
+from jaxrl.algorithms import ALGORITHMS, hiro
 from jaxrl.envs import registry
 from jaxrl.errors import ConfigError
 from jaxrl.meta import lpg, maml, metagenrl, mql
 
 CONFIGS = {name: module.Config for name, module in sorted(ALGORITHMS.items())} | {
-    "fun": fun.Config,
     "hiro": hiro.Config,
     "lpg": lpg.Config,
     "maml": maml.Config,
@@ -104,7 +103,7 @@ def test_the_cases_cover_every_algorithm():
 IMAGE_TORSO = dict.fromkeys(
     ["a2c", "acer", "acktr", "gail", "icm", "impala", "npg", "ppo", "trpo", "vpg"], "cnn"
 )
-IMAGE_TORSO |= dict.fromkeys(["apex", "dqn", "r2d2", "rainbow", "recurrent_ppo"], "minatar")
+IMAGE_TORSO |= dict.fromkeys(["apex", "dqn", "fun", "r2d2", "rainbow", "recurrent_ppo"], "minatar")
 
 
 @pytest.mark.parametrize("algo", sorted(IMAGE_TORSO))

@@ -34,6 +34,14 @@ def test_cosine_and_intrinsic_reward_by_hand():
     a, b = np.array([3.0, 4.0]), np.array([4.0, -3.0])
     got = fun.cosine(jnp.asarray([a, a, np.zeros(2)]), jnp.asarray([a, b, b]))
     np.testing.assert_allclose(np.asarray(got), [1.0, 0.0, 0.0], atol=1e-7)
+    # a zero vector (a dead ReLU state, a Manager output of 0) keeps gradients finite
+    for grad in (
+        jax.grad(lambda x: fun.cosine(x, jnp.ones(3)))(jnp.zeros(3)),
+        jax.grad(lambda x: fun.cosine(jnp.ones(3), x))(jnp.zeros(3)),
+        jax.grad(lambda x: jnp.sum(fun.norm(x)))(jnp.zeros((2, 3))),
+    ):
+        assert np.isfinite(np.asarray(grad)).all()
+    np.testing.assert_allclose(fun.norm(jnp.asarray([[3.0, 4.0]])), [5.0])
 
     rng = np.random.default_rng(0)
     states, goals = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
@@ -193,12 +201,15 @@ def test_vmapped_seeds_equal_one_by_one():
 def test_config_errors():
     with pytest.raises(ConfigError, match="rollout_len = 10 must exceed horizon = 10"):
         fun.Config(rollout_len=10, horizon=10)
-    with pytest.raises(ConfigError, match="FuN needs Discrete actions"):
-        fun.check(TINY, registry.make("Pendulum-v1")[0], fun.HParams.make())
-    with pytest.raises(ConfigError, match="torso='mlp' needs vector observations"):
-        fun.check(TINY, registry.make("Breakout-MinAtar")[0], fun.HParams.make())
+    hp = fun.HParams.make()
+    refused = [("Pendulum-v1", "FuN needs Discrete actions"),
+               ("Breakout-MinAtar", "torso='mlp' needs vector observations")]  # fmt: skip
+    for env_id, match in refused:
+        env, _ = registry.make(env_id)
+        with pytest.raises(ConfigError, match=match):  # refused while tracing, before compiling
+            jax.eval_shape(lambda key, env=env: fun.init(TINY, env, key, hp), jax.random.key(0))
     with pytest.raises(ConfigError, match="intrinsic_weight"):
-        fun.check(TINY, ENV, fun.HParams.make(intrinsic_weight=-0.5))
+        fun.check(TINY, fun.HParams.make(intrinsic_weight=-0.5))
 
 
 def test_evaluates_through_the_runner_and_plays_the_images_of_minatar():

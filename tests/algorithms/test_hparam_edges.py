@@ -25,6 +25,8 @@ SMALL = {
     "apex": REPLAY | dict(total_timesteps=96, num_actors=4, target_update_period=4),
     "ddpg": REPLAY | dict(total_timesteps=60),
     "dqn": REPLAY | dict(total_timesteps=120, num_envs=2, target_update_period=4),
+    "fun": dict(total_timesteps=6 * 32, num_envs=4, rollout_len=8, horizon=3, dilation=3,
+                state_dim=8, goal_embed=4, worker_hidden=8, torso_hidden=(8,)),  # fmt: skip
     "gail": ON_POLICY | dict(total_timesteps=6 * 32, demos=DEMOS),
     "icm": ON_POLICY | dict(total_timesteps=6 * 32, icm_hidden=(8,)),
     "impala": ON_POLICY | dict(total_timesteps=6 * 32, lag=1, optimizer="adam"),

@@ -22,6 +22,15 @@ K = 2
 WARM_UP = 1  # plain updates before the unroll
 ON = dict(num_envs=4, rollout_len=8, hidden=(16,))
 REPLAY = dict(hidden=(16,), batch_size=8, buffer_size=64, learning_starts=0, train_freq=4)
+FUN = dict(num_envs=4, rollout_len=8, horizon=3, dilation=3, state_dim=8, goal_embed=4,
+           worker_hidden=8, torso_hidden=(8,))  # fmt: skip
+# FuN stops the gradient from the Worker into the Manager's goals and into the state
+# history behind its intrinsic reward (the method's design), so a meta-gradient through its
+# updates omits those paths. Measured at K = 2: the learned-loss derivative in η["coef"] is
+# 15 % off its finite difference and the MAML directional derivative 64 % off, so those two
+# checks expect the mismatch (strict xfail); the learning-rate and Manager-discount
+# meta-gradients of test_metagrad_algorithms.py agree (docs/fun.md).
+SEMI_GRADIENT = {"fun"}
 LR, GAMMA = ("learning_rate",), ("learning_rate", "discount")
 
 # name: (env, Config overrides, HParams overrides, hyperparameters whose meta-gradient
@@ -43,6 +52,7 @@ CASES = {
     ),
     "ddpg": ("Pendulum-v1", REPLAY | dict(num_envs=2), {}, LR),
     "dqn": ("CartPole-v1", REPLAY | dict(num_envs=2, target_update_period=4), {}, LR),
+    "fun": ("CartPole-v1", FUN, {}, ("learning_rate", "manager_discount")),
     "gail": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2, demos=DEMOS), {}, GAMMA),
     "icm": ("CartPole-v1", ON | dict(rollout_len=16, num_minibatches=2), {}, GAMMA),
     "impala": ("CartPole-v1", ON | dict(lag=1, optimizer="adam"), {}, LR),

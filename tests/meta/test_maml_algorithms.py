@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from algo_cases import CASES, WARM_UP, K, float_leaves, jit, make
+from algo_cases import CASES, SEMI_GRADIENT, WARM_UP, K, float_leaves, jit, make
 
 from jaxrl.meta import metagrad as mg
 
@@ -49,8 +49,17 @@ FROZEN = {"rainbow": ("target",)}
 STEP = {"r2d2": 3e-3}
 
 
-def _cases(default):
-    return [pytest.param(n, marks=[] if n in default else [pytest.mark.slow]) for n in CASES]
+def _cases(default, semi_gradient_fails=False):
+    """Every case, slow unless in ``default``; with ``semi_gradient_fails``, the cases of
+    ``SEMI_GRADIENT`` must fail (their meta-gradient omits stopped paths)."""
+
+    def marks(n):
+        out = [] if n in default else [pytest.mark.slow]
+        if semi_gradient_fails and n in SEMI_GRADIENT:
+            out.append(pytest.mark.xfail(strict=True, reason="stopped paths (algo_cases.py)"))
+        return out
+
+    return [pytest.param(n, marks=marks(n)) for n in CASES]
 
 
 def _outer(ref):
@@ -114,7 +123,7 @@ def _random_direction(seed, tree, frozen=()):
     return jax.tree.map(lambda x: x / norm if np.issubdtype(x.dtype, np.floating) else x, d)
 
 
-@pytest.mark.parametrize("name", _cases(DEFAULT))
+@pytest.mark.parametrize("name", _cases(DEFAULT, semi_gradient_fails=True))
 def test_maml_gradient_matches_finite_differences(name):
     state0, exact, first_order = _setup(name)
     theta0 = state0.params

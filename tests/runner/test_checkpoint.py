@@ -62,6 +62,11 @@ MORE = {
     "a2c": ("CartPole-v1", ON_POLICY | dict(normalize_obs=True, scale_reward=True, anneal_lr=True)),
     "dqn": ("CartPole-v1", RAINBOW_CFG | dict(num_atoms=51, prioritised=True, n_step=3)),
     "ddpg": ("Pendulum-v1", TD3_CFG),
+    # the Manager's dilated cores, the goal and state history and the episode step count
+    "fun": ("CartPole-v1", dict(
+        total_timesteps=12 * 32, num_envs=4, rollout_len=8, horizon=3, dilation=3, state_dim=8,
+        goal_embed=4, worker_hidden=8, torso_hidden=(8,),
+    )),
     # the recurrent carry and the reset flags: the resumed run must continue mid-episode
     "recurrent_ppo": ("CartPole-v1", dict(
         total_timesteps=12 * 32, num_envs=4, rollout_len=8, hidden=8, num_minibatches=2,
