@@ -22,7 +22,8 @@ reward 1 for entering the bottom-right corner (11, 11), moves slipping with prob
 
 Each arm trains the seeds vmapped in one program (sharded over the CPU's cores) and
 records, per window of ``steps / windows`` env steps, the success rate (episodes that
-reach the goal) and the mean length of the training episodes that ended in it. A
+reach the goal), the mean length of the training episodes that ended in it, and whether
+every parameter is still finite at the window's end. A
 uniformly random policy's success rate and mean length are measured on 20,000 episodes.
 
     python experiments/fun/four_rooms.py --seeds 0 1 2 3 4 5 6 7 --steps 500000 \
@@ -105,10 +106,7 @@ def run_arm(arm: str, keys: jax.Array, steps: int, windows: int) -> dict:
     """Trains ``len(keys)`` vmapped seeds; per-window success rates and lengths."""
     env, params = task()
     cfg, hp, module = learner(arm, steps)
-    if module is fun:
-        fun.check(cfg, env, hp)
-    else:
-        rp.check(cfg, hp)
+    module.check(cfg, hp)
     per_window = cfg.num_updates // windows
 
     def chunk(state, _):
@@ -122,6 +120,9 @@ def run_arm(arm: str, keys: jax.Array, steps: int, windows: int) -> dict:
             "success": jnp.sum(returns) / jnp.maximum(episodes, 1.0),
             "length": jnp.sum(lengths) / jnp.maximum(episodes, 1.0),
             "episodes": episodes,
+            "finite": jnp.all(
+                jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)])
+            ),
         }
         return state, summary
 
