@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from algo_cases import CASES, SEMI_GRADIENT, WARM_UP, K, float_leaves, jit, make
+from algo_cases import WARM_UP, K, case_params, float_leaves, jit, make
 
 from jaxrl.algorithms import ALGORITHMS
 from jaxrl.meta import metagrad as mg
@@ -51,19 +51,6 @@ EPS = {"scale": 1e-2, "coef": 3e-3}  # central-difference steps
 COEF = {"apex": np.float32(0.05)}
 RTOL = 0.05  # of each component, and of the largest one as an absolute tolerance
 DEFAULT = ("dqn", "impala")
-
-
-def _cases(semi_gradient_fails=False):
-    """Every case, slow unless in ``DEFAULT``; with ``semi_gradient_fails``, the cases of
-    ``SEMI_GRADIENT`` must fail (their meta-gradient omits stopped paths)."""
-
-    def marks(n):
-        out = [] if n in DEFAULT else [pytest.mark.slow]
-        if semi_gradient_fails and n in SEMI_GRADIENT:
-            out.append(pytest.mark.xfail(strict=True, reason="stopped paths (algo_cases.py)"))
-        return out
-
-    return [pytest.param(n, marks=marks(n)) for n in CASES]
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
@@ -114,7 +101,7 @@ def _program(name: str):
     return jit(run)
 
 
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", case_params(DEFAULT))
 def test_learned_loss_at_identity_is_the_plain_update(name):
     _, value, plain, learned = _program(name)(ETA0)
     assert float(value) > 0.0, "the parameters did not move: no gradient step in the unroll"
@@ -122,7 +109,7 @@ def test_learned_loss_at_identity_is_the_plain_update(name):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", _cases(semi_gradient_fails=True))
+@pytest.mark.parametrize("name", case_params(DEFAULT, semi_gradient_fails=True))
 def test_learned_loss_meta_gradient_matches_finite_differences(name):
     program = _program(name)
     eta = dict(ETA1, coef=COEF.get(name, ETA1["coef"]))

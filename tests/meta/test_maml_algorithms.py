@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from algo_cases import CASES, SEMI_GRADIENT, WARM_UP, K, float_leaves, jit, make
+from algo_cases import WARM_UP, K, case_params, float_leaves, jit, make
 
 from jaxrl.meta import metagrad as mg
 
@@ -47,19 +47,6 @@ DEFAULT = ("impala",)
 # 3e-3 differences 7 % apart: not smooth on that scale; at 3e-3 it agrees to 0.1 %.
 FROZEN = {"rainbow": ("target",)}
 STEP = {"r2d2": 3e-3}
-
-
-def _cases(default, semi_gradient_fails=False):
-    """Every case, slow unless in ``default``; with ``semi_gradient_fails``, the cases of
-    ``SEMI_GRADIENT`` must fail (their meta-gradient omits stopped paths)."""
-
-    def marks(n):
-        out = [] if n in default else [pytest.mark.slow]
-        if semi_gradient_fails and n in SEMI_GRADIENT:
-            out.append(pytest.mark.xfail(strict=True, reason="stopped paths (algo_cases.py)"))
-        return out
-
-    return [pytest.param(n, marks=marks(n)) for n in CASES]
 
 
 def _outer(ref):
@@ -123,7 +110,7 @@ def _random_direction(seed, tree, frozen=()):
     return jax.tree.map(lambda x: x / norm if np.issubdtype(x.dtype, np.floating) else x, d)
 
 
-@pytest.mark.parametrize("name", _cases(DEFAULT, semi_gradient_fails=True))
+@pytest.mark.parametrize("name", case_params(DEFAULT, semi_gradient_fails=True))
 def test_maml_gradient_matches_finite_differences(name):
     state0, exact, first_order = _setup(name)
     theta0 = state0.params
@@ -145,7 +132,7 @@ def test_maml_gradient_matches_finite_differences(name):
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("name", _cases(DEFAULT[:1]))
+@pytest.mark.parametrize("name", case_params(DEFAULT[:1]))
 def test_fomaml_is_the_gradient_at_the_adapted_parameters(name):
     state0, _, first_order = _setup(name)
     g_fo, at_k = first_order(state0.params, state0)
@@ -173,7 +160,7 @@ def _copies(state, leaves) -> set:
     return found
 
 
-@pytest.mark.parametrize("name", _cases(("impala", "dqn")))
+@pytest.mark.parametrize("name", case_params(("impala", "dqn")))
 def test_with_params_sets_every_copy_of_the_parameters(name):
     """At ``init``, every float leaf outside ``State.params`` that is a copy of the
     parameters is set from the new parameters by ``with_params``; all others are kept.
